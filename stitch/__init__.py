@@ -1,0 +1,23 @@
+"""stitch: cross-model stitching of language models.
+
+    >>> import stitch
+    >>> A = stitch.load_model(hf_model_a, tokenizer=tok_a)
+    >>> B = stitch.load_model(hf_model_b, tokenizer=tok_b)
+    >>> sp = stitch.Splice(A, B, source_layer=4)
+    >>> sp(["some text"]).loss
+"""
+
+from stitch import adapters
+from stitch.arch import ARCHITECTURES, ArchSpec
+from stitch.batch import Batch
+from stitch.cache import ActivationCache
+from stitch.loading import load_model
+from stitch.model import HookedLM
+from stitch.splice import Splice, SpliceOutput
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ARCHITECTURES", "ActivationCache", "ArchSpec", "Batch", "HookedLM", "Splice", "SpliceOutput",
+    "adapters", "load_model",
+]

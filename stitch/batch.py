@@ -1,0 +1,51 @@
+"""A padded batch of tokenized texts, with the character span of every token.
+
+    >>> batch = A.encode(["some text", "more"])      # a Batch
+    >>> batch.input_ids.shape, batch.spans[0, :3]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Bool, Int
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Token ids, masks, positions and character spans of a padded batch.
+
+    `spans[b, t] = (start, end)` in characters of `texts[b]`; special tokens are zero-width and padding is
+    `(-1, -1)`. `position_ids` count real tokens only, so left padding does not shift positions.
+    """
+
+    texts: list[str]
+    input_ids: Int[Tensor, "batch pos"]
+    attention_mask: Int[Tensor, "batch pos"]
+    position_ids: Int[Tensor, "batch pos"]
+    spans: Int[Tensor, "batch pos 2"]
+    special_mask: Bool[Tensor, "batch pos"]
+    padding_side: str = "right"
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.input_ids.shape)
+
+    @property
+    def device(self) -> torch.device:
+        return self.input_ids.device
+
+    def to(self, device) -> Batch:
+        moved = {k: getattr(self, k).to(device) for k in ("input_ids", "attention_mask", "position_ids",
+                                                          "spans", "special_mask")}
+        return Batch(texts=self.texts, padding_side=self.padding_side, **moved)
+
+    def lengths(self) -> Int[Tensor, " batch"]:
+        return self.attention_mask.sum(-1)
+
+
+def positions_from_mask(attention_mask: Int[Tensor, "batch pos"]) -> Int[Tensor, "batch pos"]:
+    """Positions counting real tokens only (what HF `generate` does for left padding)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

@@ -1,0 +1,116 @@
+"""Hook points on residual-stream boundaries, installed only inside scopes and always removed.
+
+    >>> def double(resid, hook):
+    ...     return 2 * resid                       # return None to leave the stream unchanged
+    >>> logits = A.run_with_hooks(batch, fwd_hooks=[("blocks.3.hook_resid_pre", double)])
+    >>> with A.hooks([("blocks.3.hook_resid_pre", double)]):
+    ...     out = A.model(**inputs)                  # any forward inside the block is hooked
+
+Layer ℓ < L is the input of block ℓ; layer L is the input of the final norm. Every hook is a forward
+pre-hook on that boundary module, registered by `hook_scope` and removed in its `finally`. A hook that
+never fired by the end of a clean scope is an error: it usually means the forward stopped early.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from torch import Tensor, nn
+
+HookFn = Callable[[Tensor, "HookPoint"], "Tensor | None"]
+
+_NAME = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|post)$")
+
+
+@dataclass(eq=False)
+class HookPoint:
+    """A named residual-stream boundary, TransformerLens-style (`hook.name`, `hook.layer()`, `hook.ctx`)."""
+
+    name: str
+    index: int  # the stitch layer ℓ ∈ [0, L] whose stream this hook sees
+    module: nn.Module
+    ctx: dict = field(default_factory=dict)
+
+    def layer(self) -> int:
+        """The block index in the name, as TransformerLens's `HookPoint.layer()` returns it."""
+        return int(self.name.split(".")[1])
+
+
+def hook_names(n_layers: int) -> list[str]:
+    """`blocks.{i}.hook_resid_pre` for every block, then `blocks.{i}.hook_resid_post` for every block."""
+    pre = [f"blocks.{i}.hook_resid_pre" for i in range(n_layers)]
+    return pre + [f"blocks.{i}.hook_resid_post" for i in range(n_layers)]
+
+
+def layer_of(name: str, n_layers: int) -> int:
+    """The stitch layer a hook name sees: resid_pre of block i is layer i, resid_post is layer i + 1."""
+    match = _NAME.match(name) if isinstance(name, str) else None
+    if match is None or int(match.group(1)) >= n_layers:
+        valid = f"blocks.{{0..{n_layers - 1}}}.hook_resid_pre / hook_resid_post"
+        raise ValueError(f"hook name: unknown hook point {name!r}; valid names are {valid}, "
+                         f"e.g. {hook_names(n_layers)[:2] + hook_names(n_layers)[-1:]}")
+    return int(match.group(1)) + (match.group(2) == "post")
+
+
+def _stream_arg(args: tuple, kwargs: dict) -> Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _with_stream(args: tuple, kwargs: dict, new: Tensor) -> tuple[tuple, dict]:
+    if args:
+        return (new, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": new}
+
+
+def _pre_hook(point: HookPoint, fn: HookFn, fired: list[int]):
+    def hook(module, args, kwargs):
+        fired[0] += 1
+        old = _stream_arg(args, kwargs)
+        new = fn(old, point)
+        if new is None:
+            return None
+        if not isinstance(new, Tensor) or new.shape != old.shape:
+            got = tuple(new.shape) if isinstance(new, Tensor) else type(new).__name__
+            raise ValueError(f"hook {point.name}: returned {got}; a hook must return None or a tensor of the "
+                             f"stream's shape {tuple(old.shape)}")
+        return _with_stream(args, kwargs, new)
+
+    return hook
+
+
+@contextlib.contextmanager
+def hook_scope(hooks: Sequence[tuple[HookPoint, HookFn]]) -> Iterator[None]:
+    """Install `(point, fn)` pairs as forward pre-hooks; remove them all on exit, whatever happens."""
+    handles, counters = [], []
+    try:
+        for point, fn in hooks:
+            fired = [0]
+            counters.append((point, fired))
+            handles.append(point.module.register_forward_pre_hook(_pre_hook(point, fn, fired), with_kwargs=True))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+    silent = sorted({p.name for p, fired in counters if fired[0] == 0})
+    if silent:
+        raise RuntimeError(f"hooks never fired: {silent}. The forward did not reach these hook points "
+                           "(stopped early, or a different module ran); a silent hook would be a no-op.")
+
+
+@contextlib.contextmanager
+def skip_blocks(blocks: Sequence[nn.Module]) -> Iterator[None]:
+    """Make `blocks` pass their residual stream through untouched, without computing anything."""
+    try:
+        for block in blocks:
+            block.forward = _passthrough
+        yield
+    finally:
+        for block in blocks:
+            block.__dict__.pop("forward", None)
+
+
+def _passthrough(*args, **kwargs) -> Tensor:
+    return _stream_arg(args, kwargs)

@@ -1,0 +1,90 @@
+"""`load_model`: a HookedLM from a hub id, a local directory, or an already-loaded HF model.
+
+    >>> A = stitch.load_model("meta-llama/Llama-3.1-8B", dtype=torch.bfloat16, device="auto")
+    >>> B = stitch.load_model("/models/mistral-7b-v0.3")             # local directory
+    >>> C = stitch.load_model(hf_model, tokenizer=tok)                 # loaded objects, no copy
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from stitch.model import HookedLM
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def load_model(model, tokenizer=None, *, dtype=None, device=None, name: str | None = None,
+               trust_remote_code: bool = False) -> HookedLM:
+    """Wrap `model` (hub id, local directory, HF model, or a TransformerLens/nnsight wrapper of one)."""
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype)
+    if isinstance(model, (str, os.PathLike)):
+        hf_model, tokenizer = _from_pretrained(str(model), tokenizer, dtype, trust_remote_code)
+        name = name or str(model)
+    else:
+        hf_model, wrapped_tokenizer = _unwrap(model)
+        tokenizer = tokenizer if tokenizer is not None else wrapped_tokenizer
+        if dtype is not None:
+            hf_model = hf_model.to(dtype)
+    if tokenizer is None:
+        raise ValueError("tokenizer: required when `model` is a loaded module without one; pass tokenizer=...")
+    if device is not None:
+        hf_model = hf_model.to(device)
+    return HookedLM(hf_model.eval(), tokenizer, name=name)
+
+
+def _from_pretrained(path: str, tokenizer, dtype, trust_remote_code: bool):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"model: {path!r} is a file; pass a model directory, a hub id, or a loaded model")
+    kwargs = {"trust_remote_code": trust_remote_code}
+    hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto", **kwargs)
+    if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer or path), **kwargs)
+    return hf_model, tokenizer
+
+
+def _unwrap(model) -> tuple[nn.Module, object]:
+    """The HF module (and tokenizer, if the wrapper has one) inside `model`; weights are never copied."""
+    try:
+        from stitch.interop import unwrap_model
+    except ImportError:
+        unwrap_model = None
+    unwrapped = unwrap_model(model) if unwrap_model is not None else None
+    if unwrapped is not None:
+        return unwrapped
+    if isinstance(model, HookedLM):
+        return model.model, model.tokenizer
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a hub id, a local directory, an HF model or a HookedLM, got "
+                        f"{type(model).__name__}")
+    return model, None
+
+
+def resolve_device(device) -> torch.device | None:
+    """`"auto"` picks CUDA, then Apple MPS, then CPU; None leaves the model where it is."""
+    if device is None:
+        return None
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device: {device!r} is not a device; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'") from err
+
+
+def resolve_dtype(dtype) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in _DTYPES:
+        return _DTYPES[dtype]
+    raise ValueError(f"dtype: {dtype!r} is not supported; use a torch.dtype or one of {sorted(_DTYPES)}")

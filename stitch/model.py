@@ -1,0 +1,237 @@
+"""HookedLM: a Hugging Face causal LM with hook points on every residual-stream boundary.
+
+    >>> A = stitch.load_model(hf_model, tokenizer=tok)
+    >>> batch = A.encode(["some text", "more text"], padding_side="left")
+    >>> res = A.residuals(batch, layers=[2, 4])          # runs blocks [0, 4) only
+    >>> logits = A.run_from(res[4], 4, batch)            # runs blocks [4, L), final norm, unembedding
+    >>> torch.allclose(logits, A.logits(batch))          # == the HF forward
+    True
+
+Nothing is reimplemented: every call is the HF forward, with blocks outside the requested range
+skipped (`skip_blocks`) and the stream read, replaced or cut off at boundaries by scoped pre-hooks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from stitch.alignment.spans import token_spans
+from stitch.arch import ArchSpec, arch_for, get_module
+from stitch.batch import Batch, positions_from_mask
+from stitch.cache import ActivationCache
+from stitch.checks import check_choice, check_layer, check_texts
+from stitch.hooks import HookFn, HookPoint, hook_names, hook_scope, layer_of, skip_blocks
+
+Hooks = Sequence[tuple["str | Callable[[str], bool]", HookFn]]
+
+
+class _Stop(Exception):
+    """Raised at the boundary where a partial forward ends, so later blocks never run."""
+
+
+class HookedLM:
+    """A frozen-by-convention HF causal LM seen as layers 0..L of residual stream (see DESIGN.md)."""
+
+    def __init__(self, model: nn.Module, tokenizer, name: str | None = None):
+        self.spec: ArchSpec = arch_for(model)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name or getattr(model.config, "_name_or_path", "") or type(model).__name__
+        self.blocks = get_module(model, self.spec.blocks)
+        self.n_layers = len(self.blocks)
+        self.d_model = get_module(model, self.spec.embed).weight.shape[1]
+        self.vocab_size = get_module(model, self.spec.embed).weight.shape[0]
+        boundaries = [*self.blocks, get_module(model, self.spec.final_norm)]
+        self.hook_points = {n: HookPoint(n, layer_of(n, self.n_layers), boundaries[layer_of(n, self.n_layers)])
+                            for n in hook_names(self.n_layers)}
+        self._boundary = {p.index: p for p in self.hook_points.values() if p.name.endswith("pre")}
+        self._boundary[self.n_layers] = self.hook_points[f"blocks.{self.n_layers - 1}.hook_resid_post"]
+
+    def __repr__(self) -> str:
+        return f"HookedLM({self.name!r}, family={self.spec.family}, n_layers={self.n_layers}, d_model={self.d_model})"
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def n_ctx(self) -> int | None:
+        config = self.model.config
+        return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+
+    # ---- tokenization -------------------------------------------------------------------------------
+
+    def encode(self, texts: str | Sequence[str], *, padding_side: str = "right",
+               add_special_tokens: bool = True) -> Batch:
+        """Tokenize and pad texts, keeping the character span of every token (special tokens zero-width)."""
+        texts = check_texts(texts)
+        check_choice("padding_side", padding_side, ("right", "left"))
+        encoded = [token_spans(self.tokenizer, text, add_special_tokens) for text in texts]
+        for i, enc in enumerate(encoded):
+            if self.n_ctx is not None and len(enc.ids) > self.n_ctx:
+                raise ValueError(f"texts[{i}]: {len(enc.ids)} tokens exceed the model's {self.n_ctx} positions "
+                                 f"(valid: 1..{self.n_ctx} tokens); shorten or split the text")
+        return _pad(texts, encoded, self.pad_token_id, padding_side, self.device)
+
+    @property
+    def pad_token_id(self) -> int:
+        """The tokenizer's pad id, else EOS, else 0: padding is masked, so any id inside the vocabulary will do."""
+        for candidate in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id):
+            if candidate is not None and 0 <= candidate < self.vocab_size:
+                return candidate
+        return 0
+
+    def as_batch(self, batch: Batch | str | Sequence[str]) -> Batch:
+        return batch if isinstance(batch, Batch) else self.encode(batch)
+
+    # ---- partial forwards ---------------------------------------------------------------------------
+
+    def residuals(self, batch: Batch | Sequence[str], layers: Sequence[int]) -> dict[int, Float[Tensor, "batch pos d_model"]]:
+        """The residual stream at each requested layer; runs blocks [0, max(layers)) and nothing else."""
+        batch = self.as_batch(batch)
+        if isinstance(layers, int) or len(layers) == 0:
+            raise ValueError(f"layers: expected a non-empty list of layers in 0..{self.n_layers}, got {layers!r}")
+        layers = sorted({check_layer("layers", layer, self.n_layers) for layer in layers})
+        captured: dict[int, Tensor] = {}
+        hooks = [(self._boundary[layer], _capture(captured, layer)) for layer in layers]
+        self._forward(batch, hooks=hooks, stop=layers[-1])
+        return captured
+
+    def run_from(self, resid: Float[Tensor, "batch pos d_model"], layer: int, batch: Batch | Sequence[str],
+                 *, fwd_hooks: Hooks = ()) -> Float[Tensor, "batch pos vocab"]:
+        """Logits from the stream `resid` at `layer`: blocks [layer, L), final norm and unembedding only."""
+        batch = self.as_batch(batch)
+        layer = check_layer("layer", layer, self.n_layers)
+        self._check_resid(resid, batch)
+        inject = (self._boundary[layer], lambda _, hook: resid.to(self.dtype))
+        user = self._resolve(fwd_hooks)
+        early = sorted({p.name for p, _ in user if p.index < layer})
+        if early:
+            raise ValueError(f"fwd_hooks: {early} are before layer {layer}, where run_from starts; they would never see the stream")
+        return self._forward(batch, hooks=[inject, *user], start=layer)
+
+    def run_from_embeds(self, embeds: Float[Tensor, "batch pos d_model"], batch: Batch) -> Float[Tensor, "batch pos vocab"]:
+        """Logits with `embeds` given to the HF model as `inputs_embeds` (the embedding-injection baseline)."""
+        self._check_resid(embeds, batch)
+        return self._forward(batch, inputs_embeds=embeds.to(self.dtype))
+
+    def logits(self, batch: Batch | Sequence[str]) -> Float[Tensor, "batch pos vocab"]:
+        """The plain forward; equal to the HF model's logits on the same ids, mask and positions."""
+        return self._forward(self.as_batch(batch))
+
+    # ---- TransformerLens-style hooks ----------------------------------------------------------------
+
+    def run_with_hooks(self, batch: Batch | Sequence[str], fwd_hooks: Hooks = ()) -> Float[Tensor, "batch pos vocab"]:
+        """Forward with `fwd_hooks = [(name or name filter, fn(tensor, hook))]`; hooks removed afterwards."""
+        return self._forward(self.as_batch(batch), hooks=self._resolve(fwd_hooks))
+
+    def run_with_cache(self, batch: Batch | Sequence[str], names_filter: str | Sequence[str] | Callable | None = None,
+                       ) -> tuple[Float[Tensor, "batch pos vocab"], ActivationCache]:
+        """Forward that also returns the stream at every hook point passing `names_filter` (default: all)."""
+        store: dict[str, Tensor] = {}
+        names = [n for n in self.hook_points if _passes(names_filter, n)]
+        hooks = [(self.hook_points[n], _capture(store, n)) for n in names]
+        logits = self._forward(self.as_batch(batch), hooks=hooks)
+        return logits, ActivationCache(store, self.n_layers)
+
+    @contextlib.contextmanager
+    def hooks(self, fwd_hooks: Hooks) -> Iterator[HookedLM]:
+        """Hooks active for every forward of `self.model` inside the block; removed on exit, even on error."""
+        with hook_scope(self._resolve(fwd_hooks)):
+            yield self
+
+    # ---- internals ----------------------------------------------------------------------------------
+
+    def _resolve(self, fwd_hooks: Hooks) -> list[tuple[HookPoint, HookFn]]:
+        resolved = []
+        for name, fn in fwd_hooks:
+            if callable(name):
+                resolved += [(p, fn) for n, p in self.hook_points.items() if name(n)]
+            else:
+                layer_of(name, self.n_layers)  # raises listing valid names
+                resolved.append((self.hook_points[name], fn))
+        return resolved
+
+    def _forward(self, batch: Batch, *, hooks=(), start: int = 0, stop: int | None = None,
+                 inputs_embeds: Tensor | None = None) -> Tensor | None:
+        """HF forward over blocks [start, stop) (stop=None: to the logits) with `hooks` installed."""
+        self._check_batch(batch)
+        hooks = list(hooks)
+        if stop is not None:
+            hooks.append((self._boundary[stop], _raise_stop))
+        inputs = {"inputs_embeds": inputs_embeds} if inputs_embeds is not None else {"input_ids": batch.input_ids}
+        with skip_blocks(self.blocks[:start]), hook_scope(hooks):
+            try:
+                out = self.model(**inputs, attention_mask=batch.attention_mask,
+                                 position_ids=batch.position_ids, use_cache=False)
+            except _Stop:
+                return None
+        return out.logits
+
+    def _check_batch(self, batch: Batch) -> None:
+        if batch.device != self.device:
+            raise ValueError(f"batch: on device {batch.device} but model {self.name!r} is on {self.device}; "
+                             f"use batch.to({str(self.device)!r})")
+        ids = batch.input_ids[batch.attention_mask.bool()]
+        if ids.numel() and (ids.min() < 0 or ids.max() >= self.vocab_size):
+            bad = ids[(ids < 0) | (ids >= self.vocab_size)][0].item()
+            raise ValueError(f"input_ids: token id {bad} is outside the model's vocabulary [0, {self.vocab_size}); "
+                             "was the batch encoded with another model's tokenizer?")
+        if self.n_ctx is not None and batch.shape[1] > self.n_ctx:
+            raise ValueError(f"batch: {batch.shape[1]} positions exceed the model's {self.n_ctx} (valid: 1..{self.n_ctx})")
+
+    def _check_resid(self, resid: Tensor, batch: Batch) -> None:
+        expected = (*batch.shape, self.d_model)
+        if not isinstance(resid, Tensor) or tuple(resid.shape) != expected:
+            got = tuple(resid.shape) if isinstance(resid, Tensor) else type(resid).__name__
+            raise ValueError(f"resid: expected shape [batch, pos, d_model] = {list(expected)}, got {got}")
+        if resid.device != self.device:
+            raise ValueError(f"resid: on device {resid.device} but model {self.name!r} is on {self.device}")
+
+
+def _capture(store: dict, key) -> HookFn:
+    def capture(resid: Tensor, hook: HookPoint) -> None:
+        store[key] = resid
+
+    return capture
+
+
+def _raise_stop(resid: Tensor, hook: HookPoint) -> None:
+    raise _Stop
+
+
+def _passes(names_filter, name: str) -> bool:
+    if names_filter is None:
+        return True
+    if isinstance(names_filter, str):
+        return name == names_filter
+    if callable(names_filter):
+        return bool(names_filter(name))
+    return name in names_filter
+
+
+def _pad(texts, encoded, pad_id: int, side: str, device) -> Batch:
+    """Stack per-text token ids and spans into padded tensors (spans of padding are (-1, -1))."""
+    width = max(len(enc.ids) for enc in encoded)
+    ids = torch.full((len(texts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(texts), width), dtype=torch.long)
+    spans = torch.full((len(texts), width, 2), -1, dtype=torch.long)
+    special = torch.ones((len(texts), width), dtype=torch.bool)
+    for row, enc in enumerate(encoded):
+        n = len(enc.ids)
+        cols = slice(width - n, width) if side == "left" else slice(0, n)
+        ids[row, cols] = torch.tensor(enc.ids, dtype=torch.long)
+        mask[row, cols] = 1
+        spans[row, cols] = torch.tensor(enc.spans, dtype=torch.long).view(n, 2)
+        special[row, cols] = torch.tensor(enc.special, dtype=torch.bool)
+    batch = Batch(texts, ids, mask, positions_from_mask(mask), spans, special, side)
+    return batch.to(device)

@@ -1,0 +1,174 @@
+"""Splice: run A up to layer N, map its stream through an adapter, and let B finish from layer M.
+
+    >>> sp = stitch.Splice(A, B, source_layer=16, target_layer=16, adapter=None, alignment="target")
+    >>> out = sp(["some text", "more text"])           # out.logits, out.labels, out.loss
+    >>> out.loss.backward()                              # gradients reach the adapter only
+
+A runs blocks [0, N) and nothing more; B runs blocks [M, L_B), its final norm and unembedding. With
+`injection="inputs_embeds"` the adapted states are given to B as `inputs_embeds` (the flawed baseline kept
+for comparison; equal to M = 0 for models whose embedding output is not rescaled or position-shifted).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+
+from stitch.batch import Batch
+from stitch.checks import check_choice, check_layer, check_texts
+from stitch.losses import mean_cross_entropy, next_token_labels
+from stitch.model import HookedLM
+
+
+@dataclass
+class SpliceOutput:
+    """B's logits under the splice, the labels they are scored on, and the mean loss."""
+
+    logits: Float[Tensor, "batch pos vocab"]
+    labels: Int[Tensor, "batch pos"]
+    loss: Tensor
+    source: Batch
+    target: Batch
+
+
+@dataclass
+class Aligned:
+    """The batches A and B run on, and for each B position the A position that feeds it (-1: none)."""
+
+    source: Batch
+    target: Batch
+    target_to_source: Int[Tensor, "batch pos_t"] | None  # None: identical tokenization
+    source_labels: Int[Tensor, "batch pos_s"] | None = None
+
+
+class Splice(nn.Module):
+    """A frozen source model, a frozen target model, and the adapter between them (the only parameters)."""
+
+    def __init__(self, A: HookedLM, B: HookedLM, source_layer: int, target_layer: int | None = None,
+                 adapter: nn.Module | None = None, alignment: str = "target", injection: str = "residual",
+                 padding_side: str = "right"):
+        super().__init__()
+        for arg, model in (("A", A), ("B", B)):
+            if not isinstance(model, HookedLM):
+                raise TypeError(f"{arg}: expected a stitch.HookedLM (use stitch.load_model), got {type(model).__name__}")
+        check_choice("alignment", alignment, ("target", "source"))
+        check_choice("injection", injection, ("residual", "inputs_embeds"))
+        check_choice("padding_side", padding_side, ("right", "left"))
+        if A.device != B.device:
+            raise ValueError(f"B: model B is on {B.device} but model A is on {A.device}; put both on one device")
+        self._models = (A, B)  # a tuple, so neither model is registered: parameters() are the adapter's only
+        self.source_layer = check_layer("source_layer", source_layer, A.n_layers)
+        self.target_layer = _target_layer(target_layer, source_layer, injection, B.n_layers)
+        self.alignment, self.injection, self.padding_side = alignment, injection, padding_side
+        self.adapter = _checked_adapter(adapter, A.d_model, B.d_model)
+        for model in (A, B):
+            model.model.eval().requires_grad_(False)
+
+    @property
+    def A(self) -> HookedLM:
+        return self._models[0]
+
+    @property
+    def B(self) -> HookedLM:
+        return self._models[1]
+
+    def extra_repr(self) -> str:
+        return (f"A={self.A.name!r}, B={self.B.name!r}, source_layer={self.source_layer}, "
+                f"target_layer={self.target_layer}, alignment={self.alignment!r}, injection={self.injection!r}")
+
+    def forward(self, texts) -> SpliceOutput:
+        aligned = self.align(texts)
+        with torch.no_grad():
+            states = self.A.residuals(aligned.source, [self.source_layer])[self.source_layer]
+        mapped = self.map_states(states, aligned)
+        batch_b = self.target_batch(aligned)
+        if self.injection == "inputs_embeds":
+            logits = self.B.run_from_embeds(mapped, batch_b)
+        else:
+            logits = self.B.run_from(mapped, self.target_layer, batch_b)
+        labels = next_token_labels(aligned.target) if self.alignment == "target" else aligned.source_labels
+        return SpliceOutput(logits, labels, mean_cross_entropy(logits, labels), aligned.source, aligned.target)
+
+    def align(self, texts) -> Aligned:
+        """Encode texts for A and B and align the two tokenizations (identity when the tokenizer is shared)."""
+        texts = check_texts(texts)
+        source = self.A.encode(texts, padding_side=self.padding_side)
+        if self.A.tokenizer is self.B.tokenizer:
+            return Aligned(source, source, None, next_token_labels(source))
+        from stitch.alignment import align_batch
+
+        target = self.B.encode(texts, padding_side=self.padding_side)
+        target_to_source, source_labels = align_batch(source, target)
+        return Aligned(source, target, target_to_source.to(source.device), source_labels.to(source.device))
+
+    def map_states(self, states: Float[Tensor, "batch pos_s d_source"], aligned: Aligned
+                   ) -> Float[Tensor, "batch pos d_target"]:
+        """Adapter output on B's grid: target grid gathers A's aligned states; unaligned positions get adapter(0)."""
+        if self.alignment == "source" or aligned.target_to_source is None:
+            return self._adapt(states)
+        # A zero state in front stands for "no A token has finished yet" (index -1 → row 0).
+        mapped = self._adapt(F.pad(states, (0, 0, 1, 0)))
+        index = (aligned.target_to_source + 1).unsqueeze(-1).expand(-1, -1, mapped.shape[-1])
+        return mapped.gather(1, index)
+
+    def target_batch(self, aligned: Aligned) -> Batch:
+        """What B runs on: its own tokens (target grid) or A's positions with placeholder ids (source grid)."""
+        if self.alignment == "target":
+            return aligned.target
+        src = aligned.source
+        ids = torch.full_like(src.input_ids, self.B.pad_token_id)
+        return Batch(src.texts, ids, src.attention_mask, src.position_ids, src.spans, src.special_mask,
+                     src.padding_side)
+
+    def _adapt(self, states: Tensor) -> Tensor:
+        mapped = self.adapter(states.to(_adapter_dtype(self.adapter, states)))
+        if mapped.shape[-1] != self.B.d_model:
+            raise ValueError(f"adapter: output width {mapped.shape[-1]} but B's d_model is {self.B.d_model}")
+        return mapped
+
+
+def _target_layer(target_layer, source_layer, injection: str, n_layers_b: int) -> int:
+    if injection == "inputs_embeds":
+        if target_layer not in (None, 0):
+            raise ValueError(f"target_layer: injection='inputs_embeds' feeds B's embeddings, so target_layer must "
+                             f"be 0 or None, got {target_layer!r}")
+        return 0
+    name = "target_layer" if target_layer is not None else "target_layer (defaults to source_layer)"
+    return check_layer(name, source_layer if target_layer is None else target_layer, n_layers_b)
+
+
+def _checked_adapter(adapter: nn.Module | None, d_source: int, d_target: int) -> nn.Module:
+    """The adapter, or Identity when widths match; a clear error for widths that cannot fit."""
+    from stitch.adapters import Identity
+
+    if adapter is None:
+        if d_source != d_target:
+            raise ValueError(f"adapter: None needs equal widths, but d_source={d_source} (A) and d_target={d_target} "
+                             f"(B); pass an adapter mapping {d_source} → {d_target}, e.g. "
+                             f"stitch.adapters.Projection({d_source}, {d_target})")
+        return Identity(d_source)
+    if not isinstance(adapter, nn.Module):
+        raise TypeError(f"adapter: expected an nn.Module mapping [..., {d_source}] → [..., {d_target}], "
+                        f"got {type(adapter).__name__}")
+    widths = _declared_widths(adapter)
+    if widths is not None and widths != (d_source, d_target) and None not in widths:
+        raise ValueError(f"adapter: maps {widths[0]} → {widths[1]}, but the splice needs d_source={d_source} "
+                         f"(A's d_model) → d_target={d_target} (B's d_model)")
+    return adapter
+
+
+def _declared_widths(adapter: nn.Module) -> tuple[int | None, int | None] | None:
+    if hasattr(adapter, "d_source"):
+        return adapter.d_source, adapter.d_target
+    if isinstance(adapter, nn.Linear):
+        return adapter.in_features, adapter.out_features
+    return None
+
+
+def _adapter_dtype(adapter: nn.Module, states: Tensor) -> torch.dtype:
+    param = next(adapter.parameters(), None)
+    return param.dtype if param is not None else states.dtype

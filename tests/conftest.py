@@ -1,0 +1,36 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Stitching splices the residual stream.",
+    "Hi",
+    "Tabs\tand\nnewlines, café 東京 🙂.",
+]
+
+
+@pytest.fixture(scope="session")
+def texts():
+    return list(TEXTS)
+
+
+@pytest.fixture(scope="session")
+def tok():
+    from tests.tiny import byte_bpe_tokenizer
+
+    return byte_bpe_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def llama(tok):
+    import stitch
+    from tests.tiny import tiny_model
+
+    return stitch.load_model(tiny_model("llama", vocab_size=len(tok)), tokenizer=tok)
