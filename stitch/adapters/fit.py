@@ -122,8 +122,11 @@ class SufficientStats:
         _check_finite("x", xc, offset)
         _check_finite("y", yc, offset)
         mx, my = xc.mean(0), yc.mean(0)
-        xc, yc = xc - mx, yc - my
-        self._combine(xc.shape[0], mx, my, xc.T @ xc, xc.T @ yc, (yc * yc).sum(), x.dtype)
+        # centre in place when the float64 copy is ours (it always is unless the input was float64)
+        xc = xc.sub_(mx) if xc.data_ptr() != x.data_ptr() else xc - mx
+        yc = yc.sub_(my) if yc.data_ptr() != y.data_ptr() else yc - my
+        syy = torch.linalg.vector_norm(yc).square()
+        self._combine(xc.shape[0], mx, my, xc.T @ xc, xc.T @ yc, syy, x.dtype)
 
     def _combine(self, n_b, mx_b, my_b, cxx_b, cxy_b, syy_b, dtype) -> None:
         if self.n == 0:
