@@ -1,0 +1,235 @@
+"""Layer-by-layer similarity of two hooked models over a set of texts, and CKA across a splice.
+
+    >>> from analyses.layer_similarity import layer_similarity, splice_cka
+    >>> rec = layer_similarity(A, B, texts)                     # every layer 0..L_A against 0..L_B
+    >>> rec.matrix.shape                                        # [A.n_layers + 1, B.n_layers + 1]
+    >>> rec.best_match()                                        # most similar B layer per A layer
+    >>> rec = layer_similarity(A, B, texts, pairing="shared", null_permutations=200)
+    >>> rec.null.above_chance()                                 # cells above the permutation null
+    >>> splice_cka(A, B, adapter, source_layer=8, target_layer=8, texts=texts).after
+
+Pairing decides which states of A and B count as "the same sample":
+- "mean": one sample per text, the mean of its residual stream over real tokens. Padding is excluded
+  by the attention mask and so are the tokens the tokenizer inserts (BOS/EOS, `special_mask`): a BOS
+  state is the same for every text and would only add a shared offset. Works across tokenizers.
+- "shared": one sample per shared boundary, a position where both tokenizations end at the same
+  byte, so both models have read exactly the same prefix (`stitch.alignment.align_batch`; special
+  tokens never count). Identical tokenizers pair every real token with itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from analyses.similarity import (
+    NullResult,
+    mean_cosine,
+    permutation_null_matrix,
+    resolve_measure,
+    similarity_matrix,
+)
+from stitch.batch import Batch
+from stitch.checks import check_choice, check_layer, check_texts
+
+PAIRINGS = ("mean", "shared")
+
+
+@dataclass(frozen=True, eq=False)
+class LayerSimilarity:
+    """`matrix[i, j]` = similarity of A's layer i and B's layer j over `n` paired samples of `texts`."""
+
+    matrix: Float[Tensor, "layer_source layer_target"]
+    texts: tuple[str, ...]
+    pairing: str
+    measure: str
+    n: int
+    source: str
+    target: str
+    null: NullResult | None = None
+
+    def best_match(self) -> Tensor:
+        """For each A layer, the index of the most similar B layer."""
+        return self.matrix.argmax(dim=1)
+
+    def to_dict(self) -> dict:
+        return {
+            "matrix": self.matrix.tolist(),
+            "texts": list(self.texts),
+            "pairing": self.pairing,
+            "measure": self.measure,
+            "n": self.n,
+            "source": self.source,
+            "target": self.target,
+            "null": None if self.null is None else self.null.to_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class SpliceSimilarity:
+    """Similarity of A's layer `source_layer` to B's `target_layer`, before and after the adapter."""
+
+    source_layer: int
+    target_layer: int
+    pairing: str
+    measure: str
+    n: int
+    before: float
+    after: float
+    cosine_after: float  # mean cosine of adapter(A) and B states: direction, not just geometry
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def layer_similarity(
+    A,
+    B,
+    texts: Sequence[str],
+    pairing: str = "mean",
+    measure="linear_cka",
+    null_permutations: int = 0,
+    batch_size: int = 8,
+    seed: int = 0,
+) -> LayerSimilarity:
+    """Every layer 0..A.n_layers of A against every layer 0..B.n_layers of B on the same texts.
+
+        >>> rec = layer_similarity(A, B, texts, pairing="mean", measure="debiased_cka")
+        >>> analyses.figures.similarity.similarity_heatmap(rec)
+
+    `measure` is a name from `analyses.similarity.MEASURES` or a callable (x, y) -> float. With
+    `null_permutations > 0`, `rec.null` holds the per-cell permutation null (see `NullResult`).
+    """
+    texts, name = _check(texts, pairing, measure, batch_size)
+    if isinstance(null_permutations, bool) or not isinstance(null_permutations, int) or null_permutations < 0:
+        raise ValueError(f"null_permutations: {null_permutations!r}; expected an integer >= 0 (0 = no null)")
+    layers_a, layers_b = list(range(A.n_layers + 1)), list(range(B.n_layers + 1))
+    xs, ys = paired_states(A, B, texts, layers_a, layers_b, pairing, batch_size)
+    if null_permutations:
+        null = permutation_null_matrix(xs, ys, measure, null_permutations, seed)
+        matrix = null.observed
+    else:
+        null, matrix = None, similarity_matrix(xs, ys, measure)
+    return LayerSimilarity(matrix, tuple(texts), pairing, name, xs[0].shape[0], A.name, B.name, null)
+
+
+def splice_cka(
+    A,
+    B,
+    adapter: Callable[[Tensor], Tensor],
+    source_layer: int,
+    target_layer: int,
+    texts: Sequence[str],
+    pairing: str = "shared",
+    measure="linear_cka",
+    batch_size: int = 8,
+) -> SpliceSimilarity:
+    """Similarity of A's states to B's at a splice, raw ("before") and through `adapter` ("after").
+
+    >>> s = splice_cka(A, B, stitch.adapters.Procrustes.fit(x, y), 8, 8, texts)
+    >>> s.before, s.after, s.cosine_after
+    """
+    texts, name = _check(texts, pairing, measure, batch_size)
+    source_layer = check_layer("source_layer", source_layer, A.n_layers)
+    target_layer = check_layer("target_layer", target_layer, B.n_layers)
+    raw, adapted, ys = paired_states(
+        A, B, texts, [source_layer], [target_layer], pairing, batch_size, adapter
+    )
+    before, after = (similarity_matrix(x, ys, measure)[0, 0].item() for x in (raw, adapted))
+    return SpliceSimilarity(
+        source_layer,
+        target_layer,
+        pairing,
+        name,
+        ys[0].shape[0],
+        before,
+        after,
+        mean_cosine(adapted[0], ys[0]),
+    )
+
+
+def _check(texts, pairing, measure, batch_size) -> tuple[list[str], str]:
+    texts = check_texts(texts)
+    check_choice("pairing", pairing, PAIRINGS)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size: {batch_size!r}; expected an integer >= 1")
+    return texts, resolve_measure(measure)[0]
+
+
+def paired_states(
+    A,
+    B,
+    texts: list[str],
+    layers_a: list[int],
+    layers_b: list[int],
+    pairing: str,
+    batch_size: int,
+    adapter: Callable | None = None,
+):
+    """Paired samples per layer: (xs, ys), or (xs, adapter(xs), ys) with an adapter; float32 on CPU.
+
+    >>> xs, ys = paired_states(A, B, texts, [0, 4], [0, 2], "shared", batch_size=8)
+    >>> xs[1].shape, ys[1].shape        # [n, A.d_model], [n, B.d_model], rows paired
+    """
+    same = B is A and layers_b == layers_a  # self-similarity: one forward, and CKA shares the Grams
+    xs, adapted, ys = [], [], []
+    for start in range(0, len(texts), batch_size):
+        chunk = texts[start : start + batch_size]
+        batch_a = A.encode(chunk)
+        batch_b = batch_a if B is A else B.encode(chunk)
+        with torch.no_grad():
+            res_a = A.residuals(batch_a, layers=layers_a)
+            res_b = res_a if same else B.residuals(batch_b, layers=layers_b)
+            pick_a, pick_b = _selectors(batch_a, batch_b, pairing, chunk, start)
+            xs.append([_cpu(pick_a(res_a[layer])) for layer in layers_a])
+            if adapter is not None:
+                adapted.append([_cpu(pick_a(adapter(res_a[layer]))) for layer in layers_a])
+            if not same:
+                ys.append([_cpu(pick_b(res_b[layer])) for layer in layers_b])
+    xs = _concat(xs)
+    if xs[0].shape[0] == 0:
+        raise ValueError(
+            "texts: no shared boundaries between the two tokenizations (no position where both "
+            "models have read exactly the same text); use pairing='mean'"
+        )
+    ys = xs if same else _concat(ys)
+    return (xs, ys) if adapter is None else (xs, _concat(adapted), ys)
+
+
+def _cpu(states: Tensor) -> Tensor:
+    return states.detach().float().cpu()
+
+
+def _concat(chunks: list[list[Tensor]]) -> list[Tensor]:
+    return [torch.cat(per_layer) for per_layer in zip(*chunks, strict=True)]
+
+
+def _selectors(batch_a: Batch, batch_b: Batch, pairing: str, chunk: list[str], offset: int):
+    """Functions [batch, pos, d] -> [samples, d] picking paired rows of A's and of B's states."""
+    if pairing == "mean":
+        weights = [_pool_weights(b, chunk, offset) for b in (batch_a, batch_b)]
+        return tuple(
+            (lambda states, w=w: torch.einsum("bp,bpd->bd", w.to(states.dtype), states)) for w in weights
+        )
+    from stitch.alignment import align_batch
+
+    aligned = align_batch(batch_a, batch_b)
+    rows, cols_b = torch.nonzero(aligned.shared, as_tuple=True)
+    cols_a = aligned.target_to_source[rows, cols_b]
+    return (lambda states: states[rows, cols_a]), (lambda states: states[rows, cols_b])
+
+
+def _pool_weights(batch: Batch, chunk: list[str], offset: int) -> Float[Tensor, "batch pos"]:
+    """Mean-pooling weights: 1/count on real, non-special tokens, 0 on padding and BOS/EOS."""
+    keep = batch.attention_mask.bool() & ~batch.special_mask.bool()
+    counts = keep.sum(1, keepdim=True)
+    if bool((counts == 0).any()):
+        i = int(torch.nonzero(counts.flatten() == 0)[0])
+        raise ValueError(
+            f"texts[{offset + i}]: {chunk[i]!r} has no tokens besides special ones; nothing to pool"
+        )
+    return keep / counts
