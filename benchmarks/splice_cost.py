@@ -35,7 +35,7 @@ def cut(hf, start: int, stop: int):
     return outer
 
 
-def median_times(fns: dict, repeats: int = REPEATS) -> dict:
+def best_times(fns: dict, repeats: int = REPEATS) -> dict:
     times = {k: [] for k in fns}
     with torch.no_grad():
         for fn in fns.values():
@@ -54,35 +54,57 @@ def main() -> str:
     hf_a = tiny_model("llama", vocab_size=len(tok), n_layers=8, d_model=256, n_ctx=256, seed=0)
     hf_b = tiny_model("llama", vocab_size=len(tok), n_layers=8, d_model=256, n_ctx=256, seed=1)
     A, B = stitch.load_model(hf_a, tokenizer=tok), stitch.load_model(hf_b, tokenizer=tok)
-    texts = ["".join(chr(97 + (i * 7 + j) % 26) + (" " if j % 5 == 4 else "") for j in range(120)) for i in range(8)]
+    texts = [
+        "".join(chr(97 + (i * 7 + j) % 26) + (" " if j % 5 == 4 else "") for j in range(120))
+        for i in range(8)
+    ]
     batch = A.encode(texts)
     kw = dict(attention_mask=batch.attention_mask, position_ids=batch.position_ids, use_cache=False)
-    lines = [f"model pair: 8 layers, d_model 256, batch {tuple(batch.shape)}, torch threads {torch.get_num_threads()}",
-             f"{'N=M':>4} {'splice ms':>10} {'A[0,N)+B[M,L) ms':>17} {'ratio':>6} {'2 full fwd ms':>14} {'ratio':>6}"]
+    lines = [
+        f"model pair: 8 layers, d_model 256, batch {tuple(batch.shape)}, torch threads {torch.get_num_threads()}",
+        f"{'N=M':>4} {'splice ms':>10} {'A[0,N)+B[M,L) ms':>17} {'ratio':>6} {'2 full fwd ms':>14} {'ratio':>6}",
+    ]
     for layer in range(0, 9, 2):
-        sp = stitch.Splice(A, B, source_layer=layer)
-        prefix, suffix = cut(hf_a, 0, layer), cut(hf_b, layer, 8)
-        state = A.residuals(batch, [layer])[layer]
-
-        def reference():
-            if layer:
-                prefix.model(input_ids=batch.input_ids, **kw)
-            suffix(inputs_embeds=state, **kw)
-
-        def splice():
-            sp.B.run_from(sp.map_states(sp.A.residuals(batch, [layer])[layer], _same(batch)), layer, batch)
-
-        t = median_times({"splice": splice, "reference": reference,
-                          "full": lambda: (hf_a(input_ids=batch.input_ids, **kw), hf_b(input_ids=batch.input_ids, **kw))})
-        lines.append(f"{layer:>4} {t['splice'] * 1e3:>10.1f} {t['reference'] * 1e3:>17.1f} "
-                     f"{t['splice'] / t['reference']:>6.3f} {t['full'] * 1e3:>14.1f} {t['splice'] / t['full']:>6.3f}")
+        t = _time_layer(A, B, batch, kw, layer)
+        lines.append(
+            f"{layer:>4} {t['splice'] * 1e3:>10.1f} {t['reference'] * 1e3:>17.1f} "
+            f"{t['splice'] / t['reference']:>6.3f} {t['full'] * 1e3:>14.1f} {t['splice'] / t['full']:>6.3f}"
+        )
     noop = [(lambda n: True, lambda resid, hook: None)]
-    t = median_times({"plain": lambda: hf_a(input_ids=batch.input_ids, **kw), "hooked": lambda: A.logits(batch),
-                      "hooked_all": lambda: A.run_with_hooks(batch, fwd_hooks=noop)})
-    lines.append(f"plain HF forward {t['plain'] * 1e3:.1f} ms; HookedLM.logits {t['hooked'] * 1e3:.1f} ms "
-                 f"(ratio {t['hooked'] / t['plain']:.3f}); no-op hook on all {2 * A.n_layers} hook points "
-                 f"{t['hooked_all'] * 1e3:.1f} ms (ratio {t['hooked_all'] / t['plain']:.3f})")
+    t = best_times(
+        {
+            "plain": lambda: hf_a(input_ids=batch.input_ids, **kw),
+            "hooked": lambda: A.logits(batch),
+            "hooked_all": lambda: A.run_with_hooks(batch, fwd_hooks=noop),
+        }
+    )
+    lines.append(
+        f"plain HF forward {t['plain'] * 1e3:.1f} ms; HookedLM.logits {t['hooked'] * 1e3:.1f} ms "
+        f"(ratio {t['hooked'] / t['plain']:.3f}); no-op hook on all {2 * A.n_layers} hook points "
+        f"{t['hooked_all'] * 1e3:.1f} ms (ratio {t['hooked_all'] / t['plain']:.3f})"
+    )
     return "\n".join(lines)
+
+
+def _time_layer(A, B, batch, kw: dict, layer: int) -> dict:
+    """Best-of times of the splice N=M=layer, of the cut HF models alone, and of two full forwards."""
+    sp = stitch.Splice(A, B, source_layer=layer)
+    prefix, suffix = cut(A.model, 0, layer), cut(B.model, layer, B.n_layers)
+    state = A.residuals(batch, [layer])[layer]
+
+    def reference():
+        if layer:
+            prefix.model(input_ids=batch.input_ids, **kw)
+        suffix(inputs_embeds=state, **kw)
+
+    def splice():
+        sp.B.run_from(sp.map_states(sp.A.residuals(batch, [layer])[layer], _same(batch)), layer, batch)
+
+    def full():
+        A.model(input_ids=batch.input_ids, **kw)
+        B.model(input_ids=batch.input_ids, **kw)
+
+    return best_times({"splice": splice, "reference": reference, "full": full})
 
 
 def _same(batch):

@@ -1,10 +1,10 @@
 """stitch: cross-model stitching of language models.
 
-    >>> import stitch
-    >>> A = stitch.load_model(hf_model_a, tokenizer=tok_a)
-    >>> B = stitch.load_model(hf_model_b, tokenizer=tok_b)
-    >>> sp = stitch.Splice(A, B, source_layer=4)
-    >>> sp(["some text"]).loss
+>>> import stitch
+>>> A = stitch.load_model(hf_model_a, tokenizer=tok_a)
+>>> B = stitch.load_model(hf_model_b, tokenizer=tok_b)
+>>> sp = stitch.Splice(A, B, source_layer=4)
+>>> sp(["some text"]).loss
 """
 
 from stitch import adapters
@@ -18,6 +18,13 @@ from stitch.splice import Splice, SpliceOutput
 __version__ = "0.1.0"
 
 __all__ = [
-    "ARCHITECTURES", "ActivationCache", "ArchSpec", "Batch", "HookedLM", "Splice", "SpliceOutput",
-    "adapters", "load_model",
+    "ARCHITECTURES",
+    "ActivationCache",
+    "ArchSpec",
+    "Batch",
+    "HookedLM",
+    "Splice",
+    "SpliceOutput",
+    "adapters",
+    "load_model",
 ]

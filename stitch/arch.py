@@ -40,7 +40,10 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "phi3": ArchSpec("phi3", **_LLAMA_LIKE),
     "gpt2": ArchSpec("gpt2", blocks="transformer.h", embed="transformer.wte", final_norm="transformer.ln_f"),
     "gpt_neox": ArchSpec(
-        "gpt_neox", blocks="gpt_neox.layers", embed="gpt_neox.embed_in", final_norm="gpt_neox.final_layer_norm"
+        "gpt_neox",
+        blocks="gpt_neox.layers",
+        embed="gpt_neox.embed_in",
+        final_norm="gpt_neox.final_layer_norm",
     ),
 }
 

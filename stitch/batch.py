@@ -1,7 +1,7 @@
 """A padded batch of tokenized texts, with the character span of every token.
 
-    >>> batch = A.encode(["some text", "more"])      # a Batch
-    >>> batch.input_ids.shape, batch.spans[0, :3]
+>>> batch = A.encode(["some text", "more"])      # a Batch
+>>> batch.input_ids.shape, batch.spans[0, :3]
 """
 
 from __future__ import annotations
@@ -38,8 +38,10 @@ class Batch:
         return self.input_ids.device
 
     def to(self, device) -> Batch:
-        moved = {k: getattr(self, k).to(device) for k in ("input_ids", "attention_mask", "position_ids",
-                                                          "spans", "special_mask")}
+        moved = {
+            k: getattr(self, k).to(device)
+            for k in ("input_ids", "attention_mask", "position_ids", "spans", "special_mask")
+        }
         return Batch(texts=self.texts, padding_side=self.padding_side, **moved)
 
     def lengths(self) -> Int[Tensor, " batch"]:

@@ -1,9 +1,9 @@
 """ActivationCache: what `run_with_cache` returns, indexed the TransformerLens way.
 
-    >>> logits, cache = A.run_with_cache(batch)
-    >>> cache["blocks.3.hook_resid_pre"] is cache["resid_pre", 3]
-    True
-    >>> cache.accumulated_resid().shape                # [layer, batch, pos, d_model], layers 0..L
+>>> logits, cache = A.run_with_cache(batch)
+>>> cache["blocks.3.hook_resid_pre"] is cache["resid_pre", 3]
+True
+>>> cache.accumulated_resid().shape                # [layer, batch, pos, d_model], layers 0..L
 """
 
 from __future__ import annotations

@@ -8,11 +8,14 @@ from collections.abc import Sequence
 def check_layer(name: str, value, n_layers: int) -> int:
     """An integer layer ℓ ∈ [0, n_layers]."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: expected an integer layer in [0, {n_layers}], got {value!r} "
-                        f"({type(value).__name__})")
+        raise TypeError(
+            f"{name}: expected an integer layer in [0, {n_layers}], got {value!r} ({type(value).__name__})"
+        )
     if not 0 <= value <= n_layers:
-        raise ValueError(f"{name}: layer {value} is out of range; valid layers are 0..{n_layers} "
-                         f"(0 = embeddings, {n_layers} = output of the last block, before the final norm)")
+        raise ValueError(
+            f"{name}: layer {value} is out of range; valid layers are 0..{n_layers} "
+            f"(0 = embeddings, {n_layers} = output of the last block, before the final norm)"
+        )
     return value
 
 

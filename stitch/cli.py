@@ -1,7 +1,7 @@
 """The `stitch` command line: one entry point, one subcommand per job, each also driven by a YAML config.
 
-    stitch demo                          # tiny offline demo: self-stitch identity and a splice sweep
-    stitch demo --config demo.yaml       # the same, options from YAML (keys = option names)
+stitch demo                          # tiny offline demo: self-stitch identity and a splice sweep
+stitch demo --config demo.yaml       # the same, options from YAML (keys = option names)
 """
 
 from __future__ import annotations
@@ -26,8 +26,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         cmd = sub.add_parser(name, help=help_text, description=help_text)
         cmd.add_argument("--config", help="YAML file whose keys are this command's options")
         for key, default in config_cls().to_dict().items():
-            cmd.add_argument(f"--{key.replace('_', '-')}", dest=key, type=type(default), default=None,
-                             help=f"default: {default}")
+            cmd.add_argument(
+                f"--{key.replace('_', '-')}",
+                dest=key,
+                type=type(default),
+                default=None,
+                help=f"default: {default}",
+            )
     args = parser.parse_args(argv)
     config_cls, run, _ = COMMANDS[args.command]
     values = _read_yaml(args.config) if args.config else {}
@@ -40,7 +45,9 @@ def _read_yaml(path: str) -> dict:
     with open(path) as f:
         data = yaml.safe_load(f) or {}
     if not isinstance(data, dict):
-        raise ValueError(f"--config: {path} must hold a mapping of option names to values, got {type(data).__name__}")
+        raise ValueError(
+            f"--config: {path} must hold a mapping of option names to values, got {type(data).__name__}"
+        )
     return data
 
 

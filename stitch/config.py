@@ -1,10 +1,10 @@
 """Typed configs: frozen dataclasses with `to_dict` / `from_dict` that refuse unknown keys.
 
-    >>> @dataclass(frozen=True)
-    ... class MyConfig(Config):
-    ...     layers: int = 4
-    >>> MyConfig.from_dict({"layers": 2}).to_dict()
-    {'layers': 2}
+>>> @dataclass(frozen=True)
+... class MyConfig(Config):
+...     layers: int = 4
+>>> MyConfig.from_dict({"layers": 2}).to_dict()
+{'layers': 2}
 """
 
 from __future__ import annotations
@@ -23,5 +23,7 @@ class Config:
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - fields)
         if unknown:
-            raise ValueError(f"config: unknown keys {unknown} for {cls.__name__}; valid keys: {sorted(fields)}")
+            raise ValueError(
+                f"config: unknown keys {unknown} for {cls.__name__}; valid keys: {sorted(fields)}"
+            )
         return cls(**data)

@@ -1,7 +1,7 @@
 """The offline demo: two tiny random models built on the fly, the self-stitch check and a splice sweep.
 
-    >>> from stitch.demo import DemoConfig, run_demo
-    >>> records = run_demo(DemoConfig(n_layers=4))
+>>> from stitch.demo import DemoConfig, run_demo
+>>> records = run_demo(DemoConfig(n_layers=4))
 """
 
 from __future__ import annotations
@@ -25,9 +25,12 @@ class DemoConfig(Config):
 def run_demo(config: DemoConfig = DemoConfig()) -> list[dict]:
     """Print and return, per layer, the self-stitch max logit difference and A → B splice losses."""
     tok = byte_bpe_tokenizer()
-    A = stitch.load_model(tiny_model("llama", len(tok), config.n_layers, config.d_model, seed=config.seed), tokenizer=tok)
-    B = stitch.load_model(tiny_model("qwen2", len(tok), config.n_layers, config.d_model, seed=config.seed + 1),
-                          tokenizer=tok)
+    A = stitch.load_model(
+        tiny_model("llama", len(tok), config.n_layers, config.d_model, seed=config.seed), tokenizer=tok
+    )
+    B = stitch.load_model(
+        tiny_model("qwen2", len(tok), config.n_layers, config.d_model, seed=config.seed + 1), tokenizer=tok
+    )
     texts = CORPUS[:6]
     native_a, native_b = A.logits(texts), stitch.Splice(B, B, source_layer=0)(texts).loss.item()
     print(f"A = {A}\nB = {B}\nB's native loss on {len(texts)} texts: {native_b:.4f}")

@@ -50,8 +50,10 @@ def layer_of(name: str, n_layers: int) -> int:
     match = _NAME.match(name) if isinstance(name, str) else None
     if match is None or int(match.group(1)) >= n_layers:
         valid = f"blocks.{{0..{n_layers - 1}}}.hook_resid_pre / hook_resid_post"
-        raise ValueError(f"hook name: unknown hook point {name!r}; valid names are {valid}, "
-                         f"e.g. {hook_names(n_layers)[:2] + hook_names(n_layers)[-1:]}")
+        raise ValueError(
+            f"hook name: unknown hook point {name!r}; valid names are {valid}, "
+            f"e.g. {hook_names(n_layers)[:2] + hook_names(n_layers)[-1:]}"
+        )
     return int(match.group(1)) + (match.group(2) == "post")
 
 
@@ -74,8 +76,10 @@ def _pre_hook(point: HookPoint, fn: HookFn, fired: list[int]):
             return None
         if not isinstance(new, Tensor) or new.shape != old.shape:
             got = tuple(new.shape) if isinstance(new, Tensor) else type(new).__name__
-            raise ValueError(f"hook {point.name}: returned {got}; a hook must return None or a tensor of the "
-                             f"stream's shape {tuple(old.shape)}")
+            raise ValueError(
+                f"hook {point.name}: returned {got}; a hook must return None or a tensor of the "
+                f"stream's shape {tuple(old.shape)}"
+            )
         return _with_stream(args, kwargs, new)
 
     return hook
@@ -89,15 +93,19 @@ def hook_scope(hooks: Sequence[tuple[HookPoint, HookFn]]) -> Iterator[None]:
         for point, fn in hooks:
             fired = [0]
             counters.append((point, fired))
-            handles.append(point.module.register_forward_pre_hook(_pre_hook(point, fn, fired), with_kwargs=True))
+            handles.append(
+                point.module.register_forward_pre_hook(_pre_hook(point, fn, fired), with_kwargs=True)
+            )
         yield
     finally:
         for handle in handles:
             handle.remove()
     silent = sorted({p.name for p, fired in counters if fired[0] == 0})
     if silent:
-        raise RuntimeError(f"hooks never fired: {silent}. The forward did not reach these hook points "
-                           "(stopped early, or a different module ran); a silent hook would be a no-op.")
+        raise RuntimeError(
+            f"hooks never fired: {silent}. The forward did not reach these hook points "
+            "(stopped early, or a different module ran); a silent hook would be a no-op."
+        )
 
 
 @contextlib.contextmanager

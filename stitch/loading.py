@@ -1,8 +1,8 @@
 """`load_model`: a HookedLM from a hub id, a local directory, or an already-loaded HF model.
 
-    >>> A = stitch.load_model("meta-llama/Llama-3.1-8B", dtype=torch.bfloat16, device="auto")
-    >>> B = stitch.load_model("/models/mistral-7b-v0.3")             # local directory
-    >>> C = stitch.load_model(hf_model, tokenizer=tok)                 # loaded objects, no copy
+>>> A = stitch.load_model("meta-llama/Llama-3.1-8B", dtype=torch.bfloat16, device="auto")
+>>> B = stitch.load_model("/models/mistral-7b-v0.3")             # local directory
+>>> C = stitch.load_model(hf_model, tokenizer=tok)                 # loaded objects, no copy
 """
 
 from __future__ import annotations
@@ -14,12 +14,25 @@ from torch import nn
 
 from stitch.model import HookedLM
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
 
 
-def load_model(model, tokenizer=None, *, dtype=None, device=None, name: str | None = None,
-               trust_remote_code: bool = False) -> HookedLM:
+def load_model(
+    model,
+    tokenizer=None,
+    *,
+    dtype=None,
+    device=None,
+    name: str | None = None,
+    trust_remote_code: bool = False,
+) -> HookedLM:
     """Wrap `model` (hub id, local directory, HF model, or a TransformerLens/nnsight wrapper of one)."""
     device = resolve_device(device)
     dtype = resolve_dtype(dtype)
@@ -32,7 +45,9 @@ def load_model(model, tokenizer=None, *, dtype=None, device=None, name: str | No
         if dtype is not None:
             hf_model = hf_model.to(dtype)
     if tokenizer is None:
-        raise ValueError("tokenizer: required when `model` is a loaded module without one; pass tokenizer=...")
+        raise ValueError(
+            "tokenizer: required when `model` is a loaded module without one; pass tokenizer=..."
+        )
     if device is not None:
         hf_model = hf_model.to(device)
     return HookedLM(hf_model.eval(), tokenizer, name=name)
@@ -62,8 +77,10 @@ def _unwrap(model) -> tuple[nn.Module, object]:
     if isinstance(model, HookedLM):
         return model.model, model.tokenizer
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected a hub id, a local directory, an HF model or a HookedLM, got "
-                        f"{type(model).__name__}")
+        raise TypeError(
+            f"model: expected a hub id, a local directory, an HF model or a HookedLM, got "
+            f"{type(model).__name__}"
+        )
     return model, None
 
 
@@ -79,7 +96,9 @@ def resolve_device(device) -> torch.device | None:
     try:
         return torch.device(device)
     except (RuntimeError, TypeError) as err:
-        raise ValueError(f"device: {device!r} is not a device; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'") from err
+        raise ValueError(
+            f"device: {device!r} is not a device; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+        ) from err
 
 
 def resolve_dtype(dtype) -> torch.dtype | None:

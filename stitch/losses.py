@@ -1,7 +1,7 @@
 """The one loss normalisation in stitch: mean next-token cross-entropy over unmasked labels.
 
-    >>> labels = next_token_labels(batch)            # -100 where there is no next real token
-    >>> loss = mean_cross_entropy(logits, labels)
+>>> labels = next_token_labels(batch)            # -100 where there is no next real token
+>>> loss = mean_cross_entropy(logits, labels)
 """
 
 from __future__ import annotations
@@ -25,10 +25,13 @@ def next_token_labels(batch: Batch) -> Int[Tensor, "batch pos"]:
     return labels
 
 
-def token_cross_entropy(logits: Float[Tensor, "batch pos vocab"], labels: Int[Tensor, "batch pos"]
-                        ) -> Float[Tensor, "batch pos"]:
+def token_cross_entropy(
+    logits: Float[Tensor, "batch pos vocab"], labels: Int[Tensor, "batch pos"]
+) -> Float[Tensor, "batch pos"]:
     """Per-token cross-entropy in float32, 0 where the label is masked."""
-    flat = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="none")
+    flat = F.cross_entropy(
+        logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="none"
+    )
     return flat.view(labels.shape)
 
 

@@ -47,8 +47,10 @@ class HookedLM:
         self.d_model = get_module(model, self.spec.embed).weight.shape[1]
         self.vocab_size = get_module(model, self.spec.embed).weight.shape[0]
         boundaries = [*self.blocks, get_module(model, self.spec.final_norm)]
-        self.hook_points = {n: HookPoint(n, layer_of(n, self.n_layers), boundaries[layer_of(n, self.n_layers)])
-                            for n in hook_names(self.n_layers)}
+        self.hook_points = {
+            n: HookPoint(n, layer_of(n, self.n_layers), boundaries[layer_of(n, self.n_layers)])
+            for n in hook_names(self.n_layers)
+        }
         self._boundary = {p.index: p for p in self.hook_points.values() if p.name.endswith("pre")}
         self._boundary[self.n_layers] = self.hook_points[f"blocks.{self.n_layers - 1}.hook_resid_post"]
 
@@ -70,16 +72,19 @@ class HookedLM:
 
     # ---- tokenization -------------------------------------------------------------------------------
 
-    def encode(self, texts: str | Sequence[str], *, padding_side: str = "right",
-               add_special_tokens: bool = True) -> Batch:
+    def encode(
+        self, texts: str | Sequence[str], *, padding_side: str = "right", add_special_tokens: bool = True
+    ) -> Batch:
         """Tokenize and pad texts, keeping the character span of every token (special tokens zero-width)."""
         texts = check_texts(texts)
         check_choice("padding_side", padding_side, ("right", "left"))
         encoded = [token_spans(self.tokenizer, text, add_special_tokens) for text in texts]
         for i, enc in enumerate(encoded):
             if self.n_ctx is not None and len(enc.ids) > self.n_ctx:
-                raise ValueError(f"texts[{i}]: {len(enc.ids)} tokens exceed the model's {self.n_ctx} positions "
-                                 f"(valid: 1..{self.n_ctx} tokens); shorten or split the text")
+                raise ValueError(
+                    f"texts[{i}]: {len(enc.ids)} tokens exceed the model's {self.n_ctx} positions "
+                    f"(valid: 1..{self.n_ctx} tokens); shorten or split the text"
+                )
         return _pad(texts, encoded, self.pad_token_id, padding_side, self.device)
 
     @property
@@ -95,19 +100,29 @@ class HookedLM:
 
     # ---- partial forwards ---------------------------------------------------------------------------
 
-    def residuals(self, batch: Batch | Sequence[str], layers: Sequence[int]) -> dict[int, Float[Tensor, "batch pos d_model"]]:
+    def residuals(
+        self, batch: Batch | Sequence[str], layers: Sequence[int]
+    ) -> dict[int, Float[Tensor, "batch pos d_model"]]:
         """The residual stream at each requested layer; runs blocks [0, max(layers)) and nothing else."""
         batch = self.as_batch(batch)
         if isinstance(layers, int) or len(layers) == 0:
-            raise ValueError(f"layers: expected a non-empty list of layers in 0..{self.n_layers}, got {layers!r}")
+            raise ValueError(
+                f"layers: expected a non-empty list of layers in 0..{self.n_layers}, got {layers!r}"
+            )
         layers = sorted({check_layer("layers", layer, self.n_layers) for layer in layers})
         captured: dict[int, Tensor] = {}
         hooks = [(self._boundary[layer], _capture(captured, layer)) for layer in layers]
         self._forward(batch, hooks=hooks, stop=layers[-1])
         return captured
 
-    def run_from(self, resid: Float[Tensor, "batch pos d_model"], layer: int, batch: Batch | Sequence[str],
-                 *, fwd_hooks: Hooks = ()) -> Float[Tensor, "batch pos vocab"]:
+    def run_from(
+        self,
+        resid: Float[Tensor, "batch pos d_model"],
+        layer: int,
+        batch: Batch | Sequence[str],
+        *,
+        fwd_hooks: Hooks = (),
+    ) -> Float[Tensor, "batch pos vocab"]:
         """Logits from the stream `resid` at `layer`: blocks [layer, L), final norm and unembedding only."""
         batch = self.as_batch(batch)
         layer = check_layer("layer", layer, self.n_layers)
@@ -116,10 +131,14 @@ class HookedLM:
         user = self._resolve(fwd_hooks)
         early = sorted({p.name for p, _ in user if p.index < layer})
         if early:
-            raise ValueError(f"fwd_hooks: {early} are before layer {layer}, where run_from starts; they would never see the stream")
+            raise ValueError(
+                f"fwd_hooks: {early} are before layer {layer}, where run_from starts; they would never see the stream"
+            )
         return self._forward(batch, hooks=[inject, *user], start=layer)
 
-    def run_from_embeds(self, embeds: Float[Tensor, "batch pos d_model"], batch: Batch) -> Float[Tensor, "batch pos vocab"]:
+    def run_from_embeds(
+        self, embeds: Float[Tensor, "batch pos d_model"], batch: Batch
+    ) -> Float[Tensor, "batch pos vocab"]:
         """Logits with `embeds` given to the HF model as `inputs_embeds` (the embedding-injection baseline)."""
         self._check_resid(embeds, batch)
         return self._forward(batch, inputs_embeds=embeds.to(self.dtype))
@@ -130,12 +149,17 @@ class HookedLM:
 
     # ---- TransformerLens-style hooks ----------------------------------------------------------------
 
-    def run_with_hooks(self, batch: Batch | Sequence[str], fwd_hooks: Hooks = ()) -> Float[Tensor, "batch pos vocab"]:
+    def run_with_hooks(
+        self, batch: Batch | Sequence[str], fwd_hooks: Hooks = ()
+    ) -> Float[Tensor, "batch pos vocab"]:
         """Forward with `fwd_hooks = [(name or name filter, fn(tensor, hook))]`; hooks removed afterwards."""
         return self._forward(self.as_batch(batch), hooks=self._resolve(fwd_hooks))
 
-    def run_with_cache(self, batch: Batch | Sequence[str], names_filter: str | Sequence[str] | Callable | None = None,
-                       ) -> tuple[Float[Tensor, "batch pos vocab"], ActivationCache]:
+    def run_with_cache(
+        self,
+        batch: Batch | Sequence[str],
+        names_filter: str | Sequence[str] | Callable | None = None,
+    ) -> tuple[Float[Tensor, "batch pos vocab"], ActivationCache]:
         """Forward that also returns the stream at every hook point passing `names_filter` (default: all)."""
         store: dict[str, Tensor] = {}
         names = [n for n in self.hook_points if _passes(names_filter, n)]
@@ -161,33 +185,52 @@ class HookedLM:
                 resolved.append((self.hook_points[name], fn))
         return resolved
 
-    def _forward(self, batch: Batch, *, hooks=(), start: int = 0, stop: int | None = None,
-                 inputs_embeds: Tensor | None = None) -> Tensor | None:
+    def _forward(
+        self,
+        batch: Batch,
+        *,
+        hooks=(),
+        start: int = 0,
+        stop: int | None = None,
+        inputs_embeds: Tensor | None = None,
+    ) -> Tensor | None:
         """HF forward over blocks [start, stop) (stop=None: to the logits) with `hooks` installed."""
         self._check_batch(batch)
         hooks = list(hooks)
         if stop is not None:
             hooks.append((self._boundary[stop], _raise_stop))
-        inputs = {"inputs_embeds": inputs_embeds} if inputs_embeds is not None else {"input_ids": batch.input_ids}
+        inputs = (
+            {"inputs_embeds": inputs_embeds} if inputs_embeds is not None else {"input_ids": batch.input_ids}
+        )
         with skip_blocks(self.blocks[:start]), hook_scope(hooks):
             try:
-                out = self.model(**inputs, attention_mask=batch.attention_mask,
-                                 position_ids=batch.position_ids, use_cache=False)
+                out = self.model(
+                    **inputs,
+                    attention_mask=batch.attention_mask,
+                    position_ids=batch.position_ids,
+                    use_cache=False,
+                )
             except _Stop:
                 return None
         return out.logits
 
     def _check_batch(self, batch: Batch) -> None:
         if batch.device != self.device:
-            raise ValueError(f"batch: on device {batch.device} but model {self.name!r} is on {self.device}; "
-                             f"use batch.to({str(self.device)!r})")
+            raise ValueError(
+                f"batch: on device {batch.device} but model {self.name!r} is on {self.device}; "
+                f"use batch.to({str(self.device)!r})"
+            )
         ids = batch.input_ids[batch.attention_mask.bool()]
         if ids.numel() and (ids.min() < 0 or ids.max() >= self.vocab_size):
             bad = ids[(ids < 0) | (ids >= self.vocab_size)][0].item()
-            raise ValueError(f"input_ids: token id {bad} is outside the model's vocabulary [0, {self.vocab_size}); "
-                             "was the batch encoded with another model's tokenizer?")
+            raise ValueError(
+                f"input_ids: token id {bad} is outside the model's vocabulary [0, {self.vocab_size}); "
+                "was the batch encoded with another model's tokenizer?"
+            )
         if self.n_ctx is not None and batch.shape[1] > self.n_ctx:
-            raise ValueError(f"batch: {batch.shape[1]} positions exceed the model's {self.n_ctx} (valid: 1..{self.n_ctx})")
+            raise ValueError(
+                f"batch: {batch.shape[1]} positions exceed the model's {self.n_ctx} (valid: 1..{self.n_ctx})"
+            )
 
     def _check_resid(self, resid: Tensor, batch: Batch) -> None:
         expected = (*batch.shape, self.d_model)

@@ -48,18 +48,30 @@ class Aligned:
 class Splice(nn.Module):
     """A frozen source model, a frozen target model, and the adapter between them (the only parameters)."""
 
-    def __init__(self, A: HookedLM, B: HookedLM, source_layer: int, target_layer: int | None = None,
-                 adapter: nn.Module | None = None, alignment: str = "target", injection: str = "residual",
-                 padding_side: str = "right"):
+    def __init__(
+        self,
+        A: HookedLM,
+        B: HookedLM,
+        source_layer: int,
+        target_layer: int | None = None,
+        adapter: nn.Module | None = None,
+        alignment: str = "target",
+        injection: str = "residual",
+        padding_side: str = "right",
+    ):
         super().__init__()
         for arg, model in (("A", A), ("B", B)):
             if not isinstance(model, HookedLM):
-                raise TypeError(f"{arg}: expected a stitch.HookedLM (use stitch.load_model), got {type(model).__name__}")
+                raise TypeError(
+                    f"{arg}: expected a stitch.HookedLM (use stitch.load_model), got {type(model).__name__}"
+                )
         check_choice("alignment", alignment, ("target", "source"))
         check_choice("injection", injection, ("residual", "inputs_embeds"))
         check_choice("padding_side", padding_side, ("right", "left"))
         if A.device != B.device:
-            raise ValueError(f"B: model B is on {B.device} but model A is on {A.device}; put both on one device")
+            raise ValueError(
+                f"B: model B is on {B.device} but model A is on {A.device}; put both on one device"
+            )
         self._models = (A, B)  # a tuple, so neither model is registered: parameters() are the adapter's only
         self.source_layer = check_layer("source_layer", source_layer, A.n_layers)
         self.target_layer = _target_layer(target_layer, source_layer, injection, B.n_layers)
@@ -77,8 +89,10 @@ class Splice(nn.Module):
         return self._models[1]
 
     def extra_repr(self) -> str:
-        return (f"A={self.A.name!r}, B={self.B.name!r}, source_layer={self.source_layer}, "
-                f"target_layer={self.target_layer}, alignment={self.alignment!r}, injection={self.injection!r}")
+        return (
+            f"A={self.A.name!r}, B={self.B.name!r}, source_layer={self.source_layer}, "
+            f"target_layer={self.target_layer}, alignment={self.alignment!r}, injection={self.injection!r}"
+        )
 
     def forward(self, texts) -> SpliceOutput:
         aligned = self.align(texts)
@@ -91,7 +105,9 @@ class Splice(nn.Module):
         else:
             logits = self.B.run_from(mapped, self.target_layer, batch_b)
         labels = next_token_labels(aligned.target) if self.alignment == "target" else aligned.source_labels
-        return SpliceOutput(logits, labels, mean_cross_entropy(logits, labels), aligned.source, aligned.target)
+        return SpliceOutput(
+            logits, labels, mean_cross_entropy(logits, labels), aligned.source, aligned.target
+        )
 
     def align(self, texts) -> Aligned:
         """Encode texts for A and B and align the two tokenizations (identity when the tokenizer is shared)."""
@@ -105,8 +121,9 @@ class Splice(nn.Module):
         target_to_source, source_labels = align_batch(source, target)
         return Aligned(source, target, target_to_source.to(source.device), source_labels.to(source.device))
 
-    def map_states(self, states: Float[Tensor, "batch pos_s d_source"], aligned: Aligned
-                   ) -> Float[Tensor, "batch pos d_target"]:
+    def map_states(
+        self, states: Float[Tensor, "batch pos_s d_source"], aligned: Aligned
+    ) -> Float[Tensor, "batch pos d_target"]:
         """Adapter output on B's grid: target grid gathers A's aligned states; unaligned positions get adapter(0)."""
         if self.alignment == "source" or aligned.target_to_source is None:
             return self._adapt(states)
@@ -121,8 +138,15 @@ class Splice(nn.Module):
             return aligned.target
         src = aligned.source
         ids = torch.full_like(src.input_ids, self.B.pad_token_id)
-        return Batch(src.texts, ids, src.attention_mask, src.position_ids, src.spans, src.special_mask,
-                     src.padding_side)
+        return Batch(
+            src.texts,
+            ids,
+            src.attention_mask,
+            src.position_ids,
+            src.spans,
+            src.special_mask,
+            src.padding_side,
+        )
 
     def _adapt(self, states: Tensor) -> Tensor:
         mapped = self.adapter(states.to(_adapter_dtype(self.adapter, states)))
@@ -134,8 +158,10 @@ class Splice(nn.Module):
 def _target_layer(target_layer, source_layer, injection: str, n_layers_b: int) -> int:
     if injection == "inputs_embeds":
         if target_layer not in (None, 0):
-            raise ValueError(f"target_layer: injection='inputs_embeds' feeds B's embeddings, so target_layer must "
-                             f"be 0 or None, got {target_layer!r}")
+            raise ValueError(
+                f"target_layer: injection='inputs_embeds' feeds B's embeddings, so target_layer must "
+                f"be 0 or None, got {target_layer!r}"
+            )
         return 0
     name = "target_layer" if target_layer is not None else "target_layer (defaults to source_layer)"
     return check_layer(name, source_layer if target_layer is None else target_layer, n_layers_b)
@@ -147,17 +173,23 @@ def _checked_adapter(adapter: nn.Module | None, d_source: int, d_target: int) ->
 
     if adapter is None:
         if d_source != d_target:
-            raise ValueError(f"adapter: None needs equal widths, but d_source={d_source} (A) and d_target={d_target} "
-                             f"(B); pass an adapter mapping {d_source} → {d_target}, e.g. "
-                             f"stitch.adapters.Projection({d_source}, {d_target})")
+            raise ValueError(
+                f"adapter: None needs equal widths, but d_source={d_source} (A) and d_target={d_target} "
+                f"(B); pass an adapter mapping {d_source} → {d_target}, e.g. "
+                f"stitch.adapters.Projection({d_source}, {d_target})"
+            )
         return Identity(d_source)
     if not isinstance(adapter, nn.Module):
-        raise TypeError(f"adapter: expected an nn.Module mapping [..., {d_source}] → [..., {d_target}], "
-                        f"got {type(adapter).__name__}")
+        raise TypeError(
+            f"adapter: expected an nn.Module mapping [..., {d_source}] → [..., {d_target}], "
+            f"got {type(adapter).__name__}"
+        )
     widths = _declared_widths(adapter)
     if widths is not None and widths != (d_source, d_target) and None not in widths:
-        raise ValueError(f"adapter: maps {widths[0]} → {widths[1]}, but the splice needs d_source={d_source} "
-                         f"(A's d_model) → d_target={d_target} (B's d_model)")
+        raise ValueError(
+            f"adapter: maps {widths[0]} → {widths[1]}, but the splice needs d_source={d_source} "
+            f"(A's d_model) → d_target={d_target} (B's d_model)"
+        )
     return adapter
 
 

@@ -1,9 +1,9 @@
 """Tiny random models and tokenizers built on the fly (no downloads), for the demo, tests and benchmarks.
 
-    >>> from stitch.toy import byte_bpe_tokenizer, tiny_model
-    >>> tok = byte_bpe_tokenizer(vocab_size=300)
-    >>> hf = tiny_model("llama", vocab_size=len(tok))
-    >>> A = stitch.load_model(hf, tokenizer=tok)
+>>> from stitch.toy import byte_bpe_tokenizer, tiny_model
+>>> tok = byte_bpe_tokenizer(vocab_size=300)
+>>> hf = tiny_model("llama", vocab_size=len(tok))
+>>> A = stitch.load_model(hf, tokenizer=tok)
 """
 
 from __future__ import annotations
@@ -32,8 +32,12 @@ def byte_bpe_tokenizer(vocab_size: int = 300, bos: bool = True) -> transformers.
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(CORPUS, trainer)
     if bos:
         tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
@@ -43,11 +47,24 @@ def byte_bpe_tokenizer(vocab_size: int = 300, bos: bool = True) -> transformers.
 
 
 def _config(family: str, vocab_size: int, n_layers: int, d_model: int, n_ctx: int):
-    common = dict(vocab_size=vocab_size, num_hidden_layers=n_layers, hidden_size=d_model,
-                  intermediate_size=2 * d_model, num_attention_heads=4, max_position_embeddings=n_ctx)
+    common = dict(
+        vocab_size=vocab_size,
+        num_hidden_layers=n_layers,
+        hidden_size=d_model,
+        intermediate_size=2 * d_model,
+        num_attention_heads=4,
+        max_position_embeddings=n_ctx,
+    )
     if family == "gpt2":
-        return transformers.GPT2Config(vocab_size=vocab_size, n_layer=n_layers, n_embd=d_model, n_head=4,
-                                       n_positions=n_ctx, bos_token_id=0, eos_token_id=1)
+        return transformers.GPT2Config(
+            vocab_size=vocab_size,
+            n_layer=n_layers,
+            n_embd=d_model,
+            n_head=4,
+            n_positions=n_ctx,
+            bos_token_id=0,
+            eos_token_id=1,
+        )
     if family == "gpt_neox":
         return transformers.GPTNeoXConfig(**common, rotary_pct=0.5)
     kv = dict(num_key_value_heads=2, bos_token_id=0, eos_token_id=1, pad_token_id=None)
@@ -55,14 +72,24 @@ def _config(family: str, vocab_size: int, n_layers: int, d_model: int, n_ctx: in
         kv["head_dim"] = d_model // 4
     if family == "gemma2":
         kv.update(sliding_window=4, query_pre_attn_scalar=d_model // 4)
-    cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig,
-           "qwen2": transformers.Qwen2Config, "gemma": transformers.GemmaConfig,
-           "gemma2": transformers.Gemma2Config}[family]
+    cls = {
+        "llama": transformers.LlamaConfig,
+        "mistral": transformers.MistralConfig,
+        "qwen2": transformers.Qwen2Config,
+        "gemma": transformers.GemmaConfig,
+        "gemma2": transformers.Gemma2Config,
+    }[family]
     return cls(**common, **kv)
 
 
-def tiny_model(family: str = "llama", vocab_size: int = 300, n_layers: int = 3, d_model: int = 32,
-               n_ctx: int = 128, seed: int = 0):
+def tiny_model(
+    family: str = "llama",
+    vocab_size: int = 300,
+    n_layers: int = 3,
+    d_model: int = 32,
+    n_ctx: int = 128,
+    seed: int = 0,
+):
     """A random fp32 `*ForCausalLM` of `family` in eval mode, with eager-equivalent (SDPA) attention."""
     torch.manual_seed(seed)
     config = _config(family, vocab_size, n_layers, d_model, n_ctx)

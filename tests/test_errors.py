@@ -15,12 +15,15 @@ def wide(tok):
     return stitch.load_model(tiny_model("qwen2", vocab_size=len(tok), d_model=48), tokenizer=tok)
 
 
-@pytest.mark.parametrize("layer, error, pattern", [
-    (-1, ValueError, r"source_layer: layer -1 is out of range; valid layers are 0\.\.3"),
-    (4, ValueError, r"source_layer: layer 4 is out of range; valid layers are 0\.\.3"),
-    (2.0, TypeError, r"source_layer: expected an integer layer in \[0, 3\], got 2\.0"),
-    ("2", TypeError, r"source_layer: expected an integer layer in \[0, 3\], got '2'"),
-])
+@pytest.mark.parametrize(
+    "layer, error, pattern",
+    [
+        (-1, ValueError, r"source_layer: layer -1 is out of range; valid layers are 0\.\.3"),
+        (4, ValueError, r"source_layer: layer 4 is out of range; valid layers are 0\.\.3"),
+        (2.0, TypeError, r"source_layer: expected an integer layer in \[0, 3\], got 2\.0"),
+        ("2", TypeError, r"source_layer: expected an integer layer in \[0, 3\], got '2'"),
+    ],
+)
 def test_bad_source_layer(llama, layer, error, pattern):
     with pytest.raises(error, match=pattern):
         stitch.Splice(llama, llama, source_layer=layer)
@@ -38,7 +41,9 @@ def test_bad_target_layer_and_residual_layers(llama, texts):
 
 
 def test_width_mismatch_without_adapter(llama, wide):
-    with pytest.raises(ValueError, match=r"adapter: None needs equal widths.*d_source=32.*d_target=48.*Projection\(32, 48\)"):
+    with pytest.raises(
+        ValueError, match=r"adapter: None needs equal widths.*d_source=32.*d_target=48.*Projection\(32, 48\)"
+    ):
         stitch.Splice(llama, wide, source_layer=1)
 
 
@@ -52,11 +57,14 @@ def test_adapter_of_the_wrong_widths(llama, wide, texts):
         stitch.Splice(llama, wide, source_layer=1, adapter=torch.eye(32))
 
 
-@pytest.mark.parametrize("texts, error, pattern", [
-    ([], ValueError, r"texts: expected a non-empty list of strings"),
-    (["fine", ""], ValueError, r"texts\[1\]: empty string"),
-    (["fine", 3], TypeError, r"texts\[1\]: expected a string, got int"),
-])
+@pytest.mark.parametrize(
+    "texts, error, pattern",
+    [
+        ([], ValueError, r"texts: expected a non-empty list of strings"),
+        (["fine", ""], ValueError, r"texts\[1\]: empty string"),
+        (["fine", 3], TypeError, r"texts\[1\]: expected a string, got int"),
+    ],
+)
 def test_bad_texts(llama, texts, error, pattern):
     with pytest.raises(error, match=pattern):
         llama.encode(texts)
@@ -65,7 +73,9 @@ def test_bad_texts(llama, texts, error, pattern):
 
 
 def test_text_longer_than_the_models_positions(llama):
-    with pytest.raises(ValueError, match=r"texts\[0\]: \d+ tokens exceed the model's 128 positions \(valid: 1\.\.128"):
+    with pytest.raises(
+        ValueError, match=r"texts\[0\]: \d+ tokens exceed the model's 128 positions \(valid: 1\.\.128"
+    ):
         llama.encode(["word " * 400])
 
 
@@ -74,7 +84,9 @@ def test_token_ids_out_of_vocabulary(llama):
     ids = batch.input_ids.clone()
     ids[0, 1] = 5000
     bad = Batch(batch.texts, ids, batch.attention_mask, batch.position_ids, batch.spans, batch.special_mask)
-    with pytest.raises(ValueError, match=r"input_ids: token id 5000 is outside the model's vocabulary \[0, 300\)"):
+    with pytest.raises(
+        ValueError, match=r"input_ids: token id 5000 is outside the model's vocabulary \[0, 300\)"
+    ):
         llama.logits(bad)
 
 
@@ -87,22 +99,34 @@ def test_models_on_different_devices(llama, tok):
 
 
 def test_unknown_architecture_lists_supported_families(tok):
-    bert = transformers.BertForMaskedLM(transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
-                                                               num_attention_heads=2, intermediate_size=16))
-    with pytest.raises(ValueError, match=r"unsupported architecture model_type='bert'.*supported: \[.*'gpt2'.*'llama'.*To add one"):
+    bert = transformers.BertForMaskedLM(
+        transformers.BertConfig(
+            vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16
+        )
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"unsupported architecture model_type='bert'.*supported: \[.*'gpt2'.*'llama'.*To add one",
+    ):
         stitch.load_model(bert, tokenizer=tok)
 
 
 def test_unknown_hook_name(llama, texts):
-    with pytest.raises(ValueError, match=r"hook name: unknown hook point 'blocks\.3\.hook_resid_pre'; valid names are blocks\.\{0\.\.2\}"):
+    with pytest.raises(
+        ValueError,
+        match=r"hook name: unknown hook point 'blocks\.3\.hook_resid_pre'; valid names are blocks\.\{0\.\.2\}",
+    ):
         llama.run_with_hooks(texts, fwd_hooks=[("blocks.3.hook_resid_pre", lambda r, h: None)])
 
 
-@pytest.mark.parametrize("kwargs, pattern", [
-    (dict(alignment="diagonal"), r"alignment: 'diagonal' is not one of \['target', 'source'\]"),
-    (dict(padding_side="middle"), r"padding_side: 'middle' is not one of \['right', 'left'\]"),
-    (dict(injection="attn"), r"injection: 'attn' is not one of"),
-])
+@pytest.mark.parametrize(
+    "kwargs, pattern",
+    [
+        (dict(alignment="diagonal"), r"alignment: 'diagonal' is not one of \['target', 'source'\]"),
+        (dict(padding_side="middle"), r"padding_side: 'middle' is not one of \['right', 'left'\]"),
+        (dict(injection="attn"), r"injection: 'attn' is not one of"),
+    ],
+)
 def test_bad_splice_options(llama, kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
         stitch.Splice(llama, llama, source_layer=1, **kwargs)
@@ -123,5 +147,8 @@ def test_bad_models_and_loading_options(llama, tok):
 
 def test_run_from_with_a_stream_of_the_wrong_shape(llama, texts):
     batch = llama.encode(texts)
-    with pytest.raises(ValueError, match=r"resid: expected shape \[batch, pos, d_model\] = \[4, \d+, 32\], got \(4, \d+, 16\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"resid: expected shape \[batch, pos, d_model\] = \[4, \d+, 32\], got \(4, \d+, 16\)",
+    ):
         llama.run_from(torch.zeros(*batch.shape, 16), 1, batch)

@@ -7,8 +7,10 @@ from tests.test_model import count_block_calls
 
 
 def hooks_left(model) -> int:
-    return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) + ("forward" in m.__dict__)
-               for m in model.model.modules())
+    return sum(
+        len(m._forward_pre_hooks) + len(m._forward_hooks) + ("forward" in m.__dict__)
+        for m in model.model.modules()
+    )
 
 
 def test_run_with_hooks_modifies_the_stream(llama, texts):
@@ -44,7 +46,9 @@ def test_run_with_cache_matches_residuals(llama, texts):
 
 def test_hooks_context_manager_applies_to_raw_hf_forward(llama, texts):
     batch = llama.encode(texts)
-    inputs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids)
+    inputs = dict(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
+    )
     base = llama.model(**inputs).logits
     with llama.hooks([(lambda n: n.endswith("resid_pre"), lambda r, hook: r * 0.5)]):
         halved = llama.model(**inputs).logits
@@ -54,7 +58,9 @@ def test_hooks_context_manager_applies_to_raw_hf_forward(llama, texts):
 
 
 def test_unknown_hook_name_lists_valid_names(llama, texts):
-    with pytest.raises(ValueError, match=r"hook name.*'blocks\.9\.hook_resid_pre'.*valid names.*blocks\.0\.hook_resid_pre"):
+    with pytest.raises(
+        ValueError, match=r"hook name.*'blocks\.9\.hook_resid_pre'.*valid names.*blocks\.0\.hook_resid_pre"
+    ):
         llama.run_with_hooks(texts, fwd_hooks=[("blocks.9.hook_resid_pre", lambda r, h: None)])
     with pytest.raises(ValueError, match="hook name"):
         llama.run_with_hooks(texts, fwd_hooks=[("blocks.0.attn.hook_z", lambda r, h: None)])
@@ -84,7 +90,9 @@ def test_hook_hygiene_under_faults(llama, texts):
         llama.run_from(torch.zeros(2, 3, llama.d_model), 1, batch)
     assert hooks_left(llama) == 0
     res = llama.residuals(batch, [2])[2]
-    with pytest.raises(ValueError, match=r"hook blocks\.0\.hook_resid_pre.*shape"):  # the hook returns a tensor of the wrong shape
+    with pytest.raises(
+        ValueError, match=r"hook blocks\.0\.hook_resid_pre.*shape"
+    ):  # the hook returns a tensor of the wrong shape
         llama.run_with_hooks(batch, fwd_hooks=[("blocks.0.hook_resid_pre", lambda r, h: r[:, :1, :4])])
     assert hooks_left(llama) == 0
     assert torch.equal(llama.logits(batch), before)

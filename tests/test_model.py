@@ -14,8 +14,12 @@ def family_model(request, tok):
 
 
 def hf_forward(hf, batch):
-    return hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-              position_ids=batch.position_ids, output_hidden_states=True)
+    return hf(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+        output_hidden_states=True,
+    )
 
 
 @pytest.mark.parametrize("side", ["right", "left"])
@@ -103,7 +107,9 @@ class count_block_calls:
     def __enter__(self):
         for i, block in enumerate(self.model.blocks):
             leaf = next(m for m in block.modules() if not list(m.children()) and list(m.parameters()))
-            self.handles.append(leaf.register_forward_hook(lambda *a, i=i: self.counts.__setitem__(i, self.counts[i] + 1)))
+            self.handles.append(
+                leaf.register_forward_hook(lambda *a, i=i: self.counts.__setitem__(i, self.counts[i] + 1))
+            )
         return self
 
     def __exit__(self, *exc):
