@@ -69,9 +69,8 @@ def align_spans(
     src_end_at = source_ends.gather(1, t2s.clamp(min=0))
     src_special_at = source_special.gather(1, t2s.clamp(min=0))
     shared = (t2s >= 0) & (src_end_at == target_ends) & ~src_special_at & ~target_special
-    nxt = _next_start(
-        source_ends, source_valid, target_spans[..., 0], target_valid, target_valid & ~target_special
-    )
+    usable = target_valid & ~target_special
+    nxt = _next_start(src_key, source_ends, source_valid, tgt_key, target_spans[..., 0], usable)
     labels = torch.where(nxt >= 0, target_ids.gather(1, nxt.clamp(min=0)), IGNORE)
     return BatchAlignment(t2s, labels, nxt, shared)
 
@@ -94,14 +93,16 @@ def _sort_keys(
 
 
 def _next_start(
-    source_ends, source_valid, target_starts, target_valid, target_usable
+    src_key, source_ends, source_valid, tgt_key, target_starts, target_usable
 ) -> Int[Tensor, "batch source_pos"]:
-    """Per source token, the first usable target token starting exactly at its end; -1 if none."""
+    """Per source token, the first usable target token after it (by key) starting at its end; -1 if none.
+
+    "After it" keeps a zero-width token from being its own label when both sides have one (a lone
+    `▁` after BOS): identical tokenizers then label each token with the next one.
+    """
     n_t = target_starts.shape[1]
     pos = torch.arange(n_t, device=target_starts.device).expand_as(target_starts)
-    left = pos < _first_valid(target_valid)
-    starts = torch.where(target_valid, target_starts, torch.where(left, -1, _FAR))
-    first = torch.searchsorted(starts, source_ends.contiguous(), right=False)
+    first = torch.searchsorted(tgt_key, src_key.contiguous(), right=True)
     # Next usable index at or after each position (reverse running minimum), with a sentinel at n_t.
     usable_at = torch.where(target_usable, pos, n_t)
     next_usable = usable_at.flip(1).cummin(dim=1).values.flip(1)
