@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -17,8 +18,9 @@ from torch import Tensor
 class Batch:
     """Token ids, masks, positions and character spans of a padded batch.
 
-    `spans[b, t] = (start, end)` in characters of `texts[b]`; special tokens are zero-width and padding is
-    `(-1, -1)`. `position_ids` count real tokens only, so left padding does not shift positions.
+    `spans[b, t] = (start, end)` in characters of `texts[b]` (`byte_spans` in its UTF-8 bytes, which is what
+    alignment compares, exact where a token ends inside a character); special tokens are zero-width and
+    padding is `(-1, -1)`. `position_ids` count real tokens only, so left padding does not shift positions.
     """
 
     texts: list[str]
@@ -28,6 +30,7 @@ class Batch:
     spans: Int[Tensor, "batch pos 2"]
     special_mask: Bool[Tensor, "batch pos"]
     padding_side: str = "right"
+    byte_spans: Int[Tensor, "batch pos 2"] | None = None  # the same spans in UTF-8 bytes (exact alignment)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -38,11 +41,12 @@ class Batch:
         return self.input_ids.device
 
     def to(self, device) -> Batch:
-        moved = {
-            k: getattr(self, k).to(device)
-            for k in ("input_ids", "attention_mask", "position_ids", "spans", "special_mask")
-        }
-        return Batch(texts=self.texts, padding_side=self.padding_side, **moved)
+        return dataclasses.replace(self, **{k: v.to(device) for k, v in self.tensors().items()})
+
+    def tensors(self) -> dict[str, Tensor]:
+        """Every tensor field by name (byte_spans only when present)."""
+        fields = ("input_ids", "attention_mask", "position_ids", "spans", "special_mask", "byte_spans")
+        return {k: getattr(self, k) for k in fields if getattr(self, k) is not None}
 
     def lengths(self) -> Int[Tensor, " batch"]:
         return self.attention_mask.sum(-1)

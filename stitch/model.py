@@ -20,7 +20,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from stitch.alignment.spans import token_spans
+from stitch.alignment.spans import token_spans_batch
 from stitch.arch import ArchSpec, arch_for, get_module
 from stitch.batch import Batch, positions_from_mask
 from stitch.cache import ActivationCache
@@ -78,7 +78,7 @@ class HookedLM:
         """Tokenize and pad texts, keeping the character span of every token (special tokens zero-width)."""
         texts = check_texts(texts)
         check_choice("padding_side", padding_side, ("right", "left"))
-        encoded = [token_spans(self.tokenizer, text, add_special_tokens) for text in texts]
+        encoded = token_spans_batch(self.tokenizer, texts, add_special_tokens)
         for i, enc in enumerate(encoded):
             if self.n_ctx is not None and len(enc.ids) > self.n_ctx:
                 raise ValueError(
@@ -265,16 +265,17 @@ def _passes(names_filter, name: str) -> bool:
 def _pad(texts, encoded, pad_id: int, side: str, device) -> Batch:
     """Stack per-text token ids and spans into padded tensors (spans of padding are (-1, -1))."""
     width = max(len(enc.ids) for enc in encoded)
-    ids = torch.full((len(texts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(texts), width), dtype=torch.long)
-    spans = torch.full((len(texts), width, 2), -1, dtype=torch.long)
-    special = torch.ones((len(texts), width), dtype=torch.bool)
+    shape = (len(texts), width)
+    ids, mask = torch.full(shape, pad_id, dtype=torch.long), torch.zeros(shape, dtype=torch.long)
+    spans, byte_spans = torch.full((*shape, 2), -1, dtype=torch.long), torch.full((*shape, 2), -1, dtype=torch.long)
+    special = torch.ones(shape, dtype=torch.bool)
     for row, enc in enumerate(encoded):
         n = len(enc.ids)
         cols = slice(width - n, width) if side == "left" else slice(0, n)
         ids[row, cols] = torch.tensor(enc.ids, dtype=torch.long)
         mask[row, cols] = 1
         spans[row, cols] = torch.tensor(enc.spans, dtype=torch.long).view(n, 2)
+        byte_spans[row, cols] = torch.tensor(enc.byte_spans, dtype=torch.long).view(n, 2)
         special[row, cols] = torch.tensor(enc.special, dtype=torch.bool)
-    batch = Batch(texts, ids, mask, positions_from_mask(mask), spans, special, side)
+    batch = Batch(texts, ids, mask, positions_from_mask(mask), spans, special, side, byte_spans)
     return batch.to(device)

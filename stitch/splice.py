@@ -11,6 +11,7 @@ for comparison; equal to M = 0 for models whose embedding output is not rescaled
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -137,16 +138,7 @@ class Splice(nn.Module):
         if self.alignment == "target":
             return aligned.target
         src = aligned.source
-        ids = torch.full_like(src.input_ids, self.B.pad_token_id)
-        return Batch(
-            src.texts,
-            ids,
-            src.attention_mask,
-            src.position_ids,
-            src.spans,
-            src.special_mask,
-            src.padding_side,
-        )
+        return dataclasses.replace(src, input_ids=torch.full_like(src.input_ids, self.B.pad_token_id))
 
     def _adapt(self, states: Tensor) -> Tensor:
         mapped = self.adapter(states.to(_adapter_dtype(self.adapter, states)))
