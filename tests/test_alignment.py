@@ -205,3 +205,78 @@ def test_bad_inputs_name_the_parameter():
         align_batch(two, make_batch(b, ["x", "q"]))
     with pytest.raises(TypeError, match="source must be a stitch.batch.Batch, got list"):
         align_batch(["x"], two)
+
+
+def test_corpus_summary_against_direct_counts():
+    from analyses.alignment import AlignmentSummary, alignment_summary
+
+    src, tgt = load("byte_level_bpe"), load("sentencepiece_unigram")
+    texts = [PARAGRAPH, TRICKY[3], TRICKY[4]]
+    summary = alignment_summary(texts, src, tgt)
+    n_src = n_tgt = shared = none = repeat = 0
+    hist: dict[int, int] = {}
+    for text in texts:
+        al = TokenAlignment.build(text, src, tgt)
+        s_text = [not sp for sp in al.source_special.tolist()]
+        n_src, n_tgt, shared = (
+            n_src + sum(s_text),
+            n_tgt + int((~al.target_special).sum()),
+            shared + len(al.shared_boundaries),
+        )
+        last = 0
+        for j, i in enumerate(al.target_to_source.tolist()):
+            if al.target_special[j]:
+                continue
+            done = sum(s_text[: i + 1])  # source text tokens finished by target token j
+            hist[done - last] = hist.get(done - last, 0) + 1
+            none += done == 0
+            repeat += done == last and done > 0
+            last = done
+    assert (summary.n_source_tokens, summary.n_target_tokens, summary.shared_boundaries) == (
+        n_src,
+        n_tgt,
+        shared,
+    )
+    assert summary.source_tokens_per_char == pytest.approx(n_src / sum(map(len, texts)))
+    assert summary.no_source_fraction == pytest.approx(none / n_tgt)
+    assert summary.repeated_source_fraction == pytest.approx(repeat / n_tgt)
+    assert summary.source_per_target_hist == tuple(hist.get(k, 0) for k in range(max(hist) + 1))
+    assert AlignmentSummary.from_dict(summary.to_dict()) == summary
+
+
+def test_corpus_summary_of_one_tokenizer_is_trivial():
+    from analyses.alignment import alignment_summary
+
+    tok = load("byte_level_bpe")
+    s = alignment_summary([PARAGRAPH, "Hi"], tok, _copy(tok))
+    assert s.source_per_target == s.shared_fraction_target == s.shared_fraction_source == 1.0
+    assert s.no_source_fraction == s.repeated_source_fraction == 0.0
+    assert s.source_per_target_hist == (0, s.n_target_tokens)
+    with pytest.raises(ValueError, match="texts: expected a non-empty list"):
+        alignment_summary([], tok, tok)
+
+
+def test_alignment_map_draws_every_token_and_link():
+    import plotly.graph_objects as go
+
+    from analyses.figures.alignment import alignment_map, fan_in_histogram
+
+    al = TokenAlignment.build(PARAGRAPH, load("llama3"), load("mistral"))
+    fig = alignment_map(al, "Llama-3", "Mistral", chars_per_line=60)
+    assert isinstance(fig, go.Figure)
+    hovers = {h.split(":")[0] for t in fig.data if t.mode == "text" for h in t.hovertext}
+    assert hovers == {f"Llama-3 token {k}" for k in range(len(al.source_ids))} | {
+        f"Mistral token {k}" for k in range(len(al.target_ids))
+    }
+    links = next(t for t in fig.data if (t.name or "").startswith("target ← source"))
+    assert list(links.x).count(None) == int((al.target_to_source >= 0).sum())
+    bars = next(t for t in fig.data if t.name == "shared boundary")
+    assert list(bars.x).count(None) == len(al.shared_boundaries)
+    with pytest.raises(TypeError, match="al: expected a stitch.TokenAlignment"):
+        alignment_map("text")
+    with pytest.raises(ValueError, match="chars_per_line: expected a positive integer, got 0"):
+        alignment_map(al, chars_per_line=0)
+    from analyses.alignment import alignment_summary
+
+    summary = alignment_summary([PARAGRAPH], load("llama3"), load("mistral"))
+    assert sum(fan_in_histogram(summary).data[0].y) == summary.n_target_tokens
