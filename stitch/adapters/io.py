@@ -169,11 +169,12 @@ def _read_header(weights: Path) -> dict[str, Any]:
     size = weights.stat().st_size
     with open(weights, "rb") as f:
         head = f.read(9)
-        _refuse_pickle(weights, head)
         if size < 9:
+            _refuse_pickle(weights, head)
             raise ValueError(f"{weights}: truncated file ({size} bytes; a safetensors header needs >= 9)")
         (n,) = struct.unpack("<Q", head[:8])
-        if head[8:9] != b"{" or n > _MAX_HEADER:
+        if head[8:9] != b"{" or n > _MAX_HEADER:  # not safetensors; a pickle gets its own message
+            _refuse_pickle(weights, head)
             raise ValueError(
                 f"{weights}: not a safetensors file (bad header); adapters are saved as safetensors"
             )
@@ -186,8 +187,8 @@ def _read_header(weights: Path) -> dict[str, Any]:
 
 
 def _refuse_pickle(weights: Path, head: bytes) -> None:
-    # a torch.save file is a zip archive ("PK") around a pickle; a bare pickle starts with opcode 0x80
-    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+    # a torch.save file is a zip archive ("PK") around a pickle; a bare pickle starts with PROTO 0x80 + version
+    if head.startswith(b"PK\x03\x04") or (len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5):
         raise ValueError(
             f"{weights}: this is a pickle / torch.save file; stitch never unpickles adapters "
             "(unpickling runs arbitrary code). Load it yourself from a trusted source and "

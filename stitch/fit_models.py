@@ -1,0 +1,171 @@
+"""Fit adapters from models: stream texts through A and B, pair states on the target grid, fit in closed form.
+
+    >>> ad = fit_adapter(A, B, texts, source_layer=16, kind="procrustes")          # one call
+    >>> ad = fit_adapter(A, B, texts, 16, 12, kind="affine", ridge=1e-2, batch_size=4)
+    >>> stats = collect_stats(A, B, texts, [(8, 8), (16, 16), (16, EMBEDDINGS)])   # one pass, many pairs
+    >>> Procrustes.fit_stats(stats[(16, 16)])
+
+Pairs follow the target grid of `stitch.Splice`: B token j is paired with the A token the splice would
+feed it (the last A token ending at or before j's end). Padding and positions with no A token are
+always dropped; BOS and other special tokens on either side are dropped by default (`drop_special`),
+because their states (attention sinks, often with massive norms) would dominate a least-squares fit.
+Memory is O(d²) per layer pair whatever the number of texts: only `SufficientStats` are kept.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from stitch.adapters import CLOSED_FORM, Adapter, Identity, SufficientStats, adapter_class, fit_closed_form
+from stitch.batch import Batch
+from stitch.checks import check_layer, check_texts
+from stitch.model import HookedLM
+from stitch.splice import Aligned, Splice
+
+EMBEDDINGS = "embeddings"  # target "layer": B's input embeddings, what `injection="inputs_embeds"` feeds
+LayerPair = tuple[int, "int | str"]
+
+
+def fit_adapter(
+    A: HookedLM,
+    B: HookedLM,
+    texts: Sequence[str],
+    source_layer: int,
+    target_layer: int | None = None,
+    kind: str = "procrustes",
+    *,
+    batch_size: int = 8,
+    drop_special: bool = True,
+    padding_side: str = "right",
+    progress: bool = True,
+    dtype: torch.dtype = torch.float32,
+    **options,
+) -> Adapter:
+    """A closed-form adapter from A's layer `source_layer` to B's `target_layer` (default: the same).
+
+    `options` go to the fit (`ridge` for linear/affine, `scale`/`translation` for procrustes); the
+    adapter is returned in `dtype` (float32 by default, whatever the models' dtype).
+    """
+    check_fit_options(kind, options)
+    pair = (source_layer, source_layer if target_layer is None else target_layer)
+    stats = collect_stats(
+        A,
+        B,
+        texts,
+        [pair],
+        batch_size=batch_size,
+        drop_special=drop_special,
+        padding_side=padding_side,
+        progress=progress,
+    )
+    return fit_closed_form(kind, stats[pair], **options).to(dtype)
+
+
+def check_fit_options(kind: str, options: dict) -> None:
+    """Refuse an unknown kind or option before any model runs (not after an hour of streaming)."""
+    cls = adapter_class(kind)
+    if cls.kind not in CLOSED_FORM:
+        raise ValueError(f"kind: {kind!r} has no closed-form fit; closed-form kinds: {list(CLOSED_FORM)}")
+    allowed = [p for p in inspect.signature(cls.fit_stats).parameters if p != "stats"]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise TypeError(f"options: {unknown} are not options of a {cls.kind} fit; valid options: {allowed}")
+
+
+def collect_stats(
+    A: HookedLM,
+    B: HookedLM,
+    texts: Sequence[str],
+    layer_pairs: Sequence[LayerPair],
+    *,
+    batch_size: int = 8,
+    drop_special: bool = True,
+    padding_side: str = "right",
+    progress: bool = True,
+) -> dict[LayerPair, SufficientStats]:
+    """Streamed statistics of paired (A layer N, B layer M) states for every `(N, M)` in `layer_pairs`.
+
+    A and B each run once per batch, up to the deepest layer asked of them. `M` may be `EMBEDDINGS`.
+    """
+    pairs = _check_pairs(A, B, layer_pairs)
+    texts = check_texts(texts)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+    aligner = pairing_splice(A, B, padding_side)
+    stats = {pair: SufficientStats() for pair in pairs}
+    starts = range(0, len(texts), batch_size)
+    for start in tqdm(starts, desc="pairing states", unit="batch", disable=not progress):
+        _accumulate(aligner, texts[start : start + batch_size], stats, drop_special)
+    if next(iter(stats.values())).n == 0:
+        raise ValueError(
+            f"texts: no paired positions in {len(texts)} texts (every position was padding, special "
+            "or had no A token before it); use longer texts or drop_special=False"
+        )
+    return stats
+
+
+def pairing_splice(A: HookedLM, B: HookedLM, padding_side: str = "right") -> Splice:
+    """A splice used only for its `align` (the one implementation of token pairing in stitch)."""
+    return Splice(A, B, source_layer=0, target_layer=0, adapter=Identity(), padding_side=padding_side)
+
+
+def _accumulate(
+    aligner: Splice, texts: list[str], stats: dict[LayerPair, SufficientStats], drop_special: bool
+) -> None:
+    aligned = aligner.align(texts)
+    rows, src, tgt = paired_positions(aligned, drop_special)
+    if rows.numel() == 0:
+        return
+    xs = model_states(aligner.A, aligned.source, {n for n, _ in stats})
+    ys = model_states(aligner.B, aligned.target, {m for _, m in stats})
+    for n, m in stats:
+        stats[n, m].update(xs[n][rows, src], ys[m][rows, tgt])
+
+
+def paired_positions(
+    aligned: Aligned, drop_special: bool = True
+) -> tuple[Int[Tensor, " n"], Int[Tensor, " n"], Int[Tensor, " n"]]:
+    """(batch row, A position, B position) of every target-grid pair the splice would feed."""
+    target = aligned.target
+    t2s = aligned.target_to_source
+    if t2s is None:  # one tokenization: B position j is fed by A position j
+        t2s = torch.arange(target.shape[1], device=target.device).expand(target.shape[0], -1)
+    keep = target.attention_mask.bool() & (t2s >= 0)
+    if drop_special:
+        source_special = aligned.source.special_mask.gather(1, t2s.clamp(min=0))
+        keep &= ~target.special_mask & ~source_special
+    rows, tgt = keep.nonzero(as_tuple=True)
+    return rows, t2s[rows, tgt], tgt
+
+
+@torch.no_grad()
+def model_states(model: HookedLM, batch: Batch, layers: set) -> dict:
+    """{layer: [batch, pos, d_model]} for integer layers, plus the input embeddings for `EMBEDDINGS`."""
+    out = {}
+    ints = sorted(layer for layer in layers if layer != EMBEDDINGS)
+    if ints:
+        out.update(model.residuals(batch, ints))
+    if EMBEDDINGS in layers:
+        out[EMBEDDINGS] = model.model.get_input_embeddings()(batch.input_ids)
+    return out
+
+
+def _check_pairs(A: HookedLM, B: HookedLM, layer_pairs) -> list[LayerPair]:
+    if isinstance(layer_pairs, tuple) and len(layer_pairs) == 2 and not isinstance(layer_pairs[0], tuple):
+        layer_pairs = [layer_pairs]  # a single (N, M) pair
+    pairs = []
+    for pair in layer_pairs:
+        if not isinstance(pair, tuple) or len(pair) != 2:
+            raise ValueError(f"layer_pairs: expected (source_layer, target_layer) tuples, got {pair!r}")
+        n, m = pair
+        m = m if m == EMBEDDINGS else check_layer("layer_pairs (target layer)", m, B.n_layers)
+        pairs.append((check_layer("layer_pairs (source layer)", n, A.n_layers), m))
+    if not pairs:
+        raise ValueError("layer_pairs: expected at least one (source_layer, target_layer) pair, got none")
+    return list(dict.fromkeys(pairs))

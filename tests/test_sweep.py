@@ -1,0 +1,148 @@
+"""Layer sweep: every number against an independent computation, ground truth on a rotated copy, figure."""
+
+import copy
+
+import plotly.graph_objects as go
+import pytest
+import torch
+
+import stitch
+from analyses.figures.sweep import sweep_figure
+from analyses.sweep import SweepRecord, layer_sweep, matching_layers
+from stitch.fit_models import EMBEDDINGS, fit_adapter
+from stitch.losses import mean_cross_entropy, next_token_labels
+from tests.test_rotated_llama import fold_norm_gains, rotate_residual
+from tests.tiny import CORPUS, byte_bpe_tokenizer, tiny_model
+
+TRAIN = CORPUS[:6]
+
+
+@pytest.fixture(scope="module")
+def cross_pair(tok):
+    """A (llama, width 32, 300-token vocab) and B (qwen2, width 48, 4 layers, a 1200-token vocab)."""
+    tok_b = byte_bpe_tokenizer(vocab_size=1200)
+    A = stitch.load_model(tiny_model("llama", vocab_size=len(tok), seed=3), tokenizer=tok)
+    B = stitch.load_model(
+        tiny_model("qwen2", vocab_size=len(tok_b), n_layers=4, d_model=48, seed=4), tokenizer=tok_b
+    )
+    return A, B
+
+
+@pytest.fixture(scope="module")
+def cross_records(cross_pair, texts):
+    A, B = cross_pair
+    return layer_sweep(A, B, TRAIN, texts, source_layers=[0, 2, 3], kind="affine", ridge=1e-3, progress=False)
+
+
+def test_matching_layers():
+    assert matching_layers([0, 1, 2, 3, 4], 4, 2, "relative") == [0, 1, 1, 2, 2]
+    assert matching_layers([0, 3], 3, 4, "relative") == [0, 4]
+    assert matching_layers([1, 2], 3, 4, "same") == [1, 2]
+    with pytest.raises(ValueError, match="match='relative'"):
+        matching_layers([3], 3, 2, "same")
+    with pytest.raises(ValueError, match="match"):
+        matching_layers([1], 3, 3, "closest")
+
+
+def test_records_cover_every_layer_and_both_injections(cross_records):
+    residual = [(r.source_layer, r.target_layer) for r in cross_records if r.injection == "residual"]
+    baseline = [(r.source_layer, r.target_layer) for r in cross_records if r.injection == "inputs_embeds"]
+    assert residual == [(0, 0), (2, 3), (3, 4)]  # relative depth: 3 layers of A against 4 of B
+    assert baseline == [(0, 0), (2, 0), (3, 0)]
+    assert (
+        len({r.ce_native for r in cross_records}) == 1 and len({r.n_eval_tokens for r in cross_records}) == 1
+    )
+    assert all(r.kind == "affine" and r.n_train_pairs > 48 for r in cross_records)
+
+
+def test_every_number_matches_an_independent_computation(cross_pair, cross_records, texts):
+    A, B = cross_pair
+    target = B.encode(texts)
+    native = mean_cross_entropy(B.logits(target), next_token_labels(target)).item()
+    for r in cross_records:
+        assert r.ce_native == pytest.approx(native, abs=1e-5)
+        m = EMBEDDINGS if r.injection == "inputs_embeds" else r.target_layer
+        ad = fit_adapter(A, B, TRAIN, r.source_layer, m, kind="affine", ridge=1e-3, progress=False)
+        sp = stitch.Splice(A, B, r.source_layer, r.target_layer, adapter=ad, injection=r.injection)
+        assert r.ce_spliced == pytest.approx(sp(texts).loss.item(), abs=1e-5)
+        mean = mean_target_state(B, m)
+        constant = mean.expand(*target.shape, -1)
+        logits = B.run_from_embeds(constant, target) if m == EMBEDDINGS else B.run_from(constant, m, target)
+        none = mean_cross_entropy(logits, next_token_labels(target)).item()
+        assert r.ce_no_information == pytest.approx(none, abs=1e-5)
+        gap = r.ce_no_information - r.ce_native
+        assert r.loss_recovered == pytest.approx((r.ce_no_information - r.ce_spliced) / gap, rel=1e-9)
+
+
+def mean_target_state(B, m):
+    """B's mean state at layer m over the training texts' real, non-special tokens, text by text."""
+    rows = []
+    for text in TRAIN:
+        batch = B.encode([text])
+        with torch.no_grad():
+            states = (
+                B.model.get_input_embeddings()(batch.input_ids)
+                if m == EMBEDDINGS
+                else B.residuals(batch, [m])[m]
+            )
+        rows.append(states[0][~batch.special_mask[0]])
+    return torch.cat(rows).double().mean(0).float()
+
+
+def briefly_trained_llama(tok):
+    """A tiny Llama trained for a few steps on TRAIN, so that its own states beat the mean state."""
+    model = tiny_model("llama", vocab_size=len(tok), n_layers=3, d_model=32, seed=5)
+    batch = stitch.load_model(model, tokenizer=tok).encode(TRAIN)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-2)
+    model.train()
+    for _ in range(15):
+        logits = model(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
+        ).logits
+        opt.zero_grad()
+        mean_cross_entropy(logits, next_token_labels(batch)).backward()
+        opt.step()
+    return model.eval().requires_grad_(False)
+
+
+def test_rotated_copy_recovers_all_the_loss(tok, texts):
+    original = briefly_trained_llama(tok)
+    Q = torch.linalg.qr(torch.randn(32, 32, generator=torch.Generator().manual_seed(6)))[0]
+    rotated = copy.deepcopy(original)
+    fold_norm_gains(rotated)
+    rotate_residual(rotated, Q)
+    A, B = stitch.load_model(original, tokenizer=tok), stitch.load_model(rotated, tokenizer=tok)
+    records = layer_sweep(A, B, TRAIN, texts, kind="procrustes", progress=False)
+    assert len(records) == 2 * (A.n_layers + 1)
+    for r in records:
+        assert r.ce_no_information - r.ce_native > 0.5  # the model uses its states: the ratio means something
+        if r.injection == "residual" or r.source_layer == 0:
+            assert abs(r.ce_spliced - r.ce_native) < 1e-5 and r.loss_recovered == pytest.approx(1.0, abs=1e-4)
+        else:  # a deep state read as an embedding: the flawed baseline loses what the splice keeps
+            assert r.loss_recovered < 0.95
+
+
+def test_figure_and_record_round_trip(cross_records):
+    dicts = [r.to_dict() for r in cross_records]
+    assert [SweepRecord.from_dict(d) for d in dicts] == cross_records
+    fig = sweep_figure(dicts)
+    assert isinstance(fig, go.Figure)
+    names = {t.name for t in fig.data}
+    assert {"residual splice", "embedding injection", "B native", "no information"} <= names
+    curve = next(t for t in fig.data if t.name == "residual splice")
+    assert list(curve.x) == [0, 2, 3]
+    assert list(curve.y) == [r.loss_recovered for r in cross_records if r.injection == "residual"]
+    with pytest.raises(ValueError, match="records"):
+        sweep_figure([])
+
+
+def test_bad_sweep_arguments(cross_pair, texts):
+    A, B = cross_pair
+    with pytest.raises(ValueError, match="no closed-form fit"):
+        layer_sweep(A, B, TRAIN, texts, kind="mlp", progress=False)
+    with pytest.raises(TypeError, match="ridge"):
+        layer_sweep(A, B, TRAIN, texts, kind="procrustes", ridge=1.0, progress=False)
+    with pytest.raises(ValueError, match="source_layers"):
+        layer_sweep(A, B, TRAIN, texts, source_layers=[7], progress=False)
+    with pytest.raises(ValueError, match="texts"):
+        layer_sweep(A, B, TRAIN, [], progress=False)
