@@ -69,16 +69,21 @@ def test_embedding_injection_baseline_equals_target_layer_0(tok, texts):
     torch.testing.assert_close(embeds.loss, layer0.loss)
 
 
-def test_fault_inside_adapter_leaves_no_hooks(llama, texts):
-    before = llama.logits(texts)
+def test_faults_leave_no_hooks_on_either_model(tok, texts):
+    A = stitch.load_model(tiny_model("llama", vocab_size=len(tok)), tokenizer=tok)
+    B = stitch.load_model(tiny_model("gemma", vocab_size=len(tok), seed=4), tokenizer=tok)
+    before = stitch.Splice(A, B, source_layer=2)(texts).logits
 
     class Broken(nn.Module):
-        d_source = d_target = llama.d_model
+        d_source = d_target = A.d_model
 
         def forward(self, x):
             raise FloatingPointError("adapter exploded")
 
     with pytest.raises(FloatingPointError):
-        stitch.Splice(llama, llama, source_layer=2, adapter=Broken())(texts)
-    assert hooks_left(llama) == 0
-    assert torch.equal(llama.logits(texts), before)
+        stitch.Splice(A, B, source_layer=2, adapter=Broken())(texts)
+    with pytest.raises(ValueError, match="hook blocks.1.hook_resid_pre"):  # B's own hook misbehaves mid-forward
+        with B.hooks([("blocks.1.hook_resid_pre", lambda resid, hook: resid[:, :1])]):
+            stitch.Splice(A, B, source_layer=1)(texts)
+    assert hooks_left(A) == hooks_left(B) == 0
+    assert torch.equal(stitch.Splice(A, B, source_layer=2)(texts).logits, before)
