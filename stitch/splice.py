@@ -110,6 +110,14 @@ class Splice(nn.Module):
             logits, labels, mean_cross_entropy(logits, labels), aligned.source, aligned.target
         )
 
+    def generate(
+        self, prompts, max_new_tokens: int = 32, policy: str = "prompt", stop_at_eos: bool = True
+    ) -> list[str]:
+        """B's greedy continuations under the splice; see `stitch.generation` for the policies."""
+        from stitch.generation import generate
+
+        return generate(self, prompts, max_new_tokens, policy, stop_at_eos)
+
     def align(self, texts) -> Aligned:
         """Encode texts for A and B and align the two tokenizations (identity when the tokenizer is shared)."""
         texts = check_texts(texts)
