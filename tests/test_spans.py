@@ -8,7 +8,7 @@ from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from stitch.alignment import token_spans, token_spans_batch
+from stitch.alignment import spans_from_ids, token_spans, token_spans_batch
 from stitch.alignment.fallback import repair_offsets
 from stitch.alignment.surface import _UNICODE_TO_BYTE
 from tests import tokenizers_util as tu
@@ -230,6 +230,16 @@ def test_slow_tokenizer_has_no_offsets_but_gets_spans():
 def test_batch_form_equals_single_form():
     tok = tu.byte_level_bpe()
     assert token_spans_batch(tok, TRICKY) == [token_spans(tok, t) for t in TRICKY]
+
+
+def test_spans_from_ids_with_and_without_the_inserted_mask():
+    tok = load("llama3")
+    texts = [*TRICKY, "chat<|eot_id|>turn"]
+    enc = tok(texts, return_special_tokens_mask=True)
+    with_mask = list(zip(enc["input_ids"], enc["special_tokens_mask"], strict=True))
+    want = token_spans_batch(tok, texts)
+    assert spans_from_ids(tok, texts, with_mask) == want
+    assert spans_from_ids(tok, texts, [(ids, None) for ids in enc["input_ids"]]) == want
 
 
 def test_added_tokens_rebuild_the_table():

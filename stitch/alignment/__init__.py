@@ -6,7 +6,7 @@ tokenizations of the same text line up (target grid, source grid, shared boundar
 """
 
 from stitch.alignment.align import IGNORE, BatchAlignment, TokenAlignment, align_batch, align_spans
-from stitch.alignment.spans import TokenSpans, token_spans, token_spans_batch
+from stitch.alignment.spans import TokenSpans, spans_from_ids, token_spans, token_spans_batch
 
 __all__ = [
     "IGNORE",
@@ -15,6 +15,7 @@ __all__ = [
     "TokenSpans",
     "align_batch",
     "align_spans",
+    "spans_from_ids",
     "token_spans",
     "token_spans_batch",
 ]

@@ -84,9 +84,8 @@ def _sort_keys(
 ) -> Int[Tensor, "batch pos"]:
     """end * scale + rank among the tokens sharing that end; left padding -1, right padding far."""
     pos = torch.arange(ends.shape[1], device=ends.device).expand_as(ends)
-    prev_end = torch.cat([ends[:, :1] - 1, ends[:, :-1]], dim=1)
-    prev_valid = torch.cat([torch.zeros_like(valid[:, :1]), valid[:, :-1]], dim=1)
-    opens = valid & ((ends != prev_end) | ~prev_valid)
+    opens = valid.clone()  # a run of equal ends opens at its first token
+    opens[:, 1:] &= (ends[:, 1:] != ends[:, :-1]) | ~valid[:, :-1]
     rank = pos - torch.where(opens, pos, 0).cummax(dim=1).values
     left = pos < _first_valid(valid)
     return torch.where(valid, ends * scale + rank, torch.where(left, -1, _FAR))
@@ -103,11 +102,10 @@ def _next_start(
     n_t = target_starts.shape[1]
     pos = torch.arange(n_t, device=target_starts.device).expand_as(target_starts)
     first = torch.searchsorted(tgt_key, src_key.contiguous(), right=True)
-    # Next usable index at or after each position (reverse running minimum), with a sentinel at n_t.
+    # Next usable index at or after each position (reverse running minimum); n_t where none.
     usable_at = torch.where(target_usable, pos, n_t)
     next_usable = usable_at.flip(1).cummin(dim=1).values.flip(1)
-    next_usable = torch.cat([next_usable, torch.full_like(next_usable[:, :1], n_t)], dim=1)
-    j = next_usable.gather(1, first)
+    j = torch.where(first < n_t, next_usable.gather(1, first.clamp(max=n_t - 1)), n_t)
     hit = (j < n_t) & source_valid
     hit &= target_starts.gather(1, j.clamp(max=n_t - 1)) == source_ends
     return torch.where(hit, j, -1)

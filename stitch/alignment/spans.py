@@ -21,6 +21,7 @@ anything else falls back to incremental decoding matched against the text.
 
 from __future__ import annotations
 
+import itertools
 from operator import itemgetter
 from typing import NamedTuple
 
@@ -68,10 +69,33 @@ def token_spans_batch(
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     encoded = _encode(tokenizer, texts, add_special_tokens)
-    return [
-        _spans_of(tokenizer, t, ids, hint, add_special_tokens, method, name)
-        for t, (ids, hint) in zip(texts, encoded, strict=True)
-    ]
+    return spans_from_ids(tokenizer, texts, encoded, add_special_tokens, method=method, name=name)
+
+
+def spans_from_ids(
+    tokenizer,
+    texts: list[str],
+    encoded,
+    add_special_tokens: bool = True,
+    *,
+    method: str = "auto",
+    name: str = "tokenizer",
+) -> list[TokenSpans]:
+    """Spans for ids you already have: `encoded[k] = (ids, inserted)` for `texts[k]`, where `inserted`
+    marks post-processor tokens (a fast tokenizer's `special_tokens_mask`) or is None (unknown).
+
+    >>> enc = tok(texts, return_special_tokens_mask=True)
+    >>> spans_from_ids(tok, texts, list(zip(enc["input_ids"], enc["special_tokens_mask"])))
+    """
+    datas = [t.encode("utf-8") for t in texts]
+    found = [None] * len(texts)
+    if method in ("auto", "surface"):
+        found = surface_spans_batch(surfaces(tokenizer), encoded, datas)
+    out = []
+    for text, data, (ids, hint), hit in zip(texts, datas, encoded, found, strict=True):
+        hit = hit or _fallback(tokenizer, text, data, ids, hint, add_special_tokens, method, name)
+        out.append(_assemble(ids, hit, text, data))
+    return out
 
 
 def check_tokenizer(tokenizer, name: str = "tokenizer") -> None:
@@ -118,11 +142,11 @@ def _encode(tokenizer, texts: list[str], add_special_tokens: bool) -> list[tuple
     return [(list(tokenizer(t, add_special_tokens=add_special_tokens)["input_ids"]), None) for t in texts]
 
 
-def _spans_of(tokenizer, text, ids, hint, add_special_tokens, method, name) -> TokenSpans:
-    data = text.encode("utf-8")
+def _fallback(tokenizer, text, data, ids, hint, add_special_tokens, method, name):
+    """Spans when the token surfaces do not spell the text: checked offsets, then decoding."""
     found = None
     if method in ("auto", "surface"):
-        found = surface_spans(surfaces(tokenizer), ids, hint, data)
+        found = _walk(surfaces(tokenizer), ids, hint, data)
     if found is None:
         raise_if_unknown(tokenizer, text, ids, add_special_tokens, name)
     if found is None and method in ("auto", "offsets") and getattr(tokenizer, "is_fast", False):
@@ -134,37 +158,51 @@ def _spans_of(tokenizer, text, ids, hint, add_special_tokens, method, name) -> T
             f"{name} ({type(tokenizer).__name__}): method={method!r} could not place the "
             f"tokens of text {text[:60]!r} on the text; valid methods: {METHODS}"
         )
-    return _assemble(ids, found, text, data)
+    return found
 
 
-def surface_spans(table: Surfaces, ids: list[int], hint, data: bytes):
-    """(byte starts, byte ends, inserted) if the token surfaces reproduce `data` exactly, else None."""
-    ids_arr = np.asarray(ids, dtype=np.int64)
-    if ids_arr.size and (ids_arr.min() < 0 or ids_arr.max() >= len(table.bytes)):
-        return None
-    lengths = table.lengths[ids_arr]
-    inserted = _inserted_guess(table, ids_arr, hint)
-    text_ids = ids_arr[~inserted].tolist()
-    if (lengths[~inserted] < 0).any():
-        return None
-    joined = (
-        b"".join(itemgetter(*text_ids)(table.bytes))
-        if len(text_ids) > 1
-        else (table.bytes[text_ids[0]] if text_ids else b"")
+def surface_spans_batch(table: Surfaces, encoded, datas: list[bytes]) -> list:
+    """Per text (byte starts, byte ends, inserted) where the token surfaces spell it exactly, else None.
+
+    Vectorised over the whole batch: one lookup of every token's byte length, one join of every
+    token's bytes; each text then compares its slice of the join with its own bytes.
+    """
+    counts = np.fromiter((len(ids) for ids, _ in encoded), dtype=np.int64, count=len(encoded))
+    ids = np.fromiter(
+        itertools.chain.from_iterable(ids for ids, _ in encoded), dtype=np.int64, count=counts.sum()
     )
-    for prefix in (b"", b" "):  # b" ": a prefix space the tokenizer added (sentencepiece's dummy prefix)
-        if joined == prefix + data:
-            ends = np.cumsum(np.where(inserted, 0, lengths)) - len(prefix)
-            starts = ends - np.where(inserted, 0, lengths)
-            return np.maximum(starts, 0), np.maximum(ends, 0), inserted
-    return _walk(table, ids, hint, data)
+    if ids.size and (ids.min() < 0 or ids.max() >= len(table.bytes)):
+        return [None] * len(encoded)
+    inserted = _inserted_guess(table, ids, encoded, counts)
+    lengths = np.where(inserted, 0, table.lengths[ids])
+    if (lengths < 0).any():
+        return [None] * len(encoded)
+    # itemgetter returns a bare item for one index: two dummies keep it a tuple.
+    joined = b"".join(itemgetter(*ids[~inserted].tolist(), 0, 0)(table.bytes)[:-2])
+    ends = np.cumsum(lengths)
+    firsts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    totals = np.add.reduceat(lengths, firsts) if ids.size else np.zeros(len(encoded), np.int64)
+    offsets = np.concatenate([[0], np.cumsum(totals)[:-1]])
+    out = []
+    for k, data in enumerate(datas):
+        piece = joined[offsets[k] : offsets[k] + totals[k]]
+        shift = 0 if piece == data else 1 if piece == b" " + data else None
+        if shift is None:
+            out.append(None)
+            continue
+        rows = slice(firsts[k], firsts[k] + counts[k])
+        e = np.maximum(ends[rows] - offsets[k] - shift, 0)
+        out.append((np.maximum(e - lengths[rows], 0), e, inserted[rows]))
+    return out
 
 
-def _inserted_guess(table: Surfaces, ids_arr: np.ndarray, hint) -> np.ndarray:
+def _inserted_guess(table: Surfaces, ids: np.ndarray, encoded, counts) -> np.ndarray:
     """Fast tokenizers say which tokens the post-processor inserted; slow ones: assume all specials."""
-    if hint is not None:
-        return np.asarray(hint, dtype=bool)
-    return np.fromiter((i in table.special_ids for i in ids_arr.tolist()), dtype=bool, count=len(ids_arr))
+    if all(hint is not None for _, hint in encoded):
+        return np.fromiter(
+            itertools.chain.from_iterable(h for _, h in encoded), dtype=bool, count=counts.sum()
+        )
+    return np.fromiter((i in table.special_ids for i in ids.tolist()), dtype=bool, count=len(ids))
 
 
 def _walk(table: Surfaces, ids: list[int], hint, data: bytes):
@@ -230,7 +268,7 @@ def _assemble(ids, found, text: str, data: bytes) -> TokenSpans:
     char_starts, char_ends = _to_chars(found, text, data)
     starts, ends, inserted = found
     return TokenSpans(
-        ids=[int(i) for i in ids],
+        ids=list(ids),
         spans=list(zip(char_starts.tolist(), char_ends.tolist(), strict=True)),
         special=inserted.tolist(),
         byte_spans=list(zip(starts.tolist(), ends.tolist(), strict=True)),
