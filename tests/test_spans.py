@@ -163,6 +163,11 @@ def test_unknown_characters_are_an_error_naming_them():
         token_spans(tu.wordpiece(), "hello 🦜 world")
 
 
+def test_text_a_tokenizer_drops_entirely_is_an_error():
+    with pytest.raises(ValueError, match="gives no text tokens for '  '"):
+        token_spans(tu.wordpiece(), "  ")
+
+
 def test_normalising_tokenizer_spans_refer_to_the_original_string():
     tok = load("nfkc_unigram")
     text = "ＦＵＬＬ width ﬁne Café"

@@ -153,6 +153,11 @@ def _fallback(tokenizer, text, data, ids, hint, add_special_tokens, method, name
         found = _char_to_byte(offset_spans(tokenizer, text, ids, add_special_tokens), text, data)
     if found is None and method in ("auto", "decode"):
         found = _char_to_byte(decode_spans(tokenizer, text, ids, hint), text, data)
+    if found is None and (not ids or (hint is not None and all(hint))):
+        raise ValueError(
+            f"{name} ({type(tokenizer).__name__}) gives no text tokens for {text[:60]!r}: it drops "
+            "every character, so no token can stand for this text; valid texts have a token"
+        )
     if found is None:
         raise ValueError(
             f"{name} ({type(tokenizer).__name__}): method={method!r} could not place the "
@@ -181,8 +186,8 @@ def surface_spans_batch(table: Surfaces, encoded, datas: list[bytes]) -> list:
     joined = b"".join(itemgetter(*ids[~inserted].tolist(), 0, 0)(table.bytes)[:-2])
     ends = np.cumsum(lengths)
     firsts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    totals = np.add.reduceat(lengths, firsts) if ids.size else np.zeros(len(encoded), np.int64)
-    offsets = np.concatenate([[0], np.cumsum(totals)[:-1]])
+    offsets = np.concatenate([[0], ends])[firsts]  # where each text's bytes start in the join
+    totals = np.concatenate([[0], ends])[firsts + counts] - offsets
     out = []
     for k, data in enumerate(datas):
         piece = joined[offsets[k] : offsets[k] + totals[k]]
