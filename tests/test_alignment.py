@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 import torch
 from tokenizers import Tokenizer
-from torch import Tensor
 from transformers import PreTrainedTokenizerFast
 
 from stitch.alignment import IGNORE, TokenAlignment, align_batch, token_spans_batch
@@ -134,13 +131,6 @@ def test_identical_tokenizers_give_the_identity(name):
     assert al.shared_boundaries.tolist() == [[j, j] for j in range(n) if not al.target_special[j]]
 
 
-@dataclass(frozen=True)
-class ByteBatch(Batch):
-    """A Batch that also carries byte spans (what stitch's Batch should carry for byte-exact alignment)."""
-
-    byte_spans: Tensor | None = None
-
-
 def make_batch(tok, texts: list[str], side: str = "right", with_bytes: bool = True) -> Batch:
     enc = token_spans_batch(tok, texts)
     width = max(len(e.ids) for e in enc)
@@ -153,8 +143,16 @@ def make_batch(tok, texts: list[str], side: str = "right", with_bytes: bool = Tr
         ids[row, cols], mask[row, cols] = torch.tensor(e.ids), 1
         spans[row, cols], byte_spans[row, cols] = torch.tensor(e.spans), torch.tensor(e.byte_spans)
         special[row, cols] = torch.tensor(e.special)
-    args = (texts, ids, mask, positions_from_mask(mask), spans, special, side)
-    return ByteBatch(*args, byte_spans=byte_spans) if with_bytes else Batch(*args)
+    return Batch(
+        texts,
+        ids,
+        mask,
+        positions_from_mask(mask),
+        spans,
+        special,
+        side,
+        byte_spans=byte_spans if with_bytes else None,
+    )
 
 
 @pytest.mark.parametrize(("source", "target"), [PAIRS[0], PAIRS[2]])
