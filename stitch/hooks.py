@@ -108,16 +108,25 @@ def hook_scope(hooks: Sequence[tuple[HookPoint, HookFn]]) -> Iterator[None]:
         )
 
 
+_ABSENT = object()
+
+
 @contextlib.contextmanager
 def skip_blocks(blocks: Sequence[nn.Module]) -> Iterator[None]:
     """Make `blocks` pass their residual stream through untouched, without computing anything."""
+    # Write the instance dict directly: TransformerLens bridge components forward setattr to the wrapped
+    # HF module, and nnsight keeps a per-instance `forward` of its own that must come back afterwards.
+    saved = [block.__dict__.get("forward", _ABSENT) for block in blocks]
     try:
         for block in blocks:
-            block.forward = _passthrough
+            block.__dict__["forward"] = _passthrough
         yield
     finally:
-        for block in blocks:
-            block.__dict__.pop("forward", None)
+        for block, forward in zip(blocks, saved, strict=True):
+            if forward is _ABSENT:
+                block.__dict__.pop("forward", None)
+            else:
+                block.__dict__["forward"] = forward
 
 
 def _passthrough(*args, **kwargs) -> Tensor:
