@@ -7,7 +7,9 @@
 >>> sp(["some text"]).loss
 """
 
-from stitch import adapters
+from stitch import adapters, interop
+from stitch.adapters import load_adapter, save_adapter
+from stitch.alignment import TokenAlignment, align_batch, token_spans
 from stitch.arch import ARCHITECTURES, ArchSpec
 from stitch.batch import Batch
 from stitch.cache import ActivationCache
@@ -25,6 +27,12 @@ __all__ = [
     "HookedLM",
     "Splice",
     "SpliceOutput",
+    "TokenAlignment",
     "adapters",
+    "align_batch",
+    "load_adapter",
+    "save_adapter",
+    "token_spans",
+    "interop",
     "load_model",
 ]

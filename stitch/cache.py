@@ -45,6 +45,20 @@ class ActivationCache(Mapping):
     def __repr__(self) -> str:
         return f"ActivationCache({len(self)} hook points: {list(self.cache_dict)[:4]}...)"
 
+    def to(self, device) -> ActivationCache:
+        return ActivationCache({k: v.to(device) for k, v in self.cache_dict.items()}, self.n_layers)
+
+    def remove_batch_dim(self) -> ActivationCache:
+        """Drop the batch dimension of a batch-of-one cache, as TransformerLens's method does."""
+        sizes = {v.shape[0] for v in self.cache_dict.values()}
+        if sizes != {1}:
+            raise ValueError(f"remove_batch_dim: needs a batch of one, got batch sizes {sorted(sizes)}")
+        return ActivationCache({k: v[0] for k, v in self.cache_dict.items()}, self.n_layers)
+
+    def stack_activation(self, kind: str) -> Float[Tensor, "layer batch pos d_model"]:
+        """`kind` ("resid_pre" or "resid_post") of every block, stacked along a new first dimension."""
+        return torch.stack([self[(kind, i)] for i in range(self.n_layers)])
+
     def accumulated_resid(self) -> Float[Tensor, "layer batch pos d_model"]:
         """The residual stream at layers 0..L stacked (needs every resid_pre and the last resid_post)."""
         layers = [self[("resid_pre", i)] for i in range(self.n_layers)]

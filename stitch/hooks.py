@@ -23,6 +23,7 @@ from torch import Tensor, nn
 HookFn = Callable[[Tensor, "HookPoint"], "Tensor | None"]
 
 _NAME = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|post)$")
+FINAL = "ln_final.hook_in"  # TransformerLens's name for the stream entering the final norm: layer L
 
 
 @dataclass(eq=False)
@@ -36,20 +37,24 @@ class HookPoint:
 
     def layer(self) -> int:
         """The block index in the name, as TransformerLens's `HookPoint.layer()` returns it."""
+        if not self.name.startswith("blocks."):
+            raise ValueError(f"hook {self.name!r} is not inside a block, so it has no layer()")
         return int(self.name.split(".")[1])
 
 
 def hook_names(n_layers: int) -> list[str]:
-    """`blocks.{i}.hook_resid_pre` for every block, then `blocks.{i}.hook_resid_post` for every block."""
+    """`blocks.{i}.hook_resid_pre` and `blocks.{i}.hook_resid_post` for every block, then `ln_final.hook_in`."""
     pre = [f"blocks.{i}.hook_resid_pre" for i in range(n_layers)]
-    return pre + [f"blocks.{i}.hook_resid_post" for i in range(n_layers)]
+    return pre + [f"blocks.{i}.hook_resid_post" for i in range(n_layers)] + [FINAL]
 
 
 def layer_of(name: str, n_layers: int) -> int:
     """The stitch layer a hook name sees: resid_pre of block i is layer i, resid_post is layer i + 1."""
+    if name == FINAL:
+        return n_layers
     match = _NAME.match(name) if isinstance(name, str) else None
     if match is None or int(match.group(1)) >= n_layers:
-        valid = f"blocks.{{0..{n_layers - 1}}}.hook_resid_pre / hook_resid_post"
+        valid = f"blocks.{{0..{n_layers - 1}}}.hook_resid_pre / hook_resid_post, or {FINAL}"
         raise ValueError(
             f"hook name: unknown hook point {name!r}; valid names are {valid}, "
             f"e.g. {hook_names(n_layers)[:2] + hook_names(n_layers)[-1:]}"

@@ -253,13 +253,9 @@ class NNsightSplice:
 
     def labels(self) -> Int[Tensor, "batch pos"]:
         """The labels `Splice` scores the last traced texts on (B's next tokens, or source-grid labels)."""
-        from stitch.losses import next_token_labels
-
         if self.aligned is None:
             raise RuntimeError("labels: trace some texts first (`with ns.trace(texts): ...`)")
-        if self.splice.alignment == "target":
-            return next_token_labels(self.aligned.target)
-        return self.aligned.source_labels
+        return self.splice.labels(self.aligned)
 
     def loss(self, logits: Float[Tensor, "batch pos vocab"]) -> Tensor:
         """Mean next-token loss of `logits` on `labels()`, normalised exactly as `Splice` does."""

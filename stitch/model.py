@@ -95,8 +95,31 @@ class HookedLM:
                 return candidate
         return 0
 
-    def as_batch(self, batch: Batch | str | Sequence[str]) -> Batch:
-        return batch if isinstance(batch, Batch) else self.encode(batch)
+    def as_batch(self, batch: Batch | Tensor | str | Sequence[str]) -> Batch:
+        """A Batch from texts, from a Batch, or from token ids `[pos]` / `[batch, pos]` (as TransformerLens takes).
+
+        Batches built from ids carry no character spans (-1), so they cannot be aligned to another tokenizer.
+        """
+        if isinstance(batch, Batch):
+            return batch
+        if isinstance(batch, Tensor):
+            return self._batch_from_ids(batch)
+        return self.encode(batch)
+
+    def _batch_from_ids(self, ids: Tensor) -> Batch:
+        if ids.dim() not in (1, 2) or ids.dtype not in (torch.long, torch.int, torch.int32):
+            raise ValueError(
+                f"tokens: expected integer token ids of shape [pos] or [batch, pos], got "
+                f"{ids.dtype} of shape {tuple(ids.shape)}"
+            )
+        ids = ids.long().view(-1, ids.shape[-1]).to(self.device)
+        mask = torch.ones_like(ids)
+        special = torch.isin(
+            ids, torch.tensor(self.tokenizer.all_special_ids, dtype=torch.long, device=ids.device)
+        )
+        texts = self.tokenizer.batch_decode(ids.tolist())
+        spans = torch.full((*ids.shape, 2), -1, dtype=torch.long, device=ids.device)
+        return Batch(texts, ids, mask, positions_from_mask(mask), spans, special)
 
     # ---- partial forwards ---------------------------------------------------------------------------
 
@@ -267,7 +290,10 @@ def _pad(texts, encoded, pad_id: int, side: str, device) -> Batch:
     width = max(len(enc.ids) for enc in encoded)
     shape = (len(texts), width)
     ids, mask = torch.full(shape, pad_id, dtype=torch.long), torch.zeros(shape, dtype=torch.long)
-    spans, byte_spans = torch.full((*shape, 2), -1, dtype=torch.long), torch.full((*shape, 2), -1, dtype=torch.long)
+    spans, byte_spans = (
+        torch.full((*shape, 2), -1, dtype=torch.long),
+        torch.full((*shape, 2), -1, dtype=torch.long),
+    )
     special = torch.ones(shape, dtype=torch.bool)
     for row, enc in enumerate(encoded):
         n = len(enc.ids)

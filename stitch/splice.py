@@ -105,10 +105,14 @@ class Splice(nn.Module):
             logits = self.B.run_from_embeds(mapped, batch_b)
         else:
             logits = self.B.run_from(mapped, self.target_layer, batch_b)
-        labels = next_token_labels(aligned.target) if self.alignment == "target" else aligned.source_labels
+        labels = self.labels(aligned)
         return SpliceOutput(
             logits, labels, mean_cross_entropy(logits, labels), aligned.source, aligned.target
         )
+
+    def labels(self, aligned: Aligned) -> Int[Tensor, "batch pos"]:
+        """What the splice is scored on: B's own next tokens (target grid) or the source-grid labels."""
+        return next_token_labels(aligned.target) if self.alignment == "target" else aligned.source_labels
 
     def generate(
         self, prompts, max_new_tokens: int = 32, policy: str = "prompt", stop_at_eos: bool = True

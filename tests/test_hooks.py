@@ -115,3 +115,15 @@ def test_run_from_skips_blocks_for_real(llama, texts):
     with count_block_calls(llama) as calls:
         llama.run_from(last, 3, batch)
     assert calls.counts == [0, 0, 0]
+
+
+def test_transformerlens_conveniences(llama, texts):
+    batch = llama.encode(texts[:1])
+    logits, cache = llama.run_with_cache(batch.input_ids[0])  # token ids, as TransformerLens users pass them
+    assert torch.equal(logits, llama.logits(batch))
+    assert torch.equal(cache["ln_final.hook_in"], cache["resid_post", -1])
+    assert cache.stack_activation("resid_pre").shape == (llama.n_layers, *batch.shape, llama.d_model)
+    single = cache.remove_batch_dim()
+    assert torch.equal(single["resid_pre", 1], cache["resid_pre", 1][0])
+    with pytest.raises(ValueError, match="tokens: expected integer token ids"):
+        llama.logits(torch.zeros(2, 3))

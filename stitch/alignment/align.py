@@ -23,8 +23,8 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 
 from stitch.alignment.spans import TokenSpans, check_text, check_tokenizer, token_spans_batch
+from stitch.losses import IGNORE
 
-IGNORE = -100  # label value cross-entropy skips
 _FAR = torch.iinfo(torch.int64).max // 4  # sort key of right padding: after every real token
 
 
