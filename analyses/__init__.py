@@ -1,5 +1,11 @@
-"""stitch analyses: tensors in, tensors/records out; `analyses.figures` draws them.
+"""stitch analyses: tensors in, tensors/records out; `analyses.figures` draws them, `analyses.report` exports.
 
     >>> import analyses
     >>> analyses.cka.linear_cka(x, y)
+    >>> sim = analyses.layer_similarity.layer_similarity(A, B, texts, pairing="shared")
+    >>> analyses.figures.similarity_heatmap(sim)
 """
+
+from analyses import alignment, cka, figures, layer_similarity, report, similarity, sweep
+
+__all__ = ["alignment", "cka", "figures", "layer_similarity", "report", "similarity", "sweep"]
