@@ -150,11 +150,6 @@ def _check_positive(self_hsic: Tensor, names: list[str], debiased: bool) -> None
 
 # ---- inputs -------------------------------------------------------------------------------------------
 
-try:  # BLAS syrk forms only one triangle of a Gram: half the flops of x @ x.T
-    from scipy.linalg.blas import dsyrk as _dsyrk
-except ImportError:  # pragma: no cover - scipy is optional
-    _dsyrk = None
-
 GRAM_BYTES_LIMIT = 4 * 2**30  # above this, linear CKA uses the feature-space form (memory ~ d^2, not n^2)
 
 
@@ -177,10 +172,13 @@ def as_samples(x, name: str, *, min_n: int = 2, allow_constant: bool = False) ->
             + (" for the debiased (unbiased HSIC) estimator" if min_n == 4 else "")
         )
     x = x.detach().to(torch.float64)
-    n_bad = int((~torch.isfinite(x)).sum())
-    if n_bad:
-        raise ValueError(f"{name}: {n_bad} non-finite values (NaN or inf); similarity needs finite inputs")
-    if not allow_constant and bool((x == x[:1]).all()):
+    if not bool(torch.isfinite(x.sum(0)).all()):  # cheap screen: any NaN/inf makes its column sum non-finite
+        n_bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(
+            f"{name}: {n_bad} non-finite values (NaN or inf), or sums overflowing float64; "
+            "similarity needs finite inputs"
+        )
+    if not allow_constant and torch.equal(x, x[:1].expand_as(x)):  # stops at the first differing value
         raise ValueError(
             f"{name}: constant representation (all {x.shape[0]} samples identical); similarity is undefined"
         )
@@ -221,8 +219,9 @@ def check_pairing(mats_x: list[Tensor], mats_y: list[Tensor], names: tuple[str, 
 class Side:
     """One model's layers, prepared once: centred float64 features, Gram diagonals, Grams when needed.
 
-    Grams are stored as their lower triangle (diagonal included, upper part zero): `gram_products`
-    recovers full Frobenius products from it, and syrk writes nothing else.
+    Grams are stored packed: only their lower triangle, in row panels (`_PANEL` rows, columns up to the
+    diagonal), so half of each Gram is neither multiplied, stored nor read. `gram_products` recovers
+    full Frobenius products from packed triangles: <K, L> = 2 <tri K, tri L> - <diag K, diag L>.
     """
 
     def __init__(self, mats: list[Tensor], name: str, *, kernel: str, debiased: bool, sigma_frac: float):
@@ -231,48 +230,78 @@ class Side:
         self.feats = [m - m.mean(0, keepdim=True) for m in mats]  # centre first: offsets cancel exactly
         self._grams: Tensor | None = None
         self._full: Tensor | None = None
-        if kernel == "rbf":
-            self._grams = self._buffer()
-            for i, f in enumerate(self.feats):
-                self._grams[i] = _rbf_gram(f, sigma_frac, debiased, self.names[i]).tril_()
-        self.diag = (
-            self._grams.diagonal(dim1=1, dim2=2)
-            if kernel == "rbf"
-            else torch.stack([f.square().sum(1) for f in self.feats])
-        )
+        if kernel == "linear":
+            self.diag = torch.stack([_row_sq_norms(f) for f in self.feats])
+            return
+        grams = [
+            _rbf_gram(f, sigma_frac, debiased, label) for f, label in zip(self.feats, self.names, strict=True)
+        ]
+        self.diag = torch.stack([g.diagonal() for g in grams])
+        self._grams = torch.stack([_pack(g) for g in grams])
 
-    def _buffer(self) -> Tensor:
-        return torch.zeros(len(self.feats), self.n, self.n, dtype=torch.float64, device=self.feats[0].device)
-
-    def grams(self) -> Float[Tensor, "layer n n"]:
-        """Lower triangles of the centred linear Grams, formed on first use."""
+    def grams(self) -> Float[Tensor, "layer packed"]:
+        """Packed lower triangles of the centred Grams, formed on first use."""
         if self._grams is None:
-            self._grams = self._buffer()
+            self._grams = torch.empty(
+                len(self.feats), _packed_size(self.n), dtype=torch.float64, device=self.feats[0].device
+            )
             for f, out in zip(self.feats, self._grams, strict=True):
-                _lower_gram_into(f, out)
+                _packed_gram_into(f, out)
         return self._grams
 
     def full_grams(self) -> Float[Tensor, "layer n n"]:
         """Symmetric Grams, kept once formed: permutation nulls re-index them for every permutation."""
         if self._full is None:
-            self._full = torch.stack([lower + lower.tril(-1).T for lower in self.grams()])
+            self._full = torch.stack([_unpack(packed, self.n) for packed in self.grams()])
         return self._full
 
     def widths(self) -> list[int]:
         return [f.shape[1] for f in self.feats]
 
 
-def _lower_gram_into(f: Float[Tensor, "n d"], out: Float[Tensor, "n n"]) -> None:
-    if _dsyrk is not None and f.device.type == "cpu" and f.is_contiguous():
-        # f.T is F-ordered [d, n], so syrk(trans=1) gives f @ f.T; out.T is F-ordered, so its upper
-        # triangle (written in place) is `out`'s lower triangle.
-        _dsyrk(1.0, f.numpy().T, trans=1, c=out.numpy().T, overwrite_c=1)
-    else:
-        torch.mm(f, f.T, out=out).tril_()
+def _row_sq_norms(f: Tensor) -> Tensor:
+    return torch.linalg.vector_norm(f, dim=1).square()
+
+
+_PANEL = 256  # rows per panel: one matmul of [256, d] x [d, <= n] each, large enough to run at full speed
+
+
+def _panels(n: int):
+    """(start, end, offset) of each row panel of a packed n x n lower triangle."""
+    offset = 0
+    for start in range(0, n, _PANEL):
+        end = min(start + _PANEL, n)
+        yield start, end, offset
+        offset += (end - start) * end
+
+
+def _packed_size(n: int) -> int:
+    return sum((end - start) * end for start, end, _ in _panels(n))
+
+
+def _packed_gram_into(f: Float[Tensor, "n d"], out: Float[Tensor, " packed"]) -> None:
+    """The lower triangle of f @ f.T, panel by panel: about half the multiply-adds of the full Gram."""
+    for start, end, offset in _panels(f.shape[0]):
+        panel = out[offset : offset + (end - start) * end].view(end - start, end)
+        torch.mm(f[start:end], f[:end].T, out=panel)
+        panel[:, start:].tril_()  # the diagonal tile: zero what lies above the diagonal
+
+
+def _pack(full: Float[Tensor, "n n"]) -> Float[Tensor, " packed"]:
+    return torch.cat(
+        [full[start:end, :end].tril(start).flatten() for start, end, _ in _panels(full.shape[0])]
+    )
+
+
+def _unpack(packed: Float[Tensor, " packed"], n: int) -> Float[Tensor, "n n"]:
+    lower = packed.new_zeros(n, n)
+    for start, end, offset in _panels(n):
+        lower[start:end, :end] = packed[offset : offset + (end - start) * end].view(end - start, end)
+    return lower + lower.tril(-1).T
 
 
 def _rbf_gram(f: Float[Tensor, "n d"], sigma_frac: float, unbiased: bool, name: str) -> Float[Tensor, "n n"]:
-    sq = f.square().sum(1)
+    sq = _row_sq_norms(f)
     d2 = (sq[:, None] + sq[None, :] - 2 * (f @ f.T)).clamp_min_(0)
     median = _median(d2)  # over all n^2 entries, diagonal included (as Kornblith et al.)
     if median <= 0:
@@ -323,16 +352,16 @@ def gram_products(sx: Side, sy: Side, *, method: str = "auto", perm: Tensor | No
     dx, dy = sx.diag, sy.diag if perm is None else sy.diag[:, perm]
     # For a lower triangle T of K and any symmetric S: <K, S> = 2 <T, S> - <diag K, diag S>.
     if perm is None:
-        cross = 2 * gx @ sy.grams().flatten(1).T - dx @ dy.T
+        cross = 2 * (gx @ sy.grams().flatten(1).T) - dx @ dy.T
     else:
-        permuted = [full[perm[:, None], perm[None, :]].flatten() for full in sy.full_grams()]
-        cross = 2 * gx @ torch.stack(permuted, 1) - dx @ dy.T
+        permuted = [_pack(full[perm[:, None], perm[None, :]]) for full in sy.full_grams()]
+        cross = 2 * (gx @ torch.stack(permuted, 1)) - dx @ dy.T
     return cross, _self_gram(sx), _self_gram(sy)
 
 
 def _self_gram(side: Side) -> Tensor:
-    g = side.grams().flatten(1)
-    return 2 * g.square().sum(1) - side.diag.square().sum(1)
+    norms = torch.linalg.vector_norm(side.grams().flatten(1), dim=1)  # one pass, no n x n temporary
+    return 2 * norms.square() - side.diag.square().sum(1)
 
 
 def _self_feature(side: Side) -> Tensor:
@@ -345,11 +374,11 @@ def _grams_cheaper(sx: Side, sy: Side, permuted: bool) -> bool:
         return True
     n, wx, wy = sx.n, sx.widths(), sy.widths()
     sides = [wx] if sy is sx else [wx, wy]
-    n_grams = sum(len(w) for w in sides) + (len(wy) if permuted else 0)
-    if 8 * n * n * n_grams > GRAM_BYTES_LIMIT:
+    packed = 0.5 * n * (n + _PANEL)  # entries of one packed Gram (a full one more for permuted sides)
+    stored = packed * sum(len(w) for w in sides) + (n * n * len(wy) if permuted else 0)
+    if 8 * stored > GRAM_BYTES_LIMIT:
         return False
-    syrk = 0.5 if _dsyrk is not None and sx.feats[0].device.type == "cpu" else 1.0
-    gram = syrk * n * n * sum(sum(w) for w in sides) + n * n * len(wx) * len(wy)
+    gram = packed * (sum(sum(w) for w in sides) + len(wx) * len(wy))
     feature = n * sum(wx) * sum(wy) + n * sum(d * d for w in (wx, wy) for d in w)
     return gram < feature
 

@@ -14,7 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analyses.cka import MinibatchCKA, cka_matrix, linear_cka, rbf_cka
+from analyses.cka import MinibatchCKA, cka_from_sides, cka_matrix, linear_cka, prepare, rbf_cka
 
 # ---- reference (numpy, float64) -------------------------------------------------------------------------
 
@@ -156,6 +156,22 @@ def test_cka_matrix_equals_per_pair(kwargs):
     assert torch.allclose(self_sim, self_sim.T, atol=1e-12)
 
 
+def test_packed_multi_panel_grams_match_reference():
+    # n > 256 spans several packed row panels (the last one partial); tiny tests only ever use one.
+    x, y = random_pair(700, 12, 9, 5, offset=3.0)
+    assert linear_cka(x, y, method="gram") == pytest.approx(
+        ref_cka(ref_gram_linear(x), ref_gram_linear(y)), abs=1e-9
+    )
+    expected = ref_cka(ref_gram_linear(x), ref_gram_linear(y), debiased=True)
+    assert linear_cka(x, y, debiased=True, method="gram") == pytest.approx(expected, abs=1e-9)
+    expected = ref_cka(ref_gram_rbf(x, 0.7), ref_gram_rbf(y, 0.7), debiased=True)
+    assert rbf_cka(x, y, 0.7, debiased=True) == pytest.approx(expected, abs=1e-9)
+    perm = torch.randperm(700, generator=torch.Generator().manual_seed(0))
+    sx, sy = prepare([x], [y])
+    expected = ref_cka(ref_gram_linear(x), ref_gram_linear(y[perm.numpy()]))
+    assert cka_from_sides(sx, sy, method="gram", perm=perm).item() == pytest.approx(expected, abs=1e-9)
+
+
 def test_gram_and_feature_forms_agree_with_stacked_layers_input():
     g = torch.Generator().manual_seed(1)
     xs, ys = torch.randn(4, 30, 12, generator=g), torch.randn(2, 30, 50, generator=g)
@@ -233,9 +249,9 @@ def test_minibatch_within_001_of_full_batch(seed, noise, batch):
     for i in range(0, n, batch):
         mb.update([x[i : i + batch] for x in xs], [y[i : i + batch] for y in ys])
     assert mb.n_samples == n
-    full = cka_matrix(xs, ys, debiased=True)
-    assert torch.allclose(mb.compute(), full, atol=0.01)
-    assert torch.allclose(mb.compute(), cka_matrix(xs, ys), atol=0.01)
+    # Against full-batch CKA from the same (unbiased-HSIC) estimator: the biased estimator's own upward
+    # bias at low signal (~0.01 here) is not the minibatch's error.
+    assert torch.allclose(mb.compute(), cka_matrix(xs, ys, debiased=True), atol=0.01)
 
 
 def test_minibatch_with_a_single_batch_equals_debiased_cka():
