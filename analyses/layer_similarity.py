@@ -33,6 +33,7 @@ from analyses.similarity import (
     resolve_measure,
     similarity_matrix,
 )
+from stitch.alignment import align_batch
 from stitch.batch import Batch
 from stitch.checks import check_choice, check_layer, check_texts
 
@@ -102,13 +103,15 @@ def layer_similarity(
         >>> analyses.figures.similarity.similarity_heatmap(rec)
 
     `measure` is a name from `analyses.similarity.MEASURES` or a callable (x, y) -> float. With
-    `null_permutations > 0`, `rec.null` holds the per-cell permutation null (see `NullResult`).
+    `null_permutations > 0`, `rec.null` holds the per-cell permutation null (see `NullResult`),
+    shuffled with a generator seeded by `seed`. `batch_size` texts are run through each model at once.
     """
     texts, name = _check(texts, pairing, measure, batch_size)
     if isinstance(null_permutations, bool) or not isinstance(null_permutations, int) or null_permutations < 0:
         raise ValueError(f"null_permutations: {null_permutations!r}; expected an integer >= 0 (0 = no null)")
     layers_a, layers_b = list(range(A.n_layers + 1)), list(range(B.n_layers + 1))
     xs, ys = paired_states(A, B, texts, layers_a, layers_b, pairing, batch_size)
+    _check_enough(xs[0].shape[0], name, len(texts), pairing)
     if null_permutations:
         null = permutation_null_matrix(xs, ys, measure, null_permutations, seed)
         matrix = null.observed
@@ -139,6 +142,7 @@ def splice_cka(
     raw, adapted, ys = paired_states(
         A, B, texts, [source_layer], [target_layer], pairing, batch_size, adapter
     )
+    _check_enough(ys[0].shape[0], name, len(texts), pairing)
     before, after = (similarity_matrix(x, ys, measure)[0, 0].item() for x in (raw, adapted))
     return SpliceSimilarity(
         source_layer,
@@ -150,6 +154,16 @@ def splice_cka(
         after,
         mean_cosine(adapted[0], ys[0]),
     )
+
+
+def _check_enough(n: int, measure: str, n_texts: int, pairing: str) -> None:
+    needed = 4 if measure == "debiased_cka" else 2
+    if n < needed:
+        hint = " or use pairing='shared' (one sample per shared boundary)" if pairing == "mean" else ""
+        raise ValueError(
+            f"texts: {n_texts} texts give {n} paired samples with pairing={pairing!r}; "
+            f"{measure} needs at least {needed}: add texts{hint}"
+        )
 
 
 def _check(texts, pairing, measure, batch_size) -> tuple[list[str], str]:
@@ -212,15 +226,15 @@ def _selectors(batch_a: Batch, batch_b: Batch, pairing: str, chunk: list[str], o
     """Functions [batch, pos, d] -> [samples, d] picking paired rows of A's and of B's states."""
     if pairing == "mean":
         weights = [_pool_weights(b, chunk, offset) for b in (batch_a, batch_b)]
-        return tuple(
-            (lambda states, w=w: torch.einsum("bp,bpd->bd", w.to(states.dtype), states)) for w in weights
-        )
-    from stitch.alignment import align_batch
-
+        # Pool in float32 whatever the model's dtype: a bfloat16 sum over hundreds of tokens loses digits.
+        return tuple((lambda states, w=w: torch.einsum("bp,bpd->bd", w, states.float())) for w in weights)
     aligned = align_batch(batch_a, batch_b)
     rows, cols_b = torch.nonzero(aligned.shared, as_tuple=True)
     cols_a = aligned.target_to_source[rows, cols_b]
-    return (lambda states: states[rows, cols_a]), (lambda states: states[rows, cols_b])
+    return (
+        lambda states: states[rows.to(states.device), cols_a.to(states.device)],
+        lambda states: states[rows.to(states.device), cols_b.to(states.device)],
+    )
 
 
 def _pool_weights(batch: Batch, chunk: list[str], offset: int) -> Float[Tensor, "batch pos"]:
@@ -232,4 +246,4 @@ def _pool_weights(batch: Batch, chunk: list[str], offset: int) -> Float[Tensor, 
         raise ValueError(
             f"texts[{offset + i}]: {chunk[i]!r} has no tokens besides special ones; nothing to pool"
         )
-    return keep / counts
+    return keep.float() / counts

@@ -147,8 +147,10 @@ def test_bad_arguments_name_themselves(models):
         layer_similarity(A, B, [])
     with pytest.raises(ValueError, match=r"^target_layer: layer 9 is out of range"):
         splice_cka(A, B, stitch.adapters.Identity(), 1, 9, ASCII)
-    with pytest.raises(ValueError, match=r"^xs\[0\]: 1 samples; need n >= 2"):
+    with pytest.raises(ValueError, match=r"^texts: 1 texts give 1 paired samples with pairing='mean'"):
         layer_similarity(A, B, ["one text only"])
+    with pytest.raises(ValueError, match=r"^texts: 3 texts give 3 .* debiased_cka needs at least 4"):
+        layer_similarity(A, B, ASCII[:3], measure="debiased_cka")
 
 
 # ---- figures -------------------------------------------------------------------------------------------
