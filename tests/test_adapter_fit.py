@@ -200,6 +200,12 @@ def test_non_finite_values_name_the_argument_and_row(name, bad):
         stats.update(x[10:], y[10:])
 
 
+def test_float64_overflow_is_named():
+    huge = torch.full((4, 3), 1e308, dtype=D64)
+    with pytest.raises(ValueError, match="x overflows float64"):
+        Affine.fit(huge, torch.randn(4, 3, dtype=D64))
+
+
 @pytest.mark.parametrize(
     "x,y,err,match",
     [

@@ -52,7 +52,10 @@ def _as_tensor(name: str, value) -> Tensor:
     return t
 
 
-def _check_finite(name: str, chunk: Tensor, offset: int) -> None:
+def _check_finite(name: str, chunk: Tensor, column_mean: Tensor, offset: int) -> None:
+    # NaN/inf anywhere makes its column's float64 mean non-finite: a d-sized test instead of an n·d scan
+    if torch.isfinite(column_mean).all():
+        return
     bad = ~torch.isfinite(chunk).all(dim=1)
     if bad.any():
         rows = bad.nonzero().flatten()
@@ -60,6 +63,7 @@ def _check_finite(name: str, chunk: Tensor, offset: int) -> None:
             f"{name} contains NaN or inf in {rows.numel()} row(s) of this update, first at "
             f"row {offset + int(rows[0])}; all values must be finite"
         )
+    raise ValueError(f"{name} overflows float64 (|values| near 1e308); rescale it before fitting")
 
 
 class SufficientStats:
@@ -119,9 +123,9 @@ class SufficientStats:
         device = x.device if self.cxx is None else self.cxx.device
         xc = x.to(device=device, dtype=torch.float64)
         yc = y.to(device=device, dtype=torch.float64)
-        _check_finite("x", xc, offset)
-        _check_finite("y", yc, offset)
         mx, my = xc.mean(0), yc.mean(0)
+        _check_finite("x", xc, mx, offset)
+        _check_finite("y", yc, my, offset)
         # centre in place when the float64 copy is ours (it always is unless the input was float64)
         xc = xc.sub_(mx) if xc.data_ptr() != x.data_ptr() else xc - mx
         yc = yc.sub_(my) if yc.data_ptr() != y.data_ptr() else yc - my
