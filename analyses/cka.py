@@ -8,9 +8,10 @@
 
 Numerics: inputs are cast to float64 and centred *before* any Gram is formed, so the huge common
 offsets of LLM residual streams (massive activations ~1e4) cancel exactly instead of swamping the
-products. Linear CKA is computed from n x n Grams or from d x d feature products, whichever costs
-less (and fits in `GRAM_BYTES_LIMIT`); both give the same number. Bad input raises a ValueError that
-names the argument; no path returns a silent NaN.
+products. Linear CKA is computed from n x n Grams (only their lower triangles are multiplied and
+stored) or from d x d feature products, whichever costs less and fits in `GRAM_BYTES_LIMIT`; both
+give the same number. Bad input raises a ValueError that names the argument; no path returns a
+silent NaN.
 """
 
 from __future__ import annotations
