@@ -6,6 +6,6 @@
     >>> analyses.figures.similarity_heatmap(sim)
 """
 
-from analyses import alignment, cka, figures, layer_similarity, report, similarity, sweep
+from analyses import alignment, cka, figures, gram, layer_similarity, report, samples, similarity, sweep
 
-__all__ = ["alignment", "cka", "figures", "layer_similarity", "report", "similarity", "sweep"]
+__all__ = ["alignment", "cka", "figures", "gram", "layer_similarity", "report", "samples", "similarity", "sweep"]

@@ -22,7 +22,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from analyses.cka import as_layers, as_samples, check_pairing, cka_from_sides, linear_cka, prepare, rbf_cka
+from analyses.cka import cka_from_sides, linear_cka, prepare, rbf_cka
+from analyses.samples import as_layers, as_samples, check_pairing
 
 Measure = Callable[[Tensor, Tensor], float]
 
