@@ -1,54 +1,209 @@
 """The `stitch` command line: one entry point, one subcommand per job, each also driven by a YAML config.
 
-stitch demo                          # tiny offline demo: self-stitch identity and a splice sweep
-stitch demo --config demo.yaml       # the same, options from YAML (keys = option names)
+stitch demo                                    # tiny offline demo: self-stitch identity and a splice sweep
+stitch align --source-tokenizer A --target-tokenizer B --texts texts.txt --out runs/align
+stitch cka --source-model A --target-model B --texts texts.txt --pairing shared --out runs/cka
+stitch fit --source-model A --target-model B --source-layer 8 --texts train.txt --out runs/l8.safetensors
+stitch sweep --source-model A --target-model B --train-texts train.txt --eval-texts eval.txt --out runs/sweep
+stitch generate --source-model A --target-model B --source-layer 8 --adapter runs/l8.safetensors \\
+    --prompts prompts.txt --policy all
+stitch cka --config cka.yaml --pairing mean    # options from YAML (keys = option names); flags override
+
+Each subcommand's flags are built from the fields of its config dataclass (`stitch.commands.*`): the
+annotation gives the type, the field's metadata the help and valid values; fields without a default are
+required. Every artifact gets the config actually used beside it as JSON, which `--config` reads back.
+Errors in options exit with status 2, errors while running with status 1 and one line on stderr
+(STITCH_TRACEBACK=1 shows the traceback instead).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import sys
+import types
+import typing
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import yaml
 
+from stitch.commands import align, cka, fit, generate, sweep
+from stitch.commands.common import flag
 from stitch.demo import DemoConfig, run_demo
 
 COMMANDS: dict[str, tuple[type, Callable, str]] = {
     "demo": (DemoConfig, run_demo, "offline demo on tiny random models built on the fly"),
+    "align": (align.AlignConfig, align.run, "how two tokenizers line up over a corpus: summary and report"),
+    "cka": (cka.CkaConfig, cka.run, "similarity of every layer of A to every layer of B: matrix and report"),
+    "fit": (fit.FitConfig, fit.run, "fit a closed-form adapter from A's layer N to B's layer M"),
+    "sweep": (sweep.SweepConfig, sweep.run, "fit and score a splice at every layer: records and report"),
+    "generate": (generate.GenerateConfig, generate.run, "B's greedy continuations under the splice"),
 }
+_EPILOG = "Every option can also come from --config FILE.yaml (keys = option names); flags override it."
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="stitch", description="Cross-model stitching of language models.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, (config_cls, _, help_text) in COMMANDS.items():
-        cmd = sub.add_parser(name, help=help_text, description=help_text)
-        cmd.add_argument("--config", help="YAML file whose keys are this command's options")
-        for key, default in config_cls().to_dict().items():
-            cmd.add_argument(
-                f"--{key.replace('_', '-')}",
-                dest=key,
-                type=type(default),
-                default=None,
-                help=f"default: {default}",
-            )
+    parser, commands = build_parser()
     args = parser.parse_args(argv)
     config_cls, run, _ = COMMANDS[args.command]
-    values = _read_yaml(args.config) if args.config else {}
-    values.update({k: v for k, v in vars(args).items() if k not in ("command", "config") and v is not None})
-    run(config_cls.from_dict(values))
+    try:
+        config = make_config(args.command, args.config, _flags(args, config_cls))
+    except (ValueError, TypeError, OSError) as err:
+        commands[args.command].error(str(err))  # exits with status 2
+    try:
+        run(config)
+    except (ValueError, TypeError, OSError) as err:
+        if os.environ.get("STITCH_TRACEBACK"):
+            raise
+        print(f"stitch {args.command}: error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 
-def _read_yaml(path: str) -> dict:
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The `stitch` parser and, by name, its subcommand parsers (flags from the configs' fields)."""
+    parser = argparse.ArgumentParser(prog="stitch", description="Cross-model stitching of language models.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = {}
+    for name, (config_cls, _, help_text) in COMMANDS.items():
+        cmd = sub.add_parser(name, help=help_text, description=help_text, epilog=_EPILOG)
+        cmd.add_argument(
+            "--config", metavar="FILE.yaml", help="YAML file whose keys are this command's options"
+        )
+        hints = typing.get_type_hints(config_cls)
+        for field in dataclasses.fields(config_cls):
+            cmd.add_argument(
+                flag(field.name), dest=field.name, default=None, **_argument(field, hints[field.name])
+            )
+        commands[name] = cmd
+    return parser, commands
+
+
+def make_config(command: str, config_path: str | None, flags: dict[str, Any]):
+    """The command's config from defaults, then the YAML file, then command-line flags."""
+    config_cls = COMMANDS[command][0]
+    values = read_yaml(command, config_path) if config_path else {}
+    values.update(flags)
+    fields = dataclasses.fields(config_cls)
+    missing = [flag(f.name) for f in fields if _required(f) and f.name not in values]
+    if missing:
+        raise ValueError(
+            f"missing required option(s) {', '.join(missing)}; give them as flags or as keys of --config"
+        )
+    return config_cls.from_dict(values)
+
+
+def read_yaml(command: str, path: str) -> dict[str, Any]:
+    """Options from a YAML mapping; keys are option names (`source_model` or `source-model`), checked."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--config: no file at {path!r}")
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = yaml.safe_load(f)
+        except yaml.YAMLError as err:
+            raise ValueError(f"--config: {path} is not valid YAML: {err}") from None
+    data = {} if data is None else data
     if not isinstance(data, dict):
         raise ValueError(
             f"--config: {path} must hold a mapping of option names to values, got {type(data).__name__}"
         )
-    return data
+    config_cls = COMMANDS[command][0]
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    hints = typing.get_type_hints(config_cls)
+    values = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in fields:
+            raise ValueError(
+                f"--config {path}: unknown key {key!r} for `stitch {command}`; valid keys: {sorted(fields)}"
+            )
+        values[name] = coerce(f"--config {path}: key {key!r}", value, hints[name], _choices(fields[name]))
+    return values
+
+
+def coerce(where: str, value: Any, annotation: Any, choices: tuple | None = None) -> Any:
+    """`value` checked against a field's annotation (and valid values); lists become tuples."""
+    base, optional = _unwrap_optional(annotation)
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"{where}: expected {_name(base)}, got null")
+    if typing.get_origin(base) is tuple:
+        item = typing.get_args(base)[0]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}: expected a list of {_name(item)}, got {value!r}")
+        return tuple(coerce(f"{where}[{i}]", v, item) for i, v in enumerate(value))
+    value = _scalar(where, value, base)
+    if choices is not None and value not in choices:
+        raise ValueError(f"{where}: {value!r} is not one of {list(choices)}")
+    return value
+
+
+def _scalar(where: str, value: Any, kind: type) -> Any:
+    if kind is float and isinstance(value, str):
+        try:  # YAML 1.1 reads `1e-3` (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    raise ValueError(f"{where}: expected {_name(kind)}, got {value!r} ({type(value).__name__})")
+
+
+def _argument(field: dataclasses.Field, annotation: Any) -> dict[str, Any]:
+    """argparse keyword arguments for one config field."""
+    base, _ = _unwrap_optional(annotation)
+    help_text = field.metadata.get("help", "")
+    if _required(field):
+        help_text += " (required)"
+    elif field.default is not None:  # a None default is described by the help text itself
+        help_text += f" (default: {field.default})"
+    kwargs: dict[str, Any] = {"help": help_text.strip()}
+    if base is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif typing.get_origin(base) is tuple:
+        kwargs.update(nargs="+", type=typing.get_args(base)[0])
+    elif base in (int, float, str):
+        kwargs.update(type=base, choices=_choices(field))
+    else:
+        raise TypeError(f"{field.name}: options of type {annotation!r} are not supported on the command line")
+    return kwargs
+
+
+def _flags(args: argparse.Namespace, config_cls: type) -> dict[str, Any]:
+    """The options given on the command line, checked like YAML values (lists become tuples)."""
+    hints = typing.get_type_hints(config_cls)
+    return {
+        f.name: coerce(flag(f.name), getattr(args, f.name), hints[f.name])
+        for f in dataclasses.fields(config_cls)
+        if getattr(args, f.name) is not None
+    }
+
+
+def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
+    """(T, True) for `T | None`, (T, False) for T."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) == 1:
+            return rest[0], len(rest) < len(args)
+    return annotation, False
+
+
+def _required(field: dataclasses.Field) -> bool:
+    return field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+
+
+def _choices(field: dataclasses.Field) -> tuple | None:
+    return field.metadata.get("choices")
+
+
+def _name(kind: Any) -> str:
+    return getattr(kind, "__name__", str(kind))
 
 
 if __name__ == "__main__":

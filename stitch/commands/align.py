@@ -1,0 +1,64 @@
+"""`stitch align`: how two tokenizers line up over a corpus — summary JSON and an HTML report.
+
+    $ stitch align --source-tokenizer meta-llama/Llama-3.1-8B --target-tokenizer mistralai/Mistral-7B-v0.3 \\
+          --texts texts.txt --out runs/align
+    >>> run(AlignConfig(source_tokenizer="a/", target_tokenizer="b/", texts="texts.txt", out="runs/align"))
+
+Writes `OUT/summary.json` (`analyses.alignment.AlignmentSummary.to_dict()`), `OUT/report.html` (summary
+table, token-alignment map of the first text, fan-in histogram) and `OUT/config.json`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from analyses.alignment import alignment_summary
+from analyses.figures import alignment_map, fan_in_histogram
+from analyses.report import Section, write_report
+from stitch.alignment import TokenAlignment
+from stitch.commands.common import load_tokenizer, option, read_texts, save_config, write_json
+from stitch.config import Config
+
+
+@dataclass(frozen=True)
+class AlignConfig(Config):
+    source_tokenizer: str = option(help="source (A) tokenizer: hub id, tokenizer or model directory")
+    target_tokenizer: str = option(help="target (B) tokenizer: hub id, tokenizer or model directory")
+    texts: str = option(help="text file: one text per line, or .jsonl with a 'text' field")
+    out: str = option(help="output directory")
+    chars_per_line: int = option(80, help="line width of the token-alignment map")
+
+
+def run(config: AlignConfig) -> dict:
+    """Summarise the alignment of every text, write the artifacts, and return the summary as a dict."""
+    texts = read_texts("texts", config.texts)
+    source = load_tokenizer("source_tokenizer", config.source_tokenizer)
+    target = load_tokenizer("target_tokenizer", config.target_tokenizer)
+    summary = alignment_summary(texts, source, target)
+    first = TokenAlignment.build(texts[0], source, target)
+    out = Path(config.out)
+    write_json(out / "summary.json", summary.to_dict())
+    _write_report(out / "report.html", summary, first, config, len(texts))
+    save_config(config, out / "config.json")
+    print(f"wrote {out / 'summary.json'} and {out / 'report.html'}")
+    return summary.to_dict()
+
+
+def _write_report(path: Path, summary, first: TokenAlignment, config: AlignConfig, n_texts: int) -> None:
+    stats = {k: v for k, v in summary.to_dict().items() if k != "source_per_target_hist"}
+    names = {"source_name": config.source_tokenizer, "target_name": config.target_tokenizer}
+    sections = [
+        Section(
+            "Summary",
+            [{"statistic": k, "value": v} for k, v in stats.items()],
+            note=f"{n_texts} texts from {config.texts}",
+        ),
+        Section(
+            "Token alignment of the first text",
+            alignment_map(first, **names, chars_per_line=config.chars_per_line),
+        ),
+        Section("Fan-in", fan_in_histogram(summary)),
+    ]
+    title = f"Token alignment: {config.source_tokenizer} → {config.target_tokenizer}"
+    write_report(path, sections, title=title)

@@ -1,0 +1,118 @@
+"""What every subcommand shares: option fields, reading texts, loading models, writing JSON and configs.
+
+    >>> @dataclass(frozen=True)
+    ... class MyConfig(Config):
+    ...     texts: str = option(help="text file, one text per line")     # required: no default
+    ...     batch_size: int = option(8, help="texts per forward")
+    ...     dtype: str = dtype_option()
+    >>> texts = read_texts("texts", config.texts)
+    >>> A, B = load_models(config)                       # from config.source_model / target_model
+    >>> save_config(config, config_beside("out/gen.jsonl"))       # out/gen.config.json
+
+The command line builds each subcommand's flags from its config's fields: the annotation gives the type,
+`option(..., help=, choices=)` the help text and the valid values (see `stitch.cli`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from stitch.atomic import write_atomic
+from stitch.config import Config
+
+
+def option(default: Any = dataclasses.MISSING, *, help: str, choices=None):
+    """A config field with its command-line help and, optionally, its valid values (no default: required)."""
+    metadata = {"help": help, "choices": None if choices is None else tuple(choices)}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def dtype_option():
+    return option("auto", help="weights dtype: auto (as saved), float32, bfloat16, float16")
+
+
+def device_option():
+    return option("auto", help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps")
+
+
+def flag(name: str) -> str:
+    """The command-line spelling of a config key: `source_model` → `--source-model`."""
+    return "--" + name.replace("_", "-")
+
+
+def read_texts(name: str, path: str) -> list[str]:
+    """Texts from `path`: one per line (blank lines skipped), or a `.jsonl` file of {"text": ...} objects."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"{flag(name)}: no file at {str(path)!r}")
+    lines = file.read_text(encoding="utf-8").splitlines()
+    if file.suffix == ".jsonl":
+        texts = [_jsonl_text(name, path, i, line) for i, line in enumerate(lines, 1) if line.strip()]
+    else:
+        texts = [line for line in lines if line.strip()]
+    if not texts:
+        raise ValueError(f"{flag(name)}: {str(path)!r} holds no texts (every line is blank)")
+    return texts
+
+
+def _jsonl_text(name: str, path: str, lineno: int, line: str) -> str:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{flag(name)}: {path}, line {lineno}: not JSON ({err})") from None
+    text = record.get("text") if isinstance(record, dict) else None
+    if not isinstance(text, str) or not text:
+        raise ValueError(
+            f'{flag(name)}: {path}, line {lineno}: expected an object with a non-empty "text" string'
+        )
+    return text
+
+
+def load_model(name: str, path: str, dtype: str, device: str):
+    """`stitch.load_model` on a hub id or local directory; a failure names the option and the path."""
+    import stitch
+
+    try:
+        return stitch.load_model(path, dtype=None if dtype == "auto" else dtype, device=device)
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"{flag(name)}: could not load {path!r} as a model directory or hub id: {err}"
+        ) from err
+
+
+def load_models(config: Config):
+    """(A, B) from `config.source_model` and `config.target_model`, with its dtype and device."""
+    return tuple(
+        load_model(name, getattr(config, name), config.dtype, config.device)
+        for name in ("source_model", "target_model")
+    )
+
+
+def load_tokenizer(name: str, path: str):
+    """A tokenizer from a tokenizer or model directory, or a hub id; a failure names the option."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{flag(name)}: could not load a tokenizer from {path!r}: {err}") from err
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """Indented UTF-8 JSON, written atomically."""
+    return write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def save_config(config: Config, path: str | Path) -> Path:
+    """The config actually used, as JSON; YAML is a superset of JSON, so `--config` reads it back."""
+    return write_json(path, config.to_dict())
+
+
+def config_beside(file: str | Path) -> Path:
+    """Where the config of a single-file artifact goes: `<stem>.config.json` in the same directory
+    (a shared `config.json` would be overwritten by the next command writing to that directory)."""
+    file = Path(file)
+    return file.with_name(file.stem + ".config.json")

@@ -1,0 +1,85 @@
+"""`stitch generate`: B's greedy continuations while it reads A's states through the splice.
+
+    $ stitch generate --source-model meta-llama/Llama-3.1-8B --target-model mistralai/Mistral-7B-v0.3 \\
+          --source-layer 16 --adapter runs/l16.safetensors --prompts prompts.txt --policy all
+    >>> run(GenerateConfig(source_model="a/", target_model="b/", source_layer=16, prompts="p.txt"))
+
+Prints one JSON line per prompt, `{"prompt": ..., "continuation": ...}`; with `--out FILE.jsonl` also
+writes them there, and this config beside it as `<stem>.config.json`. Policies: see `stitch.generation`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import stitch
+from stitch.adapters.io import read_adapter_record
+from stitch.atomic import write_atomic
+from stitch.commands.common import (
+    config_beside,
+    device_option,
+    dtype_option,
+    flag,
+    load_models,
+    option,
+    read_texts,
+    save_config,
+)
+from stitch.config import Config
+from stitch.generation import POLICIES
+
+
+@dataclass(frozen=True)
+class GenerateConfig(Config):
+    source_model: str = option(help="source model A: hub id or local directory")
+    target_model: str = option(help="target model B: hub id or local directory")
+    source_layer: int = option(help="A's layer N (0 = embeddings, L = last block's output)")
+    prompts: str = option(help="prompt file: one prompt per line, or .jsonl with a 'text' field")
+    target_layer: int | None = option(None, help="B's layer M (default: the source layer)")
+    adapter: str | None = option(None, help="adapter saved by `stitch fit` (default: identity)")
+    policy: str = option("prompt", choices=POLICIES, help="which B positions get A's states")
+    max_new_tokens: int = option(32, help="tokens to generate per prompt")
+    batch_size: int = option(8, help="prompts generated together")
+    out: str | None = option(None, help="also write the continuations to this .jsonl file")
+    dtype: str = dtype_option()
+    device: str = device_option()
+
+
+def run(config: GenerateConfig) -> list[dict]:
+    """Generate for every prompt, print (and optionally write) the records, and return them."""
+    if isinstance(config.batch_size, bool) or not isinstance(config.batch_size, int) or config.batch_size < 1:
+        raise ValueError(f"{flag('batch_size')}: expected an integer >= 1, got {config.batch_size!r}")
+    prompts = read_texts("prompts", config.prompts)
+    A, B = load_models(config)
+    adapter = None if config.adapter is None else _load_adapter(config).to(A.device)
+    splice = stitch.Splice(A, B, config.source_layer, config.target_layer, adapter=adapter)
+    records = []
+    for start in range(0, len(prompts), config.batch_size):
+        chunk = prompts[start : start + config.batch_size]
+        continuations = splice.generate(chunk, max_new_tokens=config.max_new_tokens, policy=config.policy)
+        for prompt, continuation in zip(chunk, continuations, strict=True):
+            records.append({"prompt": prompt, "continuation": continuation})
+            print(json.dumps(records[-1], ensure_ascii=False), flush=True)
+    if config.out is not None:
+        write_atomic(config.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        save_config(config, config_beside(config.out))
+    return records
+
+
+def _load_adapter(config: GenerateConfig):
+    """The saved adapter; warns (does not refuse) when it was fitted for other layers than these."""
+    if not Path(config.adapter).exists():
+        raise FileNotFoundError(f"{flag('adapter')}: no adapter at {config.adapter!r}")
+    meta = read_adapter_record(config.adapter).get("metadata", {})
+    target_layer = config.source_layer if config.target_layer is None else config.target_layer
+    fitted = (meta.get("source_layer"), meta.get("target_layer"))
+    if None not in fitted and fitted != (config.source_layer, target_layer):
+        print(
+            f"warning: {flag('adapter')} {config.adapter} was fitted for layers {fitted[0]} → {fitted[1]}, "
+            f"used here at {config.source_layer} → {target_layer}",
+            file=sys.stderr,
+        )
+    return stitch.load_adapter(config.adapter)

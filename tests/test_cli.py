@@ -1,0 +1,216 @@
+"""The `stitch` command line: every subcommand run in-process on tiny saved models, artifacts checked against
+the library calls they wrap; YAML configs, flag precedence, and clear errors."""
+
+import json
+import shutil
+import subprocess
+
+import pytest
+import safetensors.torch
+import torch
+import yaml
+
+import stitch
+from analyses.alignment import alignment_summary
+from analyses.layer_similarity import layer_similarity
+from analyses.sweep import layer_sweep
+from stitch.adapters.io import read_adapter_record
+from stitch.cli import main
+from stitch.fit_models import fit_adapter
+from stitch.toy import CORPUS, byte_bpe_tokenizer, tiny_model
+
+TEXTS = [t for t in dict.fromkeys(CORPUS) if "\n" not in t]  # one text per line in the file
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """Two saved llama models with different tokenizers and widths (32 → 48), and their loaded twins."""
+    root = tmp_path_factory.mktemp("cli")
+    toks = (byte_bpe_tokenizer(), byte_bpe_tokenizer(vocab_size=280, bos=False))
+    models = []
+    for name, tok, layers, width, seed in (("a", toks[0], 2, 32, 0), ("b", toks[1], 3, 48, 1)):
+        hf = tiny_model("llama", len(tok), layers, width, seed=seed)
+        hf.save_pretrained(root / name)
+        tok.save_pretrained(root / name)
+        models.append(stitch.load_model(hf, tokenizer=tok))
+    (root / "texts.txt").write_text("\n".join(TEXTS) + "\n\n")
+    return root, *models
+
+
+def flags(root, **extra):
+    base = {"source-model": root / "a", "target-model": root / "b"}
+    return [str(x) for k, v in {**base, **extra}.items() for x in (f"--{k}", v)]
+
+
+def read_json(path):
+    return json.loads(path.read_text())
+
+
+def test_align_summary_equals_the_library(pair):
+    root, A, B = pair
+    out = root / "align"
+    argv = ["align", "--source-tokenizer", str(root / "a"), "--target-tokenizer", str(root / "b")]
+    assert main([*argv, "--texts", str(root / "texts.txt"), "--out", str(out)]) == 0
+    assert read_json(out / "summary.json") == alignment_summary(TEXTS, A.tokenizer, B.tokenizer).to_dict()
+    report = (out / "report.html").read_text()
+    assert "Token alignment of the first text" in report and report.count('class="plotly-graph-div"') == 2
+    assert read_json(out / "config.json")["texts"] == str(root / "texts.txt")
+
+
+def test_cka_matrix_equals_the_library(pair):
+    root, A, B = pair
+    out = root / "cka"
+    assert main(["cka", *flags(root, texts=root / "texts.txt", pairing="shared", out=out)]) == 0
+    expected = layer_similarity(A, B, TEXTS, pairing="shared")
+    saved = safetensors.torch.load_file(out / "similarity.safetensors")
+    torch.testing.assert_close(saved["matrix"], expected.matrix, rtol=1e-6, atol=1e-7)
+    meta = read_json(out / "similarity.json")
+    assert meta["pairing"] == "shared" and meta["shape"] == [3, 4] and meta["n"] == expected.n
+    assert (out / "report.html").read_text().count('class="plotly-graph-div"') == 2
+    # the saved config reproduces the run
+    assert main(["cka", "--config", str(out / "config.json"), "--out", str(root / "cka2")]) == 0
+    again = safetensors.torch.load_file(root / "cka2" / "similarity.safetensors")["matrix"]
+    assert torch.equal(again, saved["matrix"])
+
+
+def test_fit_adapter_equals_the_library_and_yaml_equals_flags(pair):
+    root, A, B = pair
+    texts = root / "texts.txt"
+    argv = flags(
+        root, **{"source-layer": 1, "target-layer": 2, "kind": "affine", "ridge": 0.01, "texts": texts}
+    )
+    assert main(["fit", *argv, "--out", str(root / "l1.safetensors"), "--no-progress"]) == 0
+    saved = stitch.load_adapter(root / "l1.safetensors")
+    expected = fit_adapter(A, B, TEXTS, 1, 2, kind="affine", ridge=0.01, progress=False)
+    for name, tensor in expected.state_dict().items():
+        torch.testing.assert_close(saved.state_dict()[name], tensor, rtol=1e-5, atol=1e-6)
+    meta = read_adapter_record(root / "l1.safetensors")["metadata"]
+    assert (meta["source_layer"], meta["target_layer"], meta["kind"]) == (1, 2, "affine")
+    assert meta["source_model"] == str(root / "a") and meta["target_model"] == str(root / "b")
+    flag_config = read_json(root / "l1.config.json")
+    # the same options from YAML (dashed and underscored keys, `1e-2` that YAML reads as a string)
+    yaml_text = yaml.safe_dump(
+        {**flag_config, "source-model": flag_config.pop("source_model"), "kind": "linear"}
+    )
+    assert "ridge: 0.01" in yaml_text
+    (root / "fit.yaml").write_text(yaml_text.replace("ridge: 0.01", "ridge: 1e-2"))
+    assert (
+        main(["fit", "--config", str(root / "fit.yaml"), "--kind", "affine", "--out", str(root / "y")]) == 0
+    )
+    assert read_json(root / "y" / "config.json") == {
+        **flag_config,
+        "source_model": str(root / "a"),
+        "out": str(root / "y"),
+    }
+    assert torch.equal(stitch.load_adapter(root / "y").weight, saved.weight)  # the flag beat YAML's kind
+
+
+def test_sweep_records_equal_the_library(pair):
+    root, A, B = pair
+    texts = str(root / "texts.txt")
+    argv = flags(root, **{"train-texts": texts, "eval-texts": texts, "out": root / "sweep"})
+    assert main(["sweep", *argv, "--source-layers", "0", "2", "--no-baseline", "--no-progress"]) == 0
+    records = read_json(root / "sweep" / "records.json")
+    expected = layer_sweep(A, B, TEXTS, TEXTS, [0, 2], baseline=False, progress=False)
+    assert [r["target_layer"] for r in records] == [0, 3]  # relative depth: depths differ
+    for got, want in zip(records, expected, strict=True):
+        assert got == pytest.approx(want.to_dict(), rel=1e-5)
+    assert "Loss recovered by layer" in (root / "sweep" / "report.html").read_text()
+
+
+def test_generate_equals_the_splice(pair, capsys):
+    root, A, B = pair
+    adapter_path = root / "gen_adapter.safetensors"
+    assert (
+        main(["fit", *flags(root, **{"source-layer": 1, "texts": root / "texts.txt", "out": adapter_path})])
+        == 0
+    )
+    (root / "prompts.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS[:3]))
+    argv = flags(root, **{"source-layer": 1, "adapter": adapter_path, "prompts": root / "prompts.jsonl"})
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "generate",
+                *argv,
+                "--max-new-tokens",
+                "3",
+                "--policy",
+                "all",
+                "--batch-size",
+                "2",
+                "--out",
+                str(root / "gen.jsonl"),
+            ]
+        )
+        == 0
+    )
+    splice = stitch.Splice(A, B, 1, adapter=stitch.load_adapter(adapter_path))
+    expected = [
+        {"prompt": p, "continuation": c}
+        for p, c in zip(TEXTS[:3], splice.generate(TEXTS[:3], max_new_tokens=3, policy="all"), strict=True)
+    ]
+    written = [json.loads(line) for line in (root / "gen.jsonl").read_text().splitlines()]
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert written == printed == expected
+    assert read_json(root / "gen.config.json")["policy"] == "all"
+
+
+def test_option_errors_name_the_option(pair, capsys):
+    root, _, _ = pair
+    (root / "bad.yaml").write_text("pairing: mean\nlayers: 3\n")
+    cases = [
+        (["cka", "--config", str(root / "bad.yaml")], ["unknown key 'layers'", "valid keys:", "'pairing'"]),
+        (["cka", "--config", str(root / "nope.yaml")], ["--config: no file at", "nope.yaml"]),
+        (["cka", *flags(root, texts="t.txt")], ["missing required option(s) --out"]),
+        (["fit", "--source-layer", "x"], ["--source-layer", "invalid int value"]),
+        (["cka", "--pairing", "tokens"], ["--pairing", "invalid choice"]),
+    ]
+    (root / "typed.yaml").write_text("source_layer: one\n")
+    cases.append(
+        (["fit", "--config", str(root / "typed.yaml")], ["key 'source_layer': expected int, got 'one'"])
+    )
+    for argv, phrases in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert all(p in err for p in phrases), (argv, err)
+
+
+def test_run_errors_are_one_clear_line(pair, capsys):
+    root, _, _ = pair
+    cases = [
+        (flags(root, texts=root / "missing.txt", out=root / "o"), ["--texts: no file at", "missing.txt"]),
+        (
+            [
+                "--source-model",
+                str(root / "nope"),
+                "--target-model",
+                str(root / "b"),
+                "--texts",
+                str(root / "texts.txt"),
+                "--out",
+                str(root / "o"),
+            ],
+            ["--source-model: could not load", "nope"],
+        ),
+    ]
+    for argv, phrases in cases:
+        assert main(["cka", *argv]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("stitch cka: error:") and all(p in err for p in phrases), err
+    # widths differ (32 → 48) and no adapter: the splice's own message, not a traceback
+    argv = flags(root, **{"source-layer": 1, "prompts": root / "texts.txt"})
+    assert main(["generate", *argv]) == 1
+    assert "adapter: None needs equal widths" in capsys.readouterr().err
+
+
+def test_demo_console_script():
+    exe = shutil.which("stitch")
+    if exe is None:
+        pytest.skip("the `stitch` console script is not installed (pip install -e .)")
+    done = subprocess.run([exe, "demo", "--n-layers", "2"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines() if line.split() and line.split()[0].isdigit()]
+    assert [int(r[0]) for r in rows] == [0, 1, 2] and all(float(r[1]) <= 1e-5 for r in rows)
