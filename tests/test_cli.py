@@ -2,8 +2,10 @@
 the library calls they wrap; YAML configs, flag precedence, and clear errors."""
 
 import json
+import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import safetensors.torch
@@ -15,9 +17,11 @@ from analyses.alignment import alignment_summary
 from analyses.layer_similarity import layer_similarity
 from analyses.sweep import layer_sweep
 from stitch.adapters.io import read_adapter_record
-from stitch.cli import main
+from stitch.cli import COMMANDS, main, read_yaml
 from stitch.fit_models import fit_adapter
 from stitch.toy import CORPUS, byte_bpe_tokenizer, tiny_model
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 
 TEXTS = [t for t in dict.fromkeys(CORPUS) if "\n" not in t]  # one text per line in the file
 
@@ -196,6 +200,8 @@ def test_run_errors_are_one_clear_line(pair, capsys):
             ["--source-model: could not load", "nope"],
         ),
     ]
+    argv = flags(root, texts=root / "texts.txt", out=root / "o", dtype="fp8")
+    cases.append((argv, ["--dtype: 'fp8' is not supported", "bfloat16"]))
     for argv, phrases in cases:
         assert main(["cka", *argv]) == 1
         err = capsys.readouterr().err
@@ -214,3 +220,12 @@ def test_demo_console_script():
     assert done.returncode == 0, done.stderr
     rows = [line.split() for line in done.stdout.splitlines() if line.split() and line.split()[0].isdigit()]
     assert [int(r[0]) for r in rows] == [0, 1, 2] and all(float(r[1]) <= 1e-5 for r in rows)
+
+
+def test_docs_yaml_examples_are_valid_configs(tmp_path):
+    blocks = re.findall(r"```yaml (\w+)\n(.*?)```", DOCS.read_text(), flags=re.S)
+    assert {name for name, _ in blocks} == set(COMMANDS) - {"demo"}
+    for name, text in blocks:
+        (tmp_path / f"{name}.yaml").write_text(text)
+        values = read_yaml(name, str(tmp_path / f"{name}.yaml"))
+        assert COMMANDS[name][0].from_dict(values).to_dict().items() >= values.items()

@@ -28,6 +28,7 @@ class AlignConfig(Config):
     texts: str = option(help="text file: one text per line, or .jsonl with a 'text' field")
     out: str = option(help="output directory")
     chars_per_line: int = option(80, help="line width of the token-alignment map")
+    map_chars: int = option(2000, help="the map shows this many characters of the first text")
 
 
 def run(config: AlignConfig) -> dict:
@@ -36,7 +37,10 @@ def run(config: AlignConfig) -> dict:
     source = load_tokenizer("source_tokenizer", config.source_tokenizer)
     target = load_tokenizer("target_tokenizer", config.target_tokenizer)
     summary = alignment_summary(texts, source, target)
-    first = TokenAlignment.build(texts[0], source, target)
+    if config.map_chars < 1:
+        raise ValueError(f"--map-chars: expected an integer >= 1, got {config.map_chars}")
+    # a map of a whole long document would be unreadable and megabytes of HTML
+    first = TokenAlignment.build(texts[0][: config.map_chars], source, target)
     out = Path(config.out)
     write_json(out / "summary.json", summary.to_dict())
     _write_report(out / "report.html", summary, first, config, len(texts))

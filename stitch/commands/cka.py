@@ -21,6 +21,7 @@ import safetensors.torch
 from analyses.figures import best_match_curve, similarity_heatmap
 from analyses.layer_similarity import PAIRINGS, LayerSimilarity, layer_similarity
 from analyses.report import Section, write_report
+from analyses.similarity import MEASURES
 from stitch.atomic import write_atomic
 from stitch.commands.common import (
     device_option,
@@ -45,7 +46,7 @@ class CkaConfig(Config):
     pairing: str = option(
         "mean", choices=PAIRINGS, help="mean: one sample per text; shared: per shared boundary"
     )
-    measure: str = option("linear_cka", help="a name from analyses.similarity.MEASURES, e.g. debiased_cka")
+    measure: str = option("linear_cka", choices=tuple(MEASURES), help="similarity measure")
     null_permutations: int = option(0, help="permutations of the per-cell null (0: none)")
     seed: int = option(0, help="seed of the permutation null")
     batch_size: int = option(8, help="texts per forward")

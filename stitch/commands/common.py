@@ -76,7 +76,7 @@ def load_model(name: str, path: str, dtype: str, device: str):
     import stitch
 
     try:
-        return stitch.load_model(path, dtype=None if dtype == "auto" else dtype, device=device)
+        return stitch.load_model(path, dtype=dtype, device=device)
     except (OSError, ValueError) as err:
         raise ValueError(
             f"{flag(name)}: could not load {path!r} as a model directory or hub id: {err}"
@@ -84,11 +84,23 @@ def load_model(name: str, path: str, dtype: str, device: str):
 
 
 def load_models(config: Config):
-    """(A, B) from `config.source_model` and `config.target_model`, with its dtype and device."""
-    return tuple(
-        load_model(name, getattr(config, name), config.dtype, config.device)
-        for name in ("source_model", "target_model")
-    )
+    """(A, B) from `config.source_model` and `config.target_model` (one model when both are the same
+    path: half the memory, and analyses take their self-comparison shortcuts), with dtype and device."""
+    from stitch.loading import resolve_device, resolve_dtype
+
+    dtype = None if config.dtype == "auto" else _checked("dtype", resolve_dtype, config.dtype)
+    device = _checked("device", resolve_device, config.device)
+    A = load_model("source_model", config.source_model, dtype, device)
+    same = config.target_model == config.source_model
+    return A, A if same else load_model("target_model", config.target_model, dtype, device)
+
+
+def _checked(name: str, resolve, value):
+    """`resolve(value)`, its error re-worded to name the command-line option (checked before any loading)."""
+    try:
+        return resolve(value)
+    except ValueError as err:
+        raise ValueError(f"{flag(name)}: {str(err).removeprefix(f'{name}: ')}") from None
 
 
 def load_tokenizer(name: str, path: str):
