@@ -28,10 +28,10 @@ from tqdm.auto import tqdm
 
 from stitch.adapters import fit_closed_form
 from stitch.checks import check_choice, check_layer, check_texts
-from stitch.fit_models import EMBEDDINGS, check_fit_options, collect_stats, model_states, pairing_splice
+from stitch.fit_models import EMBEDDINGS, check_fit_options, collect_stats, model_states
 from stitch.losses import IGNORE, next_token_labels, token_cross_entropy
 from stitch.model import HookedLM
-from stitch.splice import Splice
+from stitch.splice import Splice, align_texts
 
 
 @dataclass(frozen=True)
@@ -112,12 +112,12 @@ def _splice(A: HookedLM, B: HookedLM, pair, adapter) -> Splice:
 def _evaluate(splices: dict, means: dict, texts: list[str], batch_size: int, progress: bool) -> dict:
     """Summed token CE and token count for "native", ("none", M) and every (N, M) splice."""
     first = next(iter(splices.values()))
-    A, B, aligner = first.A, first.B, pairing_splice(first.A, first.B)
+    A, B = first.A, first.B
     totals = defaultdict(lambda: [0.0, 0])
     for start in tqdm(
         range(0, len(texts), batch_size), desc="scoring splices", unit="batch", disable=not progress
     ):
-        aligned = aligner.align(texts[start : start + batch_size])
+        aligned = align_texts(A, B, texts[start : start + batch_size])
         target, labels = aligned.target, next_token_labels(aligned.target)
         _add(totals, "native", B.logits(target), labels)
         for m, mean in means.items():

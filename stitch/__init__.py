@@ -13,9 +13,10 @@ from stitch.alignment import TokenAlignment, align_batch, token_spans
 from stitch.arch import ARCHITECTURES, ArchSpec
 from stitch.batch import Batch
 from stitch.cache import ActivationCache
+from stitch.fit_models import fit_adapter
 from stitch.loading import load_model
 from stitch.model import HookedLM
-from stitch.splice import Splice, SpliceOutput
+from stitch.splice import Splice, SpliceOutput, align_texts
 
 __version__ = "0.1.0"
 
@@ -30,6 +31,8 @@ __all__ = [
     "TokenAlignment",
     "adapters",
     "align_batch",
+    "align_texts",
+    "fit_adapter",
     "load_adapter",
     "save_adapter",
     "token_spans",

@@ -22,11 +22,11 @@ from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from stitch.adapters import CLOSED_FORM, Adapter, Identity, SufficientStats, adapter_class, fit_closed_form
+from stitch.adapters import CLOSED_FORM, Adapter, SufficientStats, adapter_class, fit_closed_form
 from stitch.batch import Batch
 from stitch.checks import check_layer, check_texts
 from stitch.model import HookedLM
-from stitch.splice import Aligned, Splice
+from stitch.splice import Aligned, align_texts
 
 EMBEDDINGS = "embeddings"  # target "layer": B's input embeddings, what `injection="inputs_embeds"` feeds
 LayerPair = tuple[int, "int | str"]
@@ -97,11 +97,12 @@ def collect_stats(
     texts = check_texts(texts)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
-    aligner = pairing_splice(A, B, padding_side)
     stats = {pair: SufficientStats() for pair in pairs}
     starts = range(0, len(texts), batch_size)
     for start in tqdm(starts, desc="pairing states", unit="batch", disable=not progress):
-        _accumulate(aligner, texts[start : start + batch_size], stats, drop_special)
+        _accumulate(
+            A, B, align_texts(A, B, texts[start : start + batch_size], padding_side), stats, drop_special
+        )
     if next(iter(stats.values())).n == 0:
         raise ValueError(
             f"texts: no paired positions in {len(texts)} texts (every position was padding, special "
@@ -110,20 +111,14 @@ def collect_stats(
     return stats
 
 
-def pairing_splice(A: HookedLM, B: HookedLM, padding_side: str = "right") -> Splice:
-    """A splice used only for its `align` (the one implementation of token pairing in stitch)."""
-    return Splice(A, B, source_layer=0, target_layer=0, adapter=Identity(), padding_side=padding_side)
-
-
 def _accumulate(
-    aligner: Splice, texts: list[str], stats: dict[LayerPair, SufficientStats], drop_special: bool
+    A: HookedLM, B: HookedLM, aligned: Aligned, stats: dict[LayerPair, SufficientStats], drop_special: bool
 ) -> None:
-    aligned = aligner.align(texts)
     rows, src, tgt = paired_positions(aligned, drop_special)
     if rows.numel() == 0:
         return
-    xs = model_states(aligner.A, aligned.source, {n for n, _ in stats})
-    ys = model_states(aligner.B, aligned.target, {m for _, m in stats})
+    xs = model_states(A, aligned.source, {n for n, _ in stats})
+    ys = model_states(B, aligned.target, {m for _, m in stats})
     for n, m in stats:
         stats[n, m].update(xs[n][rows, src], ys[m][rows, tgt])
 

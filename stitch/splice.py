@@ -124,15 +124,7 @@ class Splice(nn.Module):
 
     def align(self, texts) -> Aligned:
         """Encode texts for A and B and align the two tokenizations (identity when the tokenizer is shared)."""
-        texts = check_texts(texts)
-        source = self.A.encode(texts, padding_side=self.padding_side)
-        if self.A.tokenizer is self.B.tokenizer:
-            return Aligned(source, source, None, next_token_labels(source))
-        from stitch.alignment import align_batch
-
-        target = self.B.encode(texts, padding_side=self.padding_side)
-        target_to_source, source_labels = align_batch(source, target)
-        return Aligned(source, target, target_to_source.to(source.device), source_labels.to(source.device))
+        return align_texts(self.A, self.B, texts, self.padding_side)
 
     def map_states(
         self, states: Float[Tensor, "batch pos_s d_source"], aligned: Aligned
@@ -157,6 +149,23 @@ class Splice(nn.Module):
         if mapped.shape[-1] != self.B.d_model:
             raise ValueError(f"adapter: output width {mapped.shape[-1]} but B's d_model is {self.B.d_model}")
         return mapped
+
+
+def align_texts(A: HookedLM, B: HookedLM, texts, padding_side: str = "right") -> Aligned:
+    """The one pairing of A's and B's tokens in stitch: both encodings and the target/source grids.
+
+    >>> aligned = align_texts(A, B, ["some text"])
+    >>> aligned.target_to_source                 # [batch, pos_t], -1 where no A token has finished
+    """
+    texts = check_texts(texts)
+    source = A.encode(texts, padding_side=padding_side)
+    if A.tokenizer is B.tokenizer:
+        return Aligned(source, source, None, next_token_labels(source))
+    from stitch.alignment import align_batch
+
+    target = B.encode(texts, padding_side=padding_side)
+    target_to_source, source_labels = align_batch(source, target)
+    return Aligned(source, target, target_to_source.to(source.device), source_labels.to(source.device))
 
 
 def _target_layer(target_layer, source_layer, injection: str, n_layers_b: int) -> int:

@@ -5,7 +5,8 @@ import torch
 
 import stitch
 from stitch.adapters import Affine, SufficientStats
-from stitch.fit_models import EMBEDDINGS, collect_stats, fit_adapter, paired_positions, pairing_splice
+from stitch.fit_models import EMBEDDINGS, collect_stats, fit_adapter, paired_positions
+from stitch.splice import align_texts
 from tests.tiny import CORPUS, byte_bpe_tokenizer, tiny_model
 
 TRAIN = CORPUS[:5]
@@ -36,7 +37,7 @@ def test_shared_tokenizer_pairs_every_real_non_special_position(llama, texts):
 
 def test_cross_tokenizer_pairs_follow_the_target_grid(models, texts):
     A, B = models
-    aligned = pairing_splice(A, B).align(texts)
+    aligned = align_texts(A, B, texts)
     t2s = aligned.target_to_source
     rows, src, tgt = paired_positions(aligned)
     assert torch.equal(src, t2s[rows, tgt])
@@ -60,7 +61,7 @@ def test_fit_adapter_equals_fit_on_collected_pairs(models):
     assert isinstance(ad, Affine) and (ad.d_source, ad.d_target) == (32, 48)
     xs, ys = [], []
     for text in TRAIN:
-        aligned = pairing_splice(A, B).align([text])
+        aligned = align_texts(A, B, [text])
         rows, src, tgt = paired_positions(aligned)
         xs.append(A.residuals(aligned.source, [2])[2][rows, src])
         ys.append(B.residuals(aligned.target, [1])[1][rows, tgt])
@@ -75,7 +76,7 @@ def test_embedding_targets_and_one_pass_for_many_pairs(models):
     assert list(stats) == [(0, EMBEDDINGS), (3, 3)]
     ids = []
     for text in TRAIN:
-        aligned = pairing_splice(A, B).align([text])
+        aligned = align_texts(A, B, [text])
         rows, _, tgt = paired_positions(aligned)
         ids.append(aligned.target.input_ids[rows, tgt])
     mean = B.model.get_input_embeddings().weight[torch.cat(ids)].double().mean(0)

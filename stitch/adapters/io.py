@@ -16,12 +16,10 @@ then `os.replace`), so a crash never leaves a half-written file under the final 
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ import safetensors.torch
 import torch
 
 from stitch.adapters.base import Adapter, adapter_class
+from stitch.atomic import write_atomic
 
 FORMAT, FORMAT_VERSION, HEADER_KEY = "stitch-adapter", 1, "stitch_adapter"
 WEIGHTS_NAME, CONFIG_NAME = "adapter.safetensors", "adapter_config.json"
@@ -53,8 +52,8 @@ def save_adapter(adapter: Adapter, path: str | os.PathLike, **metadata: Any) -> 
     weights, config = adapter_paths(path)
     weights.parent.mkdir(parents=True, exist_ok=True)
     header = json.dumps(record, sort_keys=True)
-    _atomic_write(weights, safetensors.torch.save(tensors, metadata={HEADER_KEY: header}))
-    _atomic_write(config, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+    write_atomic(weights, safetensors.torch.save(tensors, metadata={HEADER_KEY: header}))
+    write_atomic(config, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
     return weights
 
 
@@ -93,20 +92,6 @@ def library_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def load_adapter(path: str | os.PathLike, device: str | torch.device = "cpu") -> Adapter:
