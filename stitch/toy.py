@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 
 import torch
@@ -95,3 +96,66 @@ def tiny_model(
     config = _config(family, vocab_size, n_layers, d_model, n_ctx)
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     return model.eval()
+
+
+@torch.no_grad()
+def fold_norm_gains(model) -> None:
+    """Move every RMSNorm gain of a Llama-style model into the linear layers that read the normed stream.
+
+    The function computed is unchanged; afterwards every norm gain is 1, so the residual basis can rotate.
+    """
+    for layer in model.model.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        for norm, readers in (
+            (layer.input_layernorm, (attn.q_proj, attn.k_proj, attn.v_proj)),
+            (layer.post_attention_layernorm, (mlp.gate_proj, mlp.up_proj)),
+        ):
+            for lin in readers:
+                lin.weight.mul_(norm.weight)
+            norm.weight.fill_(1.0)
+    model.lm_head.weight.mul_(model.model.norm.weight)
+    model.model.norm.weight.fill_(1.0)
+
+
+@torch.no_grad()
+def rotate_residual(model, Q: torch.Tensor) -> None:
+    """Rotate the residual basis, x -> x @ Q: embeddings, every reader (W @ Q) and every writer (Qᵀ @ W)."""
+    model.model.embed_tokens.weight.copy_(model.model.embed_tokens.weight @ Q)
+    for layer in model.model.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        for reader in (attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj):
+            reader.weight.copy_(reader.weight @ Q)
+        for writer in (attn.o_proj, mlp.down_proj):
+            writer.weight.copy_(Q.T @ writer.weight)
+    model.lm_head.weight.copy_(model.lm_head.weight @ Q)
+
+
+def rotated_copy(model, seed: int = 0):
+    """A copy of a Llama-style model (untied embeddings) computing the same function in a rotated basis.
+
+    >>> rotated, Q = rotated_copy(hf_llama)         # layer-ℓ states of `rotated` = original's @ Q
+    """
+    d_model = model.config.hidden_size
+    Q = torch.linalg.qr(torch.randn(d_model, d_model, generator=torch.Generator().manual_seed(seed)))[0]
+    rotated = copy.deepcopy(model)
+    fold_norm_gains(rotated)
+    rotate_residual(rotated, Q)
+    return rotated, Q
+
+
+def train_briefly(model, tokenizer, texts, steps: int = 15, lr: float = 3e-2):
+    """A few full-batch Adam steps of next-token loss on `texts`, so the model's states carry information."""
+    from stitch.loading import load_model
+    from stitch.losses import mean_cross_entropy, next_token_labels
+
+    batch = load_model(model, tokenizer=tokenizer).encode(texts)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):
+        logits = model(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
+        ).logits
+        opt.zero_grad()
+        mean_cross_entropy(logits, next_token_labels(batch)).backward()
+        opt.step()
+    return model.eval().requires_grad_(False)

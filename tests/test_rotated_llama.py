@@ -9,38 +9,10 @@ import torch
 import stitch
 from stitch.adapters import Procrustes
 from stitch.fit_models import fit_adapter
+from stitch.toy import fold_norm_gains, rotate_residual
 from tests.tiny import CORPUS, tiny_model
 
 D_MODEL = 32
-
-
-@torch.no_grad()
-def fold_norm_gains(model) -> None:
-    """Move every RMSNorm gain into the linear layers that read the normed stream (function unchanged)."""
-    for layer in model.model.layers:
-        attn, mlp = layer.self_attn, layer.mlp
-        for norm, readers in (
-            (layer.input_layernorm, (attn.q_proj, attn.k_proj, attn.v_proj)),
-            (layer.post_attention_layernorm, (mlp.gate_proj, mlp.up_proj)),
-        ):
-            for lin in readers:
-                lin.weight.mul_(norm.weight)
-            norm.weight.fill_(1.0)
-    model.lm_head.weight.mul_(model.model.norm.weight)
-    model.model.norm.weight.fill_(1.0)
-
-
-@torch.no_grad()
-def rotate_residual(model, Q: torch.Tensor) -> None:
-    """Rotate the residual basis, x -> x @ Q: embeddings, every reader (W @ Q) and every writer (Qᵀ @ W)."""
-    model.model.embed_tokens.weight.copy_(model.model.embed_tokens.weight @ Q)
-    for layer in model.model.layers:
-        attn, mlp = layer.self_attn, layer.mlp
-        for reader in (attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj):
-            reader.weight.copy_(reader.weight @ Q)
-        for writer in (attn.o_proj, mlp.down_proj):
-            writer.weight.copy_(Q.T @ writer.weight)
-    model.lm_head.weight.copy_(model.lm_head.weight @ Q)
 
 
 @pytest.fixture(scope="module")

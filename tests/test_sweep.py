@@ -11,7 +11,7 @@ from analyses.figures.sweep import sweep_figure
 from analyses.sweep import SweepRecord, layer_sweep, matching_layers
 from stitch.fit_models import EMBEDDINGS, fit_adapter
 from stitch.losses import mean_cross_entropy, next_token_labels
-from tests.test_rotated_llama import fold_norm_gains, rotate_residual
+from stitch.toy import fold_norm_gains, rotate_residual, train_briefly
 from tests.tiny import CORPUS, byte_bpe_tokenizer, tiny_model
 
 TRAIN = CORPUS[:6]
@@ -92,17 +92,7 @@ def mean_target_state(B, m):
 def briefly_trained_llama(tok):
     """A tiny Llama trained for a few steps on TRAIN, so that its own states beat the mean state."""
     model = tiny_model("llama", vocab_size=len(tok), n_layers=3, d_model=32, seed=5)
-    batch = stitch.load_model(model, tokenizer=tok).encode(TRAIN)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-2)
-    model.train()
-    for _ in range(15):
-        logits = model(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
-        ).logits
-        opt.zero_grad()
-        mean_cross_entropy(logits, next_token_labels(batch)).backward()
-        opt.step()
-    return model.eval().requires_grad_(False)
+    return train_briefly(model, tok, TRAIN, steps=15)
 
 
 def test_rotated_copy_recovers_all_the_loss(tok, texts):
