@@ -45,6 +45,8 @@ _EPILOG = "Every option can also come from --config FILE.yaml (keys = option nam
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """`main(["cka", "--config", "cka.yaml"])`: run a subcommand; 0 when it succeeded, 1 when it failed
+    while running (one line on stderr); bad options exit with status 2 (argparse's convention)."""
     parser, commands = build_parser()
     args = parser.parse_args(argv)
     config_cls, run, _ = COMMANDS[args.command]
@@ -82,7 +84,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
 
 def make_config(command: str, config_path: str | None, flags: dict[str, Any]):
-    """The command's config from defaults, then the YAML file, then command-line flags."""
+    """`make_config("fit", "fit.yaml", {"kind": "affine"})`: defaults, then the YAML file, then the flags."""
     config_cls = COMMANDS[command][0]
     values = read_yaml(command, config_path) if config_path else {}
     values.update(flags)
@@ -96,7 +98,8 @@ def make_config(command: str, config_path: str | None, flags: dict[str, Any]):
 
 
 def read_yaml(command: str, path: str) -> dict[str, Any]:
-    """Options from a YAML mapping; keys are option names (`source_model` or `source-model`), checked."""
+    """`read_yaml("cka", "cka.yaml")` → {option: value}; keys (`source_model` or `source-model`) and
+    values are checked against the command's config fields."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--config: no file at {path!r}")
     with open(path, encoding="utf-8") as f:
@@ -124,7 +127,8 @@ def read_yaml(command: str, path: str) -> dict[str, Any]:
 
 
 def coerce(where: str, value: Any, annotation: Any, choices: tuple | None = None) -> Any:
-    """`value` checked against a field's annotation (and valid values); lists become tuples."""
+    """`coerce("--ridge", "1e-3", float | None)` → 0.001: a value checked against a field's annotation
+    (and its valid values); lists become tuples, ints become floats where a float is expected."""
     base, optional = _unwrap_optional(annotation)
     if value is None:
         if optional:
