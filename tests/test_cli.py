@@ -212,14 +212,17 @@ def test_run_errors_are_one_clear_line(pair, capsys):
     assert "adapter: None needs equal widths" in capsys.readouterr().err
 
 
-def test_demo_console_script():
+def test_demo_console_script(tmp_path):
     exe = shutil.which("stitch")
     if exe is None:
         pytest.skip("the `stitch` console script is not installed (pip install -e .)")
-    done = subprocess.run([exe, "demo", "--n-layers", "2"], capture_output=True, text=True, timeout=120)
+    argv = [exe, "demo", "--n-layers", "2", "--out", str(tmp_path / "demo")]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    rows = [line.split() for line in done.stdout.splitlines() if line.split() and line.split()[0].isdigit()]
-    assert [int(r[0]) for r in rows] == [0, 1, 2] and all(float(r[1]) <= 1e-5 for r in rows)
+    line = next(x for x in done.stdout.splitlines() if x.startswith("self-stitch identity"))
+    diffs = [float(v) for v in line.split(":")[-1].split(",")]
+    assert len(diffs) == 3 and max(diffs) <= 1e-5  # layers 0..2
+    assert (tmp_path / "demo" / "report.html").is_file()
 
 
 def test_docs_yaml_examples_are_valid_configs(tmp_path):
