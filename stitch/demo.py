@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import stitch
+from stitch.commands.common import option
 from stitch.config import Config
 from stitch.toy import CORPUS, byte_bpe_tokenizer, rotated_copy, tiny_model, train_briefly
 
@@ -30,12 +31,12 @@ TRAIN, HELD_OUT = (
 
 @dataclass(frozen=True)
 class DemoConfig(Config):
-    out: str = "stitch-demo"
-    n_layers: int = 3
-    d_model: int = 32
-    train_steps: int = 30
-    learning_rate: float = 1e-2
-    seed: int = 0
+    out: str = option("stitch-demo", help="directory for report.html")
+    n_layers: int = option(3, help="blocks per tiny model")
+    d_model: int = option(32, help="residual width of the tiny models")
+    train_steps: int = option(30, help="Adam steps each tiny model is trained for on the demo texts")
+    learning_rate: float = option(1e-2, help="Adam learning rate of that training")
+    seed: int = option(0, help="seed of the models and of the rotation")
 
 
 def run_demo(config: DemoConfig = DemoConfig()) -> dict:
