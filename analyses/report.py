@@ -20,10 +20,14 @@ import plotly.graph_objects as go
 
 from stitch.atomic import write_atomic
 
-_STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-h1{font-size:1.6em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;font-size:.9em}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right}
-.note{color:#555}"""
+# Wide figures and tables scroll inside their own box instead of spilling past the page column.
+_STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;
+line-height:1.45}h1{font-size:1.6em}h2{font-size:1.2em;margin-top:2.2em;padding-bottom:.2em;
+border-bottom:1px solid #ddd}.wide{overflow-x:auto;margin:.5em 0}
+table{border-collapse:collapse;font-size:.85em;font-variant-numeric:tabular-nums}
+td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right}td{white-space:nowrap}
+th{background:#f3f3f3;vertical-align:bottom}tr:nth-child(even) td{background:#fafafa}td.text{text-align:left}
+.note{color:#555;max-width:75ch}"""
 
 
 @dataclass(frozen=True)
@@ -59,9 +63,9 @@ def write_report(path: str | Path, sections: Sequence[Section], title: str = "st
 
 def _render(content, title: str) -> str:
     if isinstance(content, go.Figure):
-        return content.to_html(full_html=False, include_plotlyjs=False)
+        return f'<div class="wide">{content.to_html(full_html=False, include_plotlyjs=False)}</div>'
     if isinstance(content, Sequence) and all(isinstance(r, dict) for r in content) and content:
-        return _table(content)
+        return f'<div class="wide">{_table(content)}</div>'
     raise TypeError(
         f"Section {title!r}: content must be a plotly Figure or a non-empty list of dicts, "
         f"got {type(content).__name__}"
@@ -70,12 +74,16 @@ def _render(content, title: str) -> str:
 
 def _table(records: Sequence[dict]) -> str:
     columns = list(dict.fromkeys(k for r in records for k in r))
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
-    rows = "".join(
-        "<tr>" + "".join(f"<td>{_cell(r.get(c, ''))}</td>" for c in columns) + "</tr>" for r in records
-    )
+    # <wbr>: long snake_case headers may break at underscores, so wide tables fit the page column.
+    head = "".join(f"<th>{html.escape(str(c)).replace('_', '_<wbr>')}</th>" for c in columns)
+    rows = "".join("<tr>" + "".join(_cell(r.get(c, "")) for c in columns) + "</tr>" for r in records)
     return f"<table><tr>{head}</tr>{rows}</table>"
 
 
 def _cell(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else html.escape(str(value))
+    """A table cell: numbers to 4 significant digits, right-aligned; text left-aligned."""
+    if isinstance(value, float):
+        return f"<td>{value:.4g}</td>"
+    if isinstance(value, int | bool):
+        return f"<td>{value}</td>"
+    return f'<td class="text">{html.escape(str(value))}</td>'

@@ -257,7 +257,7 @@ def test_corpus_summary_of_one_tokenizer_is_trivial():
 def test_alignment_map_draws_every_token_and_link():
     import plotly.graph_objects as go
 
-    from analyses.figures.alignment import alignment_map, fan_in_histogram
+    from analyses.figures.alignment import _BOX, _ROW_GAP, alignment_map, fan_in_histogram
 
     al = TokenAlignment.build(PARAGRAPH, load("llama3"), load("mistral"))
     fig = alignment_map(al, "Llama-3", "Mistral", chars_per_line=60)
@@ -270,6 +270,13 @@ def test_alignment_map_draws_every_token_and_link():
     assert list(links.x).count(None) == int((al.target_to_source >= 0).sum())
     bars = next(t for t in fig.data if t.name == "shared boundary")
     assert list(bars.x).count(None) == len(al.shared_boundaries)
+    gap = _ROW_GAP - _BOX  # links and bars stay in the gap of one wrapped line: none cuts across boxes
+    for trace in (links, bars):
+        ys = [y for y in trace.y if y is not None]
+        spans = [abs(a - b) for a, b in zip(ys[0::2], ys[1::2], strict=True)]
+        assert spans == pytest.approx([gap] * len(spans))
+    reads = [h for t in fig.data if t.mode == "text" for h in t.hovertext if h.startswith("Mistral token 5:")]
+    assert f"reads source token {al.target_to_source[5].item()}:" in reads[0]
     with pytest.raises(TypeError, match="al: expected a stitch.TokenAlignment"):
         alignment_map("text")
     with pytest.raises(ValueError, match="chars_per_line: expected a positive integer, got 0"):
@@ -277,4 +284,5 @@ def test_alignment_map_draws_every_token_and_link():
     from analyses.alignment import alignment_summary
 
     summary = alignment_summary([PARAGRAPH], load("llama3"), load("mistral"))
-    assert sum(fan_in_histogram(summary).data[0].y) == summary.n_target_tokens
+    bars = fan_in_histogram(summary).data[0]
+    assert sum(bars.y) == summary.n_target_tokens and sum(bars.customdata) == pytest.approx(100)  # % on hover

@@ -180,7 +180,11 @@ def test_heatmap_axes_hover_and_chance_mask():
     assert "A-model layer %{y}" in main.hovertemplate and "%{z:.4f}" in main.hovertemplate
     assert "p = %{customdata[1]" in main.hovertemplate
     assert np.allclose(np.array(main.customdata)[..., 1], rec.null.p_value.numpy())
-    assert fig.layout.xaxis.title.text == "B-model layer" and fig.layout.yaxis.title.text == "A-model layer"
+    assert fig.layout.xaxis.title.text == "B-model layer ℓ (0 = embeddings)"
+    assert fig.layout.yaxis.title.text == "A-model layer ℓ (0 = embeddings)"
+    assert (main.zmin, main.zmax) == (0, 1) and main.colorbar.title.text == "linear CKA"  # fixed CKA scale
+    assert grey.hoverongaps is False and main.hoverongaps is False  # a grey cell answers from the grey trace
+    assert "grey: not above chance" in fig.layout.title.text
     unmasked = similarity_heatmap(rec, mask_chance=False)
     assert len(unmasked.data) == 1 and np.allclose(np.array(unmasked.data[0].z, float), values)
 
@@ -207,4 +211,15 @@ def test_best_match_curve():
     above = rec.null.above_chance()[torch.arange(5), rec.best_match()].tolist()
     assert list(curve.marker.symbol) == ["circle" if a else "circle-open" for a in above]
     assert np.allclose(diagonal.y, np.arange(5) * 2 / 4)  # equal relative depth: 0..L_A -> 0..L_B
-    assert fig.layout.xaxis.title.text == "A-model layer"
+    assert fig.layout.xaxis.title.text == "A-model layer ℓ (0 = embeddings)"
+    assert "hollow markers: not above chance" in fig.layout.title.text and "grey" not in fig.layout.title.text
+    distance = LayerSimilarity(1 - rec.matrix, ("t",), "mean", "alignment", 40, "A-model", "B-model")
+    assert list(best_match_curve(distance).data[1].y) == rec.best_match().tolist()  # lower = more similar
+
+
+def test_heatmap_of_33_by_29_layers_is_readable():
+    fig = similarity_heatmap(torch.rand(33, 29), source="Llama-3.1-8B", target="Mistral-7B")
+    assert (fig.layout.yaxis.dtick, fig.layout.xaxis.dtick) == (2, 2)  # <= 17 labels per axis, whole layers
+    size, margin = (fig.layout.width, fig.layout.height), fig.layout.margin
+    plot_w, plot_h = size[0] - margin.l - margin.r, size[1] - margin.t - margin.b
+    assert plot_w / plot_h == pytest.approx(29 / 33, rel=0.02)  # square cells: colour bar beside the map

@@ -17,11 +17,16 @@ def figure():
 def test_report_is_self_contained(tmp_path):
     path = write_report(
         tmp_path / "r.html",
-        [Section("CKA <A vs B>", figure(), note="n = 2"), Section("Sweep", [{"layer": 1, "loss": 0.123456}])],
+        [
+            Section("CKA <A vs B>", figure(), note="n = 2"),
+            Section("Sweep", [{"layer": 1, "loss": 0.123456, "adapter_kind": "affine"}]),
+        ],
         title="demo",
     )
     text = path.read_text()
     assert "CKA &lt;A vs B&gt;" in text and "<td>0.1235</td>" in text and "n = 2" in text
+    assert '<td class="text">affine</td>' in text and "<td>1</td>" in text  # text left, numbers right
+    assert "adapter_<wbr>kind" in text and text.count('<div class="wide">') == 2  # wide content scrolls
     assert text.count("plotly.js v") <= 2 and len(text) > 1_000_000  # plotly.js inlined, once
     assert not re.search(r"<script[^>]+src=", text)  # nothing fetched: every script is inline
     assert text.count('class="plotly-graph-div"') == 1

@@ -118,10 +118,16 @@ def test_figure_and_record_round_trip(cross_records):
     fig = sweep_figure(dicts)
     assert isinstance(fig, go.Figure)
     names = {t.name for t in fig.data}
-    assert {"residual splice", "embedding injection", "B native", "no information"} <= names
+    assert {"residual splice", "embedding injection", "B native", "no information, residual splice"} <= names
     curve = next(t for t in fig.data if t.name == "residual splice")
     assert list(curve.x) == [0, 2, 3]
     assert list(curve.y) == [r.loss_recovered for r in cross_records if r.injection == "residual"]
+    for injection, label in (("residual", "residual splice"), ("inputs_embeds", "embedding injection")):
+        floor = next(t for t in fig.data if t.name == f"no information, {label}")  # each injection's own
+        assert list(floor.y) == [r.ce_no_information for r in cross_records if r.injection == injection]
+    assert fig.layout.xaxis2.title.text == "A layer N (0 = embeddings)" and fig.layout.xaxis2.dtick == 1
+    named = sweep_figure(dicts, source="Llama", target="Mistral")
+    assert "Llama → Mistral" in named.layout.title.text and "Mistral native" in {t.name for t in named.data}
     with pytest.raises(ValueError, match="records"):
         sweep_figure([])
 

@@ -3,12 +3,12 @@
     >>> from analyses.figures.alignment import alignment_map, fan_in_histogram
     >>> al = stitch.TokenAlignment.build(text, A.tokenizer, B.tokenizer)
     >>> alignment_map(al, source_name="Llama-3", target_name="Mistral").show()
-    >>> fan_in_histogram(alignment_summary(texts, A.tokenizer, B.tokenizer)).show()
+    >>> fan_in_histogram(alignment_summary(texts, A.tokenizer, B.tokenizer), source="Llama-3", target="Mistral")
 
 The text is wrapped into lines of `chars_per_line` characters; each line shows the source tokens
 (top row) and the target tokens (bottom row) as boxes at their character spans. A grey link joins
-each target token's end to the end of the source token that feeds it; dashed green bars mark shared
-boundaries. Zero-width tokens (BOS, leading byte pieces of a split character) are thin boxes. Hover
+each target token's end to the end of the source token that feeds it; green bars between the rows
+mark shared boundaries. Zero-width tokens (BOS, leading byte pieces of a split character) are thin boxes. Hover
 shows ids, token text and spans. Readable for a few hundred tokens (zoom for more).
 """
 
@@ -19,7 +19,9 @@ import plotly.graph_objects as go
 from stitch.alignment import TokenAlignment
 
 _ROW_GAP, _LINE_GAP, _BOX = 1.25, 3.2, 0.9
-_SHADES = {"source": ("#9ecae1", "#4292c6"), "target": ("#fdd0a2", "#f16913")}
+_PX = 28  # pixels per y unit, whatever the line count: boxes 25 px tall, lines 90 px apart
+# Light alternating shades: dark token text stays legible on both (the darker pair hid it).
+_SHADES = {"source": ("#c6dbef", "#8fbfe0"), "target": ("#fdd9b5", "#fdae6b")}
 _VISIBLE = str.maketrans({" ": "·", "\n": "⏎", "\t": "→", "\r": "␍"})
 
 
@@ -37,16 +39,23 @@ def alignment_map(
             fig.add_trace(trace)
     fig.add_trace(_links(al, chars_per_line))
     fig.add_trace(_shared_bars(al, chars_per_line))
-    n_lines = len(al.text) // chars_per_line + 1
+    n_lines = max(1, -(-len(al.text) // chars_per_line))
+    top, bottom = _BOX + 0.15, -(n_lines - 1) * _LINE_GAP - _ROW_GAP - 0.15
+    margin = {"l": 20, "r": 20, "t": 110, "b": 20}
+    how = (
+        f"each {target_name} token reads {source_name}'s state at the last {source_name} token ending "
+        "at or before its end; hover a token for ids and spans"
+    )
     fig.update_layout(
         title=f"Token alignment: {source_name} ({len(al.source_ids)} tokens) → {target_name} "
-        f"({len(al.target_ids)} tokens), {len(al.shared_boundaries)} shared boundaries",
-        height=140 + 95 * n_lines,
+        f"({len(al.target_ids)} tokens), {len(al.shared_boundaries)} shared boundaries<br><sup>{how}</sup>",
+        height=round(_PX * (top - bottom)) + margin["t"] + margin["b"],
         width=max(700, 13 * chars_per_line),
+        margin=margin,
         plot_bgcolor="white",
         xaxis={"visible": False, "range": [-1, chars_per_line + 1]},
-        yaxis={"visible": False, "range": [-_LINE_GAP * n_lines, _BOX + 0.3]},
-        legend={"orientation": "h", "y": 1.0, "yanchor": "bottom"},
+        yaxis={"visible": False, "range": [bottom, top]},
+        legend={"orientation": "h", "x": 0, "y": 1.0, "yanchor": "bottom"},
         hovermode="closest",
     )
     return fig
@@ -108,7 +117,7 @@ def _token_traces(al: TokenAlignment, side: str, name: str, width: int) -> list[
             tx.append((x0 + x1) / 2)
             ty.append(y + _BOX / 2)
             texts.append(_fit(label, x1 - x0))
-            hovers.append(f"{name} token {k}: {label!r}<br>id {ids[k]}, {where}")
+            hovers.append(f"{name} token {k}: {label!r}<br>id {ids[k]}, {where}{_feeds(al, side, k)}")
     traces = [
         go.Scatter(
             x=xs,
@@ -118,7 +127,7 @@ def _token_traces(al: TokenAlignment, side: str, name: str, width: int) -> list[
             line={"width": 0.5, "color": "white"},
             fillcolor=_SHADES[side][shade],
             hoverinfo="skip",
-            showlegend=shade == 0,
+            showlegend=shade == 1,
             name=f"{name} tokens",
             legendgroup=side,
         )
@@ -132,7 +141,7 @@ def _token_traces(al: TokenAlignment, side: str, name: str, width: int) -> list[
             text=texts,
             hovertext=hovers,
             hoverinfo="text",
-            textfont={"family": "monospace", "size": 10},
+            textfont={"family": "monospace", "size": 11, "color": "#222"},
             showlegend=False,
             legendgroup=side,
         )
@@ -140,14 +149,30 @@ def _token_traces(al: TokenAlignment, side: str, name: str, width: int) -> list[
     return traces
 
 
+def _feeds(al: TokenAlignment, side: str, k: int) -> str:
+    """For a target token's hover: which source token's state it reads (target grid)."""
+    if side != "target":
+        return ""
+    i = al.target_to_source[k].item()
+    return (
+        "<br>reads no source state" if i < 0 else f"<br>reads source token {i}: {_label(al, 'source', i)!r}"
+    )
+
+
 def _links(al: TokenAlignment, width: int) -> go.Scatter:
-    """A line from the end of each feeding source token to the end of the target token it feeds."""
+    """A line from the end of each feeding source token to the end of the target token it feeds.
+
+    A source token on an earlier wrapped line gets a stub to the left edge of the target's line
+    instead: a straight line back to it would cut across every line in between.
+    """
     xs, ys = [], []
     src_end, tgt_end = al.source_spans[:, 1].tolist(), al.target_spans[:, 1].tolist()
     for j, i in enumerate(al.target_to_source.tolist()):
         if i < 0:
             continue
         (ls, cs), (lt, ct) = _where(src_end[i], width), _where(tgt_end[j], width)
+        if ls != lt:
+            ls, cs = lt, -0.6
         xs += [cs, ct, None]
         ys += [_row_y(ls, "source"), _row_y(lt, "target") + _BOX, None]
     return go.Scatter(
@@ -161,30 +186,47 @@ def _links(al: TokenAlignment, width: int) -> go.Scatter:
 
 
 def _shared_bars(al: TokenAlignment, width: int) -> go.Scatter:
-    """Dashed bars through both rows where both tokenizations end at the same place."""
+    """Bars in the gap between the rows where both tokenizations end at the same place.
+
+    Only in the gap: drawn through the boxes (as before) they crossed out most token labels.
+    """
     xs, ys = [], []
     for j in al.shared_boundaries[:, 1].tolist():
         line, col = _where(al.target_spans[j, 1].item(), width)
         xs += [col, col, None]
-        ys += [_row_y(line, "target") - 0.1, _row_y(line, "source") + _BOX + 0.1, None]
+        ys += [_row_y(line, "target") + _BOX, _row_y(line, "source"), None]
     return go.Scatter(
         x=xs,
         y=ys,
         mode="lines",
-        line={"color": "#31a354", "width": 1.5, "dash": "dash"},
+        line={"color": "#31a354", "width": 2},
         name="shared boundary",
         hoverinfo="skip",
     )
 
 
-def fan_in_histogram(summary, title: str = "Source tokens ending within each target token") -> go.Figure:
-    """Bar chart of `AlignmentSummary.source_per_target_hist` (0 = target token repeats the last A state)."""
+def fan_in_histogram(
+    summary, title: str | None = None, *, source: str = "source", target: str = "target"
+) -> go.Figure:
+    """Bar chart of `AlignmentSummary.source_per_target_hist` (0 = target token repeats the last A state).
+
+    Hover gives each bar's count and share of all target tokens; `source`/`target` name the tokenizers.
+    """
     hist = list(summary.source_per_target_hist)
-    fig = go.Figure(go.Bar(x=list(range(len(hist))), y=hist, marker_color="#4292c6"))
+    share = [100 * h / max(1, sum(hist)) for h in hist]
+    hover = (
+        f"%{{y}} {target} tokens (%{{customdata:.1f}}%) contain the ends of %{{x}} {source} tokens"
+        "<extra></extra>"
+    )
+    bar = go.Bar(x=list(range(len(hist))), y=hist, customdata=share, hovertemplate=hover)
+    fig = go.Figure(bar.update(marker_color="#4292c6"))
     fig.update_layout(
-        title=title,
-        xaxis_title="source tokens ending within the target token",
-        yaxis_title="target tokens",
+        title=title
+        or f"{source} tokens ending within each {target} token"
+        "<br><sup>0: the token repeats the previous token's state</sup>",
+        xaxis={"title": f"{source} tokens ending within the {target} token", "dtick": 1},
+        yaxis_title=f"{target} tokens",
         bargap=0.1,
+        template="plotly_white",
     )
     return fig

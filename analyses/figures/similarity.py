@@ -18,7 +18,17 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 
+from analyses.figures.layers import layer_axis
+from analyses.similarity import LOWER_IS_SIMILAR
+
 _GREY = [[0.0, "#d9d9d9"], [1.0, "#d9d9d9"]]
+_LABELS = {
+    "linear_cka": "linear CKA",
+    "debiased_cka": "debiased CKA",
+    "rbf_cka": "RBF CKA",
+    "svcca": "SVCCA",
+    "mean_cosine": "mean cosine",
+}
 
 
 @dataclass(frozen=True)
@@ -29,13 +39,24 @@ class _View:
     above: np.ndarray | None  # bool per cell, None without a null
     null_mean: np.ndarray | None
     p_value: np.ndarray | None
-    measure: str
+    measure: str  # the measure's name as recorded, e.g. "linear_cka"
     source: str
     target: str
-    subtitle: str
+    subtitle: str  # pairing and sample count; each figure adds how it marks chance
+
+    @property
+    def label(self) -> str:
+        """The measure as a reader writes it ("linear CKA", not "linear_cka")."""
+        return _LABELS.get(self.measure, self.measure)
+
+    def chance_note(self, marked: str, alpha: float, n_permutations: int | None) -> str:
+        if n_permutations is None:
+            return self.subtitle
+        note = f"{marked}: not above chance (permutation p > {alpha:g}, {n_permutations} shuffles)"
+        return ", ".join(p for p in (self.subtitle, note) if p)
 
 
-def _view(record, null, alpha: float, source: str | None, target: str | None) -> _View:
+def _view(record, null, alpha: float, source: str | None, target: str | None) -> tuple[_View, int | None]:
     matrix = getattr(record, "matrix", getattr(record, "observed", record))
     values = _numpy(matrix)
     if values.ndim != 2:
@@ -49,9 +70,7 @@ def _view(record, null, alpha: float, source: str | None, target: str | None) ->
     if p is not None and p.shape != values.shape:
         raise ValueError(f"null: p-values of shape {p.shape} do not match the matrix's {values.shape}")
     parts = [f"{k} = {getattr(record, k)}" for k in ("pairing", "n") if getattr(record, k, None) is not None]
-    if null is not None:
-        parts.append(f"grey: not above chance (permutation p > {alpha:g}, {null.n_permutations} shuffles)")
-    return _View(
+    view = _View(
         values=values,
         above=None if p is None else p <= alpha,
         null_mean=None if null is None else _numpy(null.null_mean),
@@ -61,10 +80,28 @@ def _view(record, null, alpha: float, source: str | None, target: str | None) ->
         target=target or getattr(record, "target", None) or "B",
         subtitle=", ".join(parts),
     )
+    return view, None if null is None else null.n_permutations
 
 
 def _numpy(x) -> np.ndarray:
     return x.detach().cpu().double().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=float)
+
+
+def _colour(v: _View, zmax: float | None = None) -> dict:
+    """Colour scale and range: similarities on a fixed [0, 1] (wider only if values leave it), so two
+    heatmaps compare by eye; distance-like measures (lower = more similar) reversed on their own range."""
+    lo, hi = float(np.nanmin(v.values)), float(np.nanmax(v.values))
+    if v.measure in LOWER_IS_SIMILAR:
+        return {"colorscale": "Viridis_r", "zmin": lo, "zmax": zmax if zmax is not None else hi}
+    return {"colorscale": "Viridis", "zmin": min(0.0, lo), "zmax": zmax if zmax is not None else max(1.0, hi)}
+
+
+def _heatmap_size(rows: int, cols: int) -> dict:
+    """Square cells, the colour bar right beside the map: 540 px along the longer side, cells 8-100 px."""
+    cell = min(100.0, max(8.0, 540 / max(rows, cols)))
+    margin = {"l": 90, "r": 130, "t": 110, "b": 70}
+    width = max(620, round(cols * cell) + margin["l"] + margin["r"])  # room for the title line
+    return {"width": width, "height": round(rows * cell) + margin["t"] + margin["b"], "margin": margin}
 
 
 def similarity_heatmap(
@@ -81,51 +118,41 @@ def similarity_heatmap(
     """Heatmap of A layers (rows, y) against B layers (columns, x) with hover values.
 
     With a null (on the record or passed), cells whose permutation p-value exceeds `alpha` are drawn
-    grey when `mask_chance`; their hover still shows the value, the null mean and p.
+    grey when `mask_chance`; their hover still shows the value, the null mean and p. Similarities are
+    coloured on a fixed [0, 1] scale (`zmax` overrides the top).
     """
-    v = _view(record, null, alpha, source, target)
+    v, n_permutations = _view(record, null, alpha, source, target)
     rows, cols = v.values.shape
     custom = np.stack([_or_nan(v.null_mean, v.values), _or_nan(v.p_value, v.values)], axis=-1)
     hover = (
-        f"{v.source} layer %{{y}}<br>{v.target} layer %{{x}}<br>{v.measure} %{{z:.4f}}"
+        f"{v.source} layer %{{y}}<br>{v.target} layer %{{x}}<br>{v.label} %{{z:.4f}}"
         + ("<br>null mean %{customdata[0]:.4f}, p = %{customdata[1]:.3g}" if v.p_value is not None else "")
         + "<extra></extra>"
     )
-    shown = v.values if v.above is None or not mask_chance else np.where(v.above, v.values, np.nan)
-    top = zmax if zmax is not None else max(1.0, float(np.nanmax(v.values)))
+    masked = v.above is not None and mask_chance
+    cells = {"x": list(range(cols)), "y": list(range(rows)), "customdata": custom, "hovertemplate": hover}
     fig = go.Figure()
-    if v.above is not None and mask_chance:
-        fig.add_trace(
-            go.Heatmap(
-                z=np.where(v.above, np.nan, v.values),
-                x=list(range(cols)),
-                y=list(range(rows)),
-                colorscale=_GREY,
-                showscale=False,
-                customdata=custom,
-                hovertemplate=hover,
-                name="not above chance",
-            )
-        )
+    if masked:  # hoverongaps off: each cell answers from the one trace that draws it
+        z = np.where(v.above, np.nan, v.values)
+        grey = {"colorscale": _GREY, "showscale": False, "hoverongaps": False, "name": "not above chance"}
+        fig.add_trace(go.Heatmap(z=z, **cells, **grey))
     fig.add_trace(
         go.Heatmap(
-            z=shown,
-            x=list(range(cols)),
-            y=list(range(rows)),
-            colorscale="Viridis",
-            zmin=0,
-            zmax=top,
-            customdata=custom,
-            hovertemplate=hover,
-            colorbar={"title": v.measure},
-            name=v.measure,
+            z=np.where(v.above, v.values, np.nan) if masked else v.values,
+            **cells,
+            **_colour(v, zmax),
+            hoverongaps=False,
+            colorbar={"title": {"text": v.label, "side": "right"}, "thickness": 16},
+            name=v.label,
         )
     )
+    subtitle = v.chance_note("grey", alpha, n_permutations if masked else None)
     fig.update_layout(
-        title=_title(title or f"{v.measure}: {v.source} vs {v.target} by layer", v.subtitle),
-        xaxis={"title": f"{v.target} layer", "dtick": _tick(cols), "constrain": "domain"},
-        yaxis={"title": f"{v.source} layer", "dtick": _tick(rows), "scaleanchor": "x"},
+        title=_title(title or f"{v.label}: {v.source} vs {v.target} by layer", subtitle),
+        xaxis={**layer_axis(v.target, cols), "constrain": "domain", "showgrid": False},
+        yaxis={**layer_axis(v.source, rows), "scaleanchor": "x", "constrain": "domain", "showgrid": False},
         template="plotly_white",
+        **_heatmap_size(rows, cols),
     )
     return fig
 
@@ -142,15 +169,17 @@ def best_match_curve(
     """For each A layer, the B layer it is most similar to (argmax of its row), with the value on hover.
 
     The dashed line is equal relative depth (layer_B = layer_A x L_B / L_A). With a null, A layers whose
-    best match is not above chance are drawn as hollow markers.
+    best match is not above chance are drawn as hollow markers. For distance-like measures (lower =
+    more similar, `analyses.similarity.LOWER_IS_SIMILAR`) the best match is the row's minimum.
     """
-    v = _view(record, null, alpha, source, target)
+    v, n_permutations = _view(record, null, alpha, source, target)
     rows, cols = v.values.shape
-    best = np.nanargmax(v.values, axis=1)
+    pick = np.nanargmin if v.measure in LOWER_IS_SIMILAR else np.nanargmax
+    best = pick(v.values, axis=1)
     score = v.values[np.arange(rows), best]
     above = np.ones(rows, bool) if v.above is None else v.above[np.arange(rows), best]
     hover = (
-        f"{v.source} layer %{{x}} → {v.target} layer %{{y}}<br>{v.measure} %{{customdata:.4f}}<extra></extra>"
+        f"{v.source} layer %{{x}} → {v.target} layer %{{y}}<br>{v.label} %{{customdata:.4f}}<extra></extra>"
     )
     fig = go.Figure()
     depth = np.arange(rows) * (cols - 1) / max(rows - 1, 1)
@@ -164,6 +193,7 @@ def best_match_curve(
             hoverinfo="skip",
         )
     )
+    colour = _colour(v)
     fig.add_trace(
         go.Scatter(
             x=list(range(rows)),
@@ -172,34 +202,36 @@ def best_match_curve(
             customdata=score,
             name=f"best {v.target} layer",
             hovertemplate=hover,
+            line={"color": "#555", "width": 1.5},
             marker={
-                "size": 9,
+                "size": 10,
                 "color": score,
-                "colorscale": "Viridis",
-                "cmin": 0,
-                "cmax": max(1.0, float(np.nanmax(score))),
+                "colorscale": colour["colorscale"],
+                "cmin": colour["zmin"],
+                "cmax": colour["zmax"],
                 "showscale": True,
-                "colorbar": {"title": v.measure},
+                "colorbar": {"title": {"text": v.label, "side": "right"}, "thickness": 16},
                 "symbol": np.where(above, "circle", "circle-open").tolist(),
             },
         )
     )
     fig.update_layout(
-        title=_title(title or f"Best-matching {v.target} layer for each {v.source} layer", v.subtitle),
-        xaxis={"title": f"{v.source} layer", "dtick": _tick(rows), "range": [-0.5, rows - 0.5]},
-        yaxis={"title": f"{v.target} layer", "dtick": _tick(cols), "range": [-0.5, cols - 0.5]},
+        title=_title(
+            title or f"Best-matching {v.target} layer for each {v.source} layer",
+            v.chance_note("hollow markers", alpha, n_permutations),
+        ),
+        xaxis={**layer_axis(v.source, rows), "range": [-0.5, rows - 0.5]},
+        yaxis={**layer_axis(v.target, cols), "range": [-0.5, cols - 0.5]},
         template="plotly_white",
-        legend={"orientation": "h", "y": -0.2},
+        height=520,
+        margin={"t": 120},
+        legend={"orientation": "h", "x": 0, "y": 1.0, "yanchor": "bottom"},
     )
     return fig
 
 
 def _or_nan(values: np.ndarray | None, like: np.ndarray) -> np.ndarray:
     return np.full_like(like, np.nan) if values is None else values
-
-
-def _tick(count: int) -> int:
-    return max(1, count // 12)  # at most ~12 labelled layers per axis
 
 
 def _title(text: str, subtitle: str) -> dict:
