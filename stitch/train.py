@@ -1,0 +1,458 @@
+"""The one training loop: gradient descent on B's next-token loss through the splice; only the adapter learns.
+
+    >>> config = TrainConfig(out="runs/l16", source_layer=16, kind="lowrank", adapter_options=("rank=64",),
+    ...                      lr=1e-3, steps=2000, batch_size=32, eval_every=200, checkpoint_every=500)
+    >>> result = train(A, B, train_texts, config, eval_texts=held_out)     # one process, or under torchrun
+    >>> result.adapter, result.history[-1]["loss_recovered"]
+
+Each step takes `batch_size` texts (over all ranks; each rank its contiguous share, `stitch.distributed`),
+runs `Splice(A, B, ...)(texts)` and backpropagates the mean next-token CE over every rank's unmasked labels
+(`stitch.losses.mean_cross_entropy` per rank, re-weighted by `distributed.global_mean`): the gradient is the
+full-batch gradient whatever the world size, so a run on 2 ranks follows the same path as a run on 1.
+AdamW, optional warm-up and decay, gradient clipping; Procrustes adapters are re-orthogonalised after every
+step (`project_`). Rank 0 writes `OUT/adapter.safetensors` (`stitch.save_adapter`), `OUT/metrics.jsonl` and
+`OUT/checkpoints/` (`stitch.checkpoint`); `resume=True` continues from the latest checkpoint bit-exactly.
+The order of the texts is a pure function of (seed, epoch) and the learning rate of the step, so the
+step, the adapter, the optimizer and the RNG are the whole state of a run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from stitch import distributed
+from stitch.adapters import (
+    ADAPTERS,
+    CLOSED_FORM,
+    Adapter,
+    Procrustes,
+    adapter_class,
+    build_adapter,
+    save_adapter,
+)
+from stitch.atomic import write_atomic
+from stitch.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from stitch.checks import check_choice, check_layer, check_texts
+from stitch.commands.common import option
+from stitch.config import Config
+from stitch.fit_models import fit_adapter
+from stitch.losses import IGNORE, next_token_labels, token_cross_entropy
+from stitch.model import HookedLM
+from stitch.splice import Splice
+
+TRAINABLE = tuple(sorted(kind for kind in ADAPTERS if kind != "identity"))
+SCHEDULES, INITS, ALIGNMENTS = ("constant", "linear", "cosine"), ("default", "fit"), ("target", "source")
+# the fields a resumed run may change without changing what it computes
+_FREE_ON_RESUME = ("resume", "progress", "keep_checkpoints", "device")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(Config):
+    """What to train and how; every value is checked on construction (errors name the field and range).
+
+    >>> TrainConfig(out="runs/l8", source_layer=8, kind="affine", lr=1e-3, steps=500)
+    >>> TrainConfig.from_dict(json.load(open("runs/l8/config.json")))
+    """
+
+    out: str = option(help="output directory: adapter, metrics.jsonl, checkpoints/")
+    source_layer: int = option(help="A's layer N (0 = embeddings, L = last block's output)")
+    target_layer: int | None = option(None, help="B's layer M (default: the source layer)")
+    kind: str = option("affine", choices=TRAINABLE, help="adapter kind")
+    adapter_options: tuple[str, ...] | None = option(
+        None, help="adapter options as key=value, e.g. rank=64 scale=0.5"
+    )
+    init: str = option("default", choices=INITS, help="default: the adapter's own (identity-like) init; "
+                       "fit: a closed-form fit on the first --init-texts texts (procrustes, linear, affine)")  # fmt: skip
+    init_texts: int = option(256, help="training texts the closed-form init is fitted on")
+    alignment: str = option("target", choices=ALIGNMENTS, help="token grid B runs on (see stitch.Splice)")
+    steps: int | None = option(None, help="optimizer steps (default: --epochs passes over the texts)")
+    epochs: int | None = option(None, help="passes over the texts when --steps is not given (default: 1)")
+    batch_size: int = option(8, help="texts per step over all ranks (each rank takes its share)")
+    lr: float = option(1e-3, help="peak learning rate (AdamW)")
+    weight_decay: float = option(0.0, help="AdamW decoupled weight decay")
+    grad_clip: float = option(1.0, help="clip the gradient norm to this (0: no clipping)")
+    warmup: int = option(0, help="steps of linear warm-up to --lr")
+    schedule: str = option("constant", choices=SCHEDULES, help="learning rate after the warm-up")
+    eval_every: int = option(0, help="evaluate on the held-out texts every N steps (0: at start and end)")
+    log_every: int = option(10, help="record the training loss every N steps")
+    checkpoint_every: int = option(0, help="save a checkpoint every N steps and at the end (0: never)")
+    keep_checkpoints: int = option(2, help="how many of the newest checkpoints to keep")
+    resume: bool = option(True, help="continue from the latest checkpoint in OUT/checkpoints, if any")
+    seed: int = option(0, help="seed of the adapter's init and of the order of the texts")
+    progress: bool = option(True, help="show a progress bar (rank 0 only)")
+
+    def __post_init__(self):
+        for name, (kind, low, open_low) in _RANGES.items():
+            _check_number(name, getattr(self, name), kind, low, open_low)
+        for name, choices in (("kind", TRAINABLE), ("init", INITS), ("alignment", ALIGNMENTS),
+                              ("schedule", SCHEDULES)):  # fmt: skip
+            check_choice(name, getattr(self, name), choices)
+        for name in ("out", "resume", "progress"):
+            _check_type(name, getattr(self, name), str if name == "out" else bool)
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError(
+                f"steps, epochs: give one or the other, got steps={self.steps}, epochs={self.epochs}"
+            )
+        if self.init == "fit" and self.kind not in CLOSED_FORM:
+            raise ValueError(
+                f"init: 'fit' needs a closed-form kind {list(CLOSED_FORM)}, got kind={self.kind!r}"
+            )
+        if isinstance(self.adapter_options, str):
+            raise TypeError(
+                f"adapter_options: expected a list of key=value strings, got {self.adapter_options!r}"
+            )
+        object.__setattr__(self, "adapter_options", tuple(self.adapter_options or ()))
+        self.options()  # malformed or unknown adapter options fail here, before any model loads
+
+    def options(self) -> dict[str, Any]:
+        """`adapter_options` as keyword arguments of the adapter (values read as YAML: 64, 0.5, true)."""
+        allowed = [
+            p for p in inspect.signature(adapter_class(self.kind)).parameters if not p.startswith("d_")
+        ]
+        options = {}
+        for item in self.adapter_options:
+            key, sep, value = str(item).partition("=")
+            if not sep or key.strip() not in allowed:
+                raise ValueError(f"adapter_options: {item!r} is not key=value with a key of a {self.kind} "
+                                 f"adapter; valid keys: {allowed}")  # fmt: skip
+            options[key.strip()] = yaml.safe_load(value)
+        return options
+
+    def run_fields(self) -> dict[str, Any]:
+        """The fields that decide what a run computes (those a checkpoint must share to be resumed)."""
+        return json.loads(json.dumps({k: v for k, v in self.to_dict().items() if k not in _FREE_ON_RESUME}))
+
+
+# field: (type, lowest valid value, whether the lowest value itself is excluded); None allowed where typed so
+_RANGES = {
+    "source_layer": (int, 0, False), "target_layer": (int, 0, False), "init_texts": (int, 1, False),
+    "steps": (int, 1, False), "epochs": (int, 1, False), "batch_size": (int, 1, False),
+    "lr": (float, 0.0, True), "weight_decay": (float, 0.0, False), "grad_clip": (float, 0.0, False),
+    "warmup": (int, 0, False), "eval_every": (int, 0, False), "log_every": (int, 1, False),
+    "checkpoint_every": (int, 0, False), "keep_checkpoints": (int, 1, False), "seed": (int, 0, False),
+}  # fmt: skip
+_OPTIONAL = ("target_layer", "steps", "epochs")
+
+
+def _check_number(name: str, value, kind: type, low, open_low: bool) -> None:
+    if value is None and name in _OPTIONAL:
+        return
+    valid = f"{'an integer' if kind is int else 'a number'} {'>' if open_low else '>='} {low}"
+    numeric = (int, float) if kind is float else (int,)
+    if isinstance(value, bool) or not isinstance(value, numeric):
+        raise TypeError(f"{name}: expected {valid}, got {value!r} ({type(value).__name__})")
+    if not math.isfinite(value) or value < low or (open_low and value == low):
+        raise ValueError(f"{name}: expected {valid}, got {value!r}")
+
+
+def _check_type(name: str, value, kind: type) -> None:
+    if not isinstance(value, kind):
+        raise TypeError(f"{name}: expected a {kind.__name__}, got {value!r} ({type(value).__name__})")
+
+
+__all__ = ["TrainConfig", "TrainResult", "backward", "learning_rate", "train"]
+
+
+@dataclass
+class TrainResult:
+    """The trained adapter, the step reached, and the records of `OUT/metrics.jsonl`."""
+
+    adapter: Adapter
+    step: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def last_eval(self) -> dict[str, Any] | None:
+        return next((r for r in reversed(self.history) if r["split"] == "eval"), None)
+
+
+def train(
+    A: HookedLM,
+    B: HookedLM,
+    texts,
+    config: TrainConfig,
+    *,
+    eval_texts=None,
+    dist: distributed.Dist | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train the adapter of `config` from A's layer N to B's layer M on `texts`; see the module docstring.
+
+    Under torchrun the process group is created from the environment (and destroyed at the end) unless a
+    `dist` from `stitch.distributed.init()` is given. `metadata` goes into the saved adapter's record.
+    """
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config: expected a stitch.train.TrainConfig, got {type(config).__name__}")
+    texts = check_texts(texts)
+    eval_texts = None if eval_texts is None else check_texts(eval_texts)
+    with distributed.session(dist) as dist:
+        return _Run(A, B, texts, eval_texts, config, dist, metadata or {}).run()
+
+
+def backward(sp: Splice, texts: list[str], dist: distributed.Dist) -> tuple[float, int]:
+    """Forward and backward of the splice on this rank's `texts`; returns (mean loss, tokens) over all ranks.
+
+    The adapter's gradients equal those of one process on every rank's texts together (see
+    `distributed.global_mean`), however unevenly the tokens are spread over the ranks.
+    """
+    out = sp(texts)
+    loss, mean, count = distributed.global_mean(out.loss, (out.labels != IGNORE).sum(), dist)
+    loss.backward()
+    return mean, count
+
+
+def learning_rate(step: int, total: int, config: TrainConfig) -> float:
+    """The learning rate of step `step` (0-based) of `total`: linear warm-up, then the schedule."""
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    progress = (step - config.warmup) / max(1, total - config.warmup)
+    if config.schedule == "linear":
+        return config.lr * (1.0 - progress)
+    if config.schedule == "cosine":
+        return config.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return config.lr
+
+
+class _Run:
+    """One training run: the splices, the optimizer, the data order, and what rank 0 writes."""
+
+    def __init__(self, A, B, texts, eval_texts, config: TrainConfig, dist, metadata):
+        self.config, self.dist, self.texts, self.eval_texts = config, dist, texts, eval_texts
+        self.out = Path(config.out)
+        check_layer("source_layer", config.source_layer, A.n_layers)
+        self.target_layer = _target_layer(config, B.n_layers)
+        self.per_epoch = _steps_per_epoch(len(texts), config, dist)
+        self.total = config.steps or (config.epochs or 1) * self.per_epoch
+        torch.manual_seed(config.seed)  # the same on every rank; checkpoints carry the state on
+        self.adapter = self._initial_adapter(A, B)
+        layers = dict(
+            source_layer=config.source_layer, target_layer=self.target_layer, alignment=config.alignment
+        )
+        self.eval_sp = Splice(A, B, adapter=self.adapter, **layers)
+        self.train_sp = Splice(A, B, adapter=distributed.wrap(self.adapter, dist), **layers)
+        self.optimizer = torch.optim.AdamW(
+            self.adapter.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
+        self.metadata = {"source_model": A.name, "target_model": B.name, **metadata}
+        self.history: list[dict[str, Any]] = []
+        self.step = self._resume()
+        self._order: tuple[int, torch.Tensor] | None = None
+
+    def run(self) -> TrainResult:
+        self.baseline = baseline_losses(self.eval_sp, self.eval_texts, self.dist, self.config.batch_size)
+        if self.step == 0 and self.eval_texts is not None:
+            self._evaluate()
+        main = self.dist.is_main and self.config.progress
+        bar = tqdm(
+            total=self.total, initial=self.step, desc="training adapter", unit="step", disable=not main
+        )
+        with bar:
+            while self.step < self.total:
+                loss, tokens = self._train_step()
+                self.step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}")
+                self._after_step(loss, tokens)
+        return self._finish()
+
+    def _train_step(self) -> tuple[float, int]:
+        lr = learning_rate(self.step, self.total, self.config)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        mine = distributed.shard(self._step_texts(self.step), self.dist)
+        loss, tokens = backward(self.train_sp, mine, self.dist)
+        if self.config.grad_clip > 0:  # gradients are already reduced: every rank clips alike
+            torch.nn.utils.clip_grad_norm_(self.adapter.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        if isinstance(self.adapter, Procrustes):
+            self.adapter.project_()
+        return loss, tokens
+
+    def _after_step(self, loss: float, tokens: int) -> None:
+        config, step = self.config, self.step
+        if step % config.log_every == 0 or step == self.total:
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.history.append({"split": "train", "step": step, "loss": loss, "tokens": tokens, "lr": lr})
+        if self.eval_texts is not None and config.eval_every and step % config.eval_every == 0:
+            self._evaluate()
+        if config.checkpoint_every and (step % config.checkpoint_every == 0 or step == self.total):
+            self._checkpoint()
+
+    def _step_texts(self, step: int) -> list[str]:
+        """The texts of global step `step`: a slice of this epoch's permutation (a function of seed, epoch)."""
+        epoch, index = divmod(step, self.per_epoch)
+        if self._order is None or self._order[0] != epoch:
+            generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
+            self._order = (epoch, torch.randperm(len(self.texts), generator=generator))
+        size = self.config.batch_size
+        return [self.texts[i] for i in self._order[1][index * size : (index + 1) * size].tolist()]
+
+    def _evaluate(self) -> None:
+        record = evaluate(self.eval_sp, self.eval_texts, self.dist, self.config.batch_size, self.baseline)
+        self.history.append({"split": "eval", "step": self.step, **record})
+        if self.dist.is_main and self.config.progress:
+            tqdm.write(
+                f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in record.items() if _real(v))
+            )
+            self._write_metrics()
+
+    def _initial_adapter(self, A: HookedLM, B: HookedLM) -> Adapter:
+        config, options = self.config, self.config.options()
+        if config.init == "fit":
+            fit_texts = self.texts[: config.init_texts]  # every rank fits the same texts: no broadcast needed
+            progress = config.progress and self.dist.is_main
+            adapter = fit_adapter(A, B, fit_texts, config.source_layer, self.target_layer, config.kind,
+                                  progress=progress, **options)  # fmt: skip
+        else:
+            adapter = build_adapter(config.kind, d_source=A.d_model, d_target=B.d_model, **options)
+        return adapter.to(device=A.device, dtype=torch.float32)
+
+    def _resume(self) -> int:
+        directory = self.out / "checkpoints"
+        path = latest_checkpoint(directory)
+        if path is None:
+            return 0
+        if not self.config.resume:
+            raise ValueError(
+                f"resume: False, but {directory} holds checkpoints of an earlier run; resume it "
+                "(resume=True) or choose a new out directory"
+            )
+        record = load_checkpoint(path, self.adapter, self.optimizer)
+        _check_same_run(path, record["state"], self._identity())
+        self.history = record["state"]["history"]
+        return record["step"]
+
+    def _identity(self) -> dict[str, Any]:
+        """What a checkpoint must share with this run to continue it exactly."""
+        digest = hashlib.sha256("\0".join(self.texts).encode()).hexdigest()
+        return {"config": self.config.run_fields(), "texts_sha256": digest}
+
+    def _checkpoint(self) -> None:
+        if self.dist.is_main:
+            state = {**self._identity(), "history": self.history}
+            save_checkpoint(self.out / "checkpoints", self.step, self.adapter, self.optimizer, state=state,
+                            keep=self.config.keep_checkpoints, **self._adapter_metadata())  # fmt: skip
+            self._write_metrics()
+
+    def _finish(self) -> TrainResult:
+        if self.eval_texts is not None and not (self.history and self.history[-1]["split"] == "eval"):
+            self._evaluate()
+        if self.dist.is_main:
+            last = next((r for r in reversed(self.history) if r["split"] == "eval"), None)
+            save_adapter(self.adapter, self.out, **self._adapter_metadata(), step=self.step, eval=last)
+            self._write_metrics()
+        distributed.barrier(self.dist)  # every rank returns once the artifacts exist
+        return TrainResult(self.adapter, self.step, list(self.history))
+
+    def _adapter_metadata(self) -> dict[str, Any]:
+        return {
+            **self.metadata,
+            "source_layer": self.config.source_layer,
+            "target_layer": self.target_layer,
+            "alignment": self.config.alignment,
+            "kind": self.config.kind,
+            "train_config": self.config.to_dict(),
+        }
+
+    def _write_metrics(self) -> None:
+        lines = "".join(json.dumps(record) + "\n" for record in self.history)
+        write_atomic(self.out / "metrics.jsonl", lines)
+
+
+def _steps_per_epoch(n_texts: int, config: TrainConfig, dist: distributed.Dist) -> int:
+    if config.batch_size < dist.world_size:
+        raise ValueError(
+            f"batch_size: {config.batch_size} texts per step cannot be shared by {dist.world_size} ranks; "
+            f"valid: batch_size >= {dist.world_size} (the world size)"
+        )
+    if n_texts < config.batch_size:
+        raise ValueError(
+            f"texts: {n_texts} training texts, fewer than batch_size={config.batch_size}; "
+            "give more texts or a smaller batch_size"
+        )
+    return n_texts // config.batch_size  # full batches only: every step weighs the same number of texts
+
+
+def _target_layer(config: TrainConfig, n_layers: int) -> int:
+    if config.target_layer is None:
+        return check_layer("target_layer (defaults to source_layer)", config.source_layer, n_layers)
+    return check_layer("target_layer", config.target_layer, n_layers)
+
+
+def _check_same_run(path: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
+    if saved.get("texts_sha256") != current["texts_sha256"]:
+        raise ValueError(
+            f"resume: the checkpoint {path} was trained on different texts; use a new out directory"
+        )
+    old, new = saved.get("config", {}), current["config"]
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if changed:
+        diffs = ", ".join(f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in changed)
+        raise ValueError(f"resume: the checkpoint {path} was written with a different config ({diffs}); "
+                         "use the same options, or a new out directory")  # fmt: skip
+
+
+def _real(value) -> bool:
+    return isinstance(value, float) and math.isfinite(value)
+
+
+@torch.no_grad()
+def evaluate(sp: Splice, texts: list[str], dist: distributed.Dist, batch_size: int, baseline: dict) -> dict:
+    """Held-out CE of the splice over every rank's share of `texts`, and the loss recovered given
+    `baseline` (`baseline_losses`): (CE_no-information − CE_spliced) / (CE_no-information − CE_B-native)."""
+    sums = torch.zeros(2, dtype=torch.float64)
+    for chunk in _chunks(distributed.shard(texts, dist), batch_size):
+        out = sp(chunk)
+        sums += torch.tensor([token_cross_entropy(out.logits, out.labels).double().sum().item(),
+                              (out.labels != IGNORE).sum().item()], dtype=torch.float64)  # fmt: skip
+    total, count = distributed.all_reduce_sum(sums, dist).tolist()
+    record = {"ce_spliced": total / count, "tokens": int(count), **baseline}
+    if baseline:
+        gap = baseline["ce_no_information"] - baseline["ce_native"]
+        recovered = (baseline["ce_no_information"] - record["ce_spliced"]) / gap if abs(gap) >= 1e-9 else None
+        record["loss_recovered"] = recovered
+    return record
+
+
+@torch.no_grad()
+def baseline_losses(sp: Splice, texts: list[str] | None, dist: distributed.Dist, batch_size: int) -> dict:
+    """B's native CE on the held-out texts, and its CE when fed the mean layer-M state at every position
+    (the no-information baseline); empty without texts or on the source grid (whose labels are not B's)."""
+    if texts is None or sp.alignment != "target":
+        return {}
+    B, layer = sp.B, sp.target_layer
+    chunks = list(_chunks(distributed.shard(texts, dist), batch_size))
+    sums = torch.zeros(B.d_model + 1, dtype=torch.float64)
+    for chunk in chunks:
+        target = sp.align(chunk).target
+        keep = target.attention_mask.bool() & ~target.special_mask
+        sums += torch.cat([B.residuals(target, [layer])[layer][keep].double().sum(0).cpu(),
+                           keep.sum().double().view(1).cpu()])  # fmt: skip
+    sums = distributed.all_reduce_sum(sums, dist)
+    mean = (sums[:-1] / sums[-1].clamp(min=1)).to(device=B.device, dtype=B.dtype)
+    ce = torch.zeros(3, dtype=torch.float64)
+    for chunk in chunks:
+        target = sp.align(chunk).target
+        labels = next_token_labels(target)
+        constant = mean.expand(*target.shape, -1).contiguous()
+        ce += torch.tensor([token_cross_entropy(B.logits(target), labels).double().sum().item(),
+                            token_cross_entropy(B.run_from(constant, layer, target), labels).double().sum().item(),
+                            (labels != IGNORE).sum().item()], dtype=torch.float64)  # fmt: skip
+    native, none, count = distributed.all_reduce_sum(ce, dist).tolist()
+    return {"ce_native": native / count, "ce_no_information": none / count}
+
+
+def _chunks(items: list[str], size: int):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,266 @@
+"""Gradient-based adapter training (one process): it learns a planted rotation, its numbers match independent
+computations, a resumed run equals an uninterrupted one bit for bit, checkpoints are never lost or trusted
+when damaged, and bad options name the field and its valid range."""
+
+import json
+import math
+import os
+
+import pytest
+import torch
+import yaml
+
+import stitch
+import stitch.checkpoint as ckpt
+import stitch.train as train_mod
+from stitch.adapters import build_adapter
+from stitch.cli import main
+from stitch.losses import mean_cross_entropy, next_token_labels
+from stitch.toy import CORPUS, byte_bpe_tokenizer, rotated_copy, tiny_model, train_briefly
+from stitch.train import TrainConfig, learning_rate, train
+
+TEXTS = list(dict.fromkeys(CORPUS))  # 6 distinct texts
+
+
+@pytest.fixture(scope="module")
+def rotated():
+    """A briefly trained tiny Llama and its rotated copy (the same function in the basis x @ Q)."""
+    tok = byte_bpe_tokenizer()
+    hf = train_briefly(tiny_model("llama", vocab_size=len(tok), seed=1), tok, TEXTS)
+    copy, Q = rotated_copy(hf, seed=2)
+    return stitch.load_model(hf, tokenizer=tok), stitch.load_model(copy, tokenizer=tok), Q
+
+
+def config(tmp_path, **overrides):
+    base = dict(out=str(tmp_path / "run"), source_layer=1, kind="linear", lr=3e-2, steps=30, batch_size=3)
+    return TrainConfig(**{**base, "progress": False, **overrides})
+
+
+@pytest.mark.parametrize("kind", ["linear", "affine"])
+def test_training_from_a_rotated_copy_closes_most_of_the_gap_to_native(rotated, tmp_path, kind):
+    A, B, _ = rotated
+    result = train(A, B, TEXTS, config(tmp_path, kind=kind, eval_every=15), eval_texts=TEXTS)
+    evals = [r for r in result.history if r["split"] == "eval"]
+    assert [r["step"] for r in evals] == [0, 15, 30]
+    first, last = evals[0], evals[-1]
+    gap = first["ce_spliced"] - last["ce_native"]
+    assert gap > 1.0  # identity init in the wrong basis: far from B's own loss
+    assert first["ce_spliced"] - last["ce_spliced"] > 0.8 * gap
+    assert last["loss_recovered"] > 0.6 > first["loss_recovered"]
+    # the final record against an independent computation: one batch, the saved adapter, stitch.losses
+    batch = B.encode(TEXTS)
+    labels = next_token_labels(batch)
+    assert last["ce_native"] == pytest.approx(mean_cross_entropy(B.logits(batch), labels).item(), abs=1e-5)
+    saved = stitch.load_adapter(tmp_path / "run")
+    assert all(torch.equal(saved.state_dict()[k], v) for k, v in result.adapter.state_dict().items())
+    spliced = stitch.Splice(A, B, 1, adapter=saved)(TEXTS).loss.item()
+    assert last["ce_spliced"] == pytest.approx(spliced, abs=1e-5)
+    assert last["tokens"] == int((labels != -100).sum())
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == result.history
+
+
+def test_procrustes_stays_orthogonal_and_a_fitted_init_starts_at_native(rotated, tmp_path):
+    A, B, _ = rotated
+    result = train(A, B, TEXTS, config(tmp_path, kind="procrustes", steps=5), eval_texts=TEXTS)
+    W = result.adapter.weight.detach().double()
+    torch.testing.assert_close(W @ W.T, torch.eye(32, dtype=torch.float64), atol=1e-5, rtol=0)
+    assert result.history[-1]["ce_spliced"] < result.history[0]["ce_spliced"]
+    fitted = train(
+        A, B, TEXTS, config(tmp_path / "fit", kind="procrustes", init="fit", steps=1), eval_texts=TEXTS
+    )
+    start = fitted.history[0]
+    assert start["step"] == 0 and start["ce_spliced"] == pytest.approx(start["ce_native"], abs=1e-3)
+
+
+def test_learning_rate_schedules():
+    c = TrainConfig(out="x", source_layer=0, lr=1.0, warmup=4, schedule="cosine")
+    assert [learning_rate(s, 14, c) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert learning_rate(9, 14, c) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+    linear = TrainConfig(out="x", source_layer=0, lr=2.0, schedule="linear")
+    assert learning_rate(5, 10, linear) == pytest.approx(1.0)
+    assert learning_rate(7, 10, TrainConfig(out="x", source_layer=0, lr=2.0)) == 2.0
+
+
+class Crash(Exception):
+    pass
+
+
+def test_resume_continues_bit_exactly(rotated, tmp_path, monkeypatch):
+    A, B, _ = rotated
+    options = dict(kind="lowrank", adapter_options=("rank=4",), steps=8, batch_size=2, warmup=2,
+                   schedule="cosine", weight_decay=0.1, grad_clip=0.5, log_every=1, eval_every=4,
+                   checkpoint_every=3, keep_checkpoints=1, lr=1e-2)  # fmt: skip
+    straight = train(A, B, TEXTS, config(tmp_path / "a", **options), eval_texts=TEXTS[:3])
+
+    calls, real = [], train_mod.backward
+
+    def crash_at_seventh_step(*args):
+        calls.append(1)
+        if len(calls) == 7:
+            raise Crash
+        return real(*args)
+
+    monkeypatch.setattr(train_mod, "backward", crash_at_seventh_step)
+    with pytest.raises(Crash):
+        train(A, B, TEXTS, config(tmp_path / "b", **options), eval_texts=TEXTS[:3])
+    assert ckpt.latest_checkpoint(tmp_path / "b" / "run" / "checkpoints").name == "step-00000006"
+    calls.clear()
+    resumed = train(A, B, TEXTS, config(tmp_path / "b", **options), eval_texts=TEXTS[:3])
+    assert len(calls) == 2  # steps 7 and 8 only
+    for key, value in straight.adapter.state_dict().items():
+        assert torch.equal(resumed.adapter.state_dict()[key], value), key
+    assert resumed.history == straight.history
+    metrics = [(p / "run" / "metrics.jsonl").read_bytes() for p in (tmp_path / "a", tmp_path / "b")]
+    assert metrics[0] == metrics[1]
+    assert sorted(os.listdir(tmp_path / "b" / "run" / "checkpoints")) == ["latest.json", "step-00000008"]
+
+
+def test_a_resumed_run_must_match_the_checkpoint(rotated, tmp_path):
+    A, B, _ = rotated
+    train(A, B, TEXTS, config(tmp_path, steps=2, checkpoint_every=1))
+    with pytest.raises(ValueError, match=r"resume: .*different config \(lr: 0.03 → 0.01"):
+        train(A, B, TEXTS, config(tmp_path, steps=2, checkpoint_every=1, lr=1e-2))
+    with pytest.raises(ValueError, match="resume: .*different texts"):
+        train(A, B, TEXTS[::-1], config(tmp_path, steps=2, checkpoint_every=1))
+    with pytest.raises(ValueError, match="resume: False, but .* holds checkpoints"):
+        train(A, B, TEXTS, config(tmp_path, steps=2, checkpoint_every=1, resume=False))
+
+
+@pytest.fixture
+def saved_checkpoint(tmp_path):
+    """A checkpoint of an Affine adapter after one AdamW step, and the adapter and optimizer it saved."""
+    torch.manual_seed(0)
+    adapter = build_adapter("affine", d_source=8, d_target=8)
+    optimizer = torch.optim.AdamW(adapter.parameters(), lr=0.1)
+    adapter(torch.randn(5, 8)).square().sum().backward()
+    optimizer.step()
+    path = ckpt.save_checkpoint(tmp_path / "ck", 1, adapter, optimizer, state={"note": "first"})
+    return path, adapter, optimizer
+
+
+def fresh():
+    adapter = build_adapter("affine", d_source=8, d_target=8)
+    return adapter, torch.optim.AdamW(adapter.parameters(), lr=0.5)
+
+
+def test_checkpoint_round_trip_restores_everything(saved_checkpoint):
+    path, adapter, optimizer = saved_checkpoint
+    expected_rng = torch.get_rng_state()
+    torch.manual_seed(123)
+    into, opt = fresh()
+    record = ckpt.load_checkpoint(path, into, opt)
+    assert record["step"] == 1 and record["state"] == {"note": "first"}
+    assert torch.equal(torch.get_rng_state(), expected_rng)
+    assert all(torch.equal(into.state_dict()[k], v) for k, v in adapter.state_dict().items())
+    saved, loaded = optimizer.state_dict(), opt.state_dict()
+    assert loaded["param_groups"] == saved["param_groups"]
+    for index, entries in saved["state"].items():
+        assert all(torch.equal(loaded["state"][index][k], v) for k, v in entries.items())
+
+
+@pytest.mark.parametrize(
+    "name, damage, message",
+    [
+        ("optimizer.safetensors", lambda b: b[:-7], "truncated"),
+        ("adapter.safetensors", lambda b: b[: len(b) // 2], "truncated"),
+        ("adapter.safetensors", lambda b: b[:-1] + bytes([b[-1] ^ 1]), "altered"),
+        ("trainer_state.json", lambda b: b[:40], "truncated or corrupt"),
+    ],
+)
+def test_a_damaged_checkpoint_is_refused(saved_checkpoint, name, damage, message):
+    path = saved_checkpoint[0]
+    file = path / name
+    file.write_bytes(damage(file.read_bytes()))
+    with pytest.raises(ValueError, match=message):
+        ckpt.load_checkpoint(path, *fresh())
+
+
+def test_a_crash_mid_save_leaves_the_previous_checkpoint(saved_checkpoint, monkeypatch):
+    path, adapter, optimizer = saved_checkpoint
+    directory = path.parent
+    (directory / ".tmp-killed").mkdir()  # what a save killed by SIGKILL leaves behind
+    monkeypatch.setattr(ckpt, "_digests", lambda _: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        ckpt.save_checkpoint(directory, 2, adapter, optimizer)
+    assert ckpt.latest_checkpoint(directory) == path
+    assert sorted(os.listdir(directory)) == [".tmp-killed", "latest.json", "step-00000001"]
+    assert ckpt.load_checkpoint(path, *fresh())["step"] == 1
+    monkeypatch.undo()
+    ckpt.save_checkpoint(directory, 2, adapter, optimizer, keep=1)
+    assert sorted(os.listdir(directory)) == ["latest.json", "step-00000002"]
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("lr", 0.0, "lr: expected a number > 0.0, got 0.0"),
+        ("lr", float("nan"), "lr: expected a number > 0.0, got nan"),
+        ("lr", "fast", "lr: expected a number > 0.0, got 'fast'"),
+        ("batch_size", 0, "batch_size: expected an integer >= 1, got 0"),
+        ("steps", 0, "steps: expected an integer >= 1, got 0"),
+        ("grad_clip", -1.0, "grad_clip: expected a number >= 0.0, got -1.0"),
+        ("warmup", 2.5, r"warmup: expected an integer >= 0, got 2.5 \(float\)"),
+        ("seed", -1, "seed: expected an integer >= 0, got -1"),
+        ("keep_checkpoints", 0, "keep_checkpoints: expected an integer >= 1, got 0"),
+        ("source_layer", True, "source_layer: expected an integer >= 0, got True"),
+        ("kind", "identity", "kind: 'identity' is not one of"),
+        ("schedule", "step", r"schedule: 'step' is not one of \['constant', 'linear', 'cosine'\]"),
+        ("adapter_options", ("rank",), r"adapter_options: 'rank' is not key=value .* valid keys: \[\]"),
+        ("epochs", 2, "steps, epochs: give one or the other"),
+        ("init", "fit", r"init: 'fit' needs a closed-form kind"),
+    ],
+)
+def test_bad_config_values_name_the_field_and_the_valid_range(field, value, message):
+    extra = {"steps": 5} if field == "epochs" else {"kind": "lowrank"} if field == "init" else {}
+    with pytest.raises((ValueError, TypeError), match=message):
+        TrainConfig(**{"out": "x", "source_layer": 0, **extra, field: value})
+    assert TrainConfig(out="x", source_layer=0, kind="mlp", adapter_options=["hidden=8"]).options() == {
+        "hidden": 8
+    }
+
+
+def test_run_time_errors_name_the_field(rotated, tmp_path):
+    A, B, _ = rotated
+    with pytest.raises(ValueError, match=r"source_layer: layer 4 is out of range; valid layers are 0..3"):
+        train(A, B, TEXTS, config(tmp_path, source_layer=4))
+    with pytest.raises(ValueError, match=r"texts: 6 training texts, fewer than batch_size=7"):
+        train(A, B, TEXTS, config(tmp_path, batch_size=7))
+    with pytest.raises(TypeError, match="config: expected a stitch.train.TrainConfig"):
+        train(A, B, TEXTS, {"lr": 1})
+    assert not (tmp_path / "run").exists()  # nothing written before the errors
+
+
+def test_cli_train_equals_the_library_and_refuses_bad_options(rotated, tmp_path, capsys):
+    A, B, _ = rotated
+    for name, model in (("a", A), ("b", B)):
+        model.model.save_pretrained(tmp_path / name)
+        model.tokenizer.save_pretrained(tmp_path / name)
+    lines = [t for t in TEXTS if "\n" not in t]  # one text per line in the file
+    (tmp_path / "texts.txt").write_text("\n".join(lines) + "\n")
+    options = {
+        "source_layer": 1,
+        "kind": "affine",
+        "lr": 0.03,
+        "steps": 6,
+        "batch_size": 3,
+        "progress": False,
+    }
+    yaml_options = {**options, "source-model": str(tmp_path / "a"), "target-model": str(tmp_path / "b"),
+                    "texts": str(tmp_path / "texts.txt"), "out": str(tmp_path / "cli")}  # fmt: skip
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(yaml_options))
+    assert (
+        main(["train", "--config", str(tmp_path / "train.yaml"), "--eval-texts", str(tmp_path / "texts.txt")])
+        == 0
+    )
+    library = train(A, B, lines, TrainConfig(out=str(tmp_path / "lib"), **options), eval_texts=lines)
+    cli = stitch.load_adapter(tmp_path / "cli")
+    for key, value in library.adapter.state_dict().items():
+        torch.testing.assert_close(cli.state_dict()[key], value, atol=1e-6, rtol=0)
+    saved = json.loads((tmp_path / "cli" / "config.json").read_text())
+    assert saved["steps"] == 6 and saved["eval_texts"] == str(tmp_path / "texts.txt")
+    record = stitch.adapters.read_adapter_record(tmp_path / "cli")["metadata"]
+    assert record["source_model"] == str(tmp_path / "a") and record["step"] == 6
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--config", str(tmp_path / "train.yaml"), "--lr", "-1"])
+    assert exit_info.value.code == 2 and "lr: expected a number > 0.0, got -1.0" in capsys.readouterr().err
