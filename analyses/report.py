@@ -26,7 +26,7 @@ line-height:1.45}h1{font-size:1.6em}h2{font-size:1.2em;margin-top:2.2em;padding-
 border-bottom:1px solid #ddd}.wide{overflow-x:auto;margin:.5em 0}
 table{border-collapse:collapse;font-size:.85em;font-variant-numeric:tabular-nums}
 td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right}td{white-space:nowrap}
-th{background:#f3f3f3;vertical-align:bottom}tr:nth-child(even) td{background:#fafafa}td.text{text-align:left}
+th{background:#f3f3f3;vertical-align:bottom}tr:nth-child(even) td{background:#fafafa}.text{text-align:left}
 .note{color:#555;max-width:75ch}"""
 
 
@@ -74,10 +74,16 @@ def _render(content, title: str) -> str:
 
 def _table(records: Sequence[dict]) -> str:
     columns = list(dict.fromkeys(k for r in records for k in r))
-    # <wbr>: long snake_case headers may break at underscores, so wide tables fit the page column.
-    head = "".join(f"<th>{html.escape(str(c)).replace('_', '_<wbr>')}</th>" for c in columns)
+    text = {c for c in columns if all(isinstance(r.get(c, ""), str) for r in records)}  # aligned left
+    head = "".join(_header(c, c in text) for c in columns)
     rows = "".join("<tr>" + "".join(_cell(r.get(c, "")) for c in columns) + "</tr>" for r in records)
     return f"<table><tr>{head}</tr>{rows}</table>"
+
+
+def _header(column, text: bool) -> str:
+    """A header cell; <wbr> lets long snake_case names break at underscores, so wide tables fit."""
+    name = html.escape(str(column)).replace("_", "_<wbr>")
+    return f'<th class="text">{name}</th>' if text else f"<th>{name}</th>"
 
 
 def _cell(value) -> str:

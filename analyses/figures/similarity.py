@@ -212,6 +212,7 @@ def best_match_curve(
                 "showscale": True,
                 "colorbar": {"title": {"text": v.label, "side": "right"}, "thickness": 16},
                 "symbol": np.where(above, "circle", "circle-open").tolist(),
+                "line": {"width": 2.5},  # a 1-px ring in pale yellow-green vanished on white
             },
         )
     )

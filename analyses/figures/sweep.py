@@ -69,7 +69,7 @@ def sweep_figure(
         col=1,
     )
     for level in (0.0, 1.0):
-        fig.add_hline(y=level, line={"color": "lightgrey", "width": 1}, row=1, col=1)
+        fig.add_hline(y=level, line={"color": "lightgrey", "width": 1}, layer="below", row=1, col=1)
     last = max(r.source_layer for r in rows) + 1
     fig.update_xaxes(**layer_axis(source, last, symbol="N"), row=2, col=1)
     fig.update_xaxes(tick0=0, dtick=layer_axis(source, last)["dtick"], row=1, col=1)
