@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 import yaml
+from jaxtyping import Float, Int
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from stitch import distributed
@@ -50,6 +52,8 @@ from stitch.losses import IGNORE, next_token_labels, token_cross_entropy
 from stitch.model import HookedLM
 from stitch.splice import Splice
 
+__all__ = ["TrainConfig", "TrainResult", "backward", "baseline_losses", "evaluate", "learning_rate", "train"]
+
 TRAINABLE = tuple(sorted(kind for kind in ADAPTERS if kind != "identity"))
 SCHEDULES, INITS, ALIGNMENTS = ("constant", "linear", "cosine"), ("default", "fit"), ("target", "source")
 # the fields a resumed run may change without changing what it computes
@@ -71,8 +75,12 @@ class TrainConfig(Config):
     adapter_options: tuple[str, ...] | None = option(
         None, help="adapter options as key=value, e.g. rank=64 scale=0.5"
     )
-    init: str = option("default", choices=INITS, help="default: the adapter's own (identity-like) init; "
-                       "fit: a closed-form fit on the first --init-texts texts (procrustes, linear, affine)")  # fmt: skip
+    init: str = option(
+        "default",
+        choices=INITS,
+        help="default: the adapter's own (identity-like) init; fit: a closed-form fit on the first "
+        "--init-texts texts (procrustes, linear, affine)",
+    )
     init_texts: int = option(256, help="training texts the closed-form init is fitted on")
     alignment: str = option("target", choices=ALIGNMENTS, help="token grid B runs on (see stitch.Splice)")
     steps: int | None = option(None, help="optimizer steps (default: --epochs passes over the texts)")
@@ -94,8 +102,7 @@ class TrainConfig(Config):
     def __post_init__(self):
         for name, (kind, low, open_low) in _RANGES.items():
             _check_number(name, getattr(self, name), kind, low, open_low)
-        for name, choices in (("kind", TRAINABLE), ("init", INITS), ("alignment", ALIGNMENTS),
-                              ("schedule", SCHEDULES)):  # fmt: skip
+        for name, choices in _CHOICES.items():
             check_choice(name, getattr(self, name), choices)
         for name in ("out", "resume", "progress"):
             _check_type(name, getattr(self, name), str if name == "out" else bool)
@@ -123,8 +130,10 @@ class TrainConfig(Config):
         for item in self.adapter_options:
             key, sep, value = str(item).partition("=")
             if not sep or key.strip() not in allowed:
-                raise ValueError(f"adapter_options: {item!r} is not key=value with a key of a {self.kind} "
-                                 f"adapter; valid keys: {allowed}")  # fmt: skip
+                raise ValueError(
+                    f"adapter_options: {item!r} is not key=value with a key of a {self.kind} adapter; "
+                    f"valid keys: {allowed}"
+                )
             options[key.strip()] = yaml.safe_load(value)
         return options
 
@@ -142,6 +151,7 @@ _RANGES = {
     "checkpoint_every": (int, 0, False), "keep_checkpoints": (int, 1, False), "seed": (int, 0, False),
 }  # fmt: skip
 _OPTIONAL = ("target_layer", "steps", "epochs")
+_CHOICES = {"kind": TRAINABLE, "init": INITS, "alignment": ALIGNMENTS, "schedule": SCHEDULES}
 
 
 def _check_number(name: str, value, kind: type, low, open_low: bool) -> None:
@@ -158,9 +168,6 @@ def _check_number(name: str, value, kind: type, low, open_low: bool) -> None:
 def _check_type(name: str, value, kind: type) -> None:
     if not isinstance(value, kind):
         raise TypeError(f"{name}: expected a {kind.__name__}, got {value!r} ({type(value).__name__})")
-
-
-__all__ = ["TrainConfig", "TrainResult", "backward", "learning_rate", "train"]
 
 
 @dataclass
@@ -233,8 +240,10 @@ class _Run:
         self.target_layer = _target_layer(config, B.n_layers)
         self.per_epoch = _steps_per_epoch(len(texts), config, dist)
         self.total = config.steps or (config.epochs or 1) * self.per_epoch
+        self.directory = self.out / "checkpoints"
+        checkpoint = latest_checkpoint(self.directory)
         torch.manual_seed(config.seed)  # the same on every rank; checkpoints carry the state on
-        self.adapter = self._initial_adapter(A, B)
+        self.adapter = self._initial_adapter(A, B, fit=checkpoint is None)
         layers = dict(
             source_layer=config.source_layer, target_layer=self.target_layer, alignment=config.alignment
         )
@@ -245,7 +254,7 @@ class _Run:
         )
         self.metadata = {"source_model": A.name, "target_model": B.name, **metadata}
         self.history: list[dict[str, Any]] = []
-        self.step = self._resume()
+        self.step = 0 if checkpoint is None else self._resume(checkpoint)
         self._order: tuple[int, torch.Tensor] | None = None
 
     def run(self) -> TrainResult:
@@ -301,31 +310,29 @@ class _Run:
     def _evaluate(self) -> None:
         record = evaluate(self.eval_sp, self.eval_texts, self.dist, self.config.batch_size, self.baseline)
         self.history.append({"split": "eval", "step": self.step, **record})
+        if self.dist.is_main:
+            self._write_metrics()
         if self.dist.is_main and self.config.progress:
             tqdm.write(
                 f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in record.items() if _real(v))
             )
-            self._write_metrics()
 
-    def _initial_adapter(self, A: HookedLM, B: HookedLM) -> Adapter:
+    def _initial_adapter(self, A: HookedLM, B: HookedLM, fit: bool) -> Adapter:
+        """The adapter before step 0 (no closed-form fit when a checkpoint will overwrite it anyway)."""
         config, options = self.config, self.config.options()
-        if config.init == "fit":
+        if config.init == "fit" and fit:
             fit_texts = self.texts[: config.init_texts]  # every rank fits the same texts: no broadcast needed
             progress = config.progress and self.dist.is_main
-            adapter = fit_adapter(A, B, fit_texts, config.source_layer, self.target_layer, config.kind,
-                                  progress=progress, **options)  # fmt: skip
+            layers = (config.source_layer, self.target_layer)
+            adapter = fit_adapter(A, B, fit_texts, *layers, config.kind, progress=progress, **options)
         else:
             adapter = build_adapter(config.kind, d_source=A.d_model, d_target=B.d_model, **options)
         return adapter.to(device=A.device, dtype=torch.float32)
 
-    def _resume(self) -> int:
-        directory = self.out / "checkpoints"
-        path = latest_checkpoint(directory)
-        if path is None:
-            return 0
+    def _resume(self, path: Path) -> int:
         if not self.config.resume:
             raise ValueError(
-                f"resume: False, but {directory} holds checkpoints of an earlier run; resume it "
+                f"resume: False, but {self.directory} holds checkpoints of an earlier run; resume it "
                 "(resume=True) or choose a new out directory"
             )
         record = load_checkpoint(path, self.adapter, self.optimizer)
@@ -341,8 +348,10 @@ class _Run:
     def _checkpoint(self) -> None:
         if self.dist.is_main:
             state = {**self._identity(), "history": self.history}
-            save_checkpoint(self.out / "checkpoints", self.step, self.adapter, self.optimizer, state=state,
-                            keep=self.config.keep_checkpoints, **self._adapter_metadata())  # fmt: skip
+            keep, metadata = self.config.keep_checkpoints, self._adapter_metadata()
+            save_checkpoint(
+                self.directory, self.step, self.adapter, self.optimizer, state=state, keep=keep, **metadata
+            )
             self._write_metrics()
 
     def _finish(self) -> TrainResult:
@@ -399,8 +408,10 @@ def _check_same_run(path: Path, saved: dict[str, Any], current: dict[str, Any]) 
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if changed:
         diffs = ", ".join(f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in changed)
-        raise ValueError(f"resume: the checkpoint {path} was written with a different config ({diffs}); "
-                         "use the same options, or a new out directory")  # fmt: skip
+        raise ValueError(
+            f"resume: the checkpoint {path} was written with a different config ({diffs}); "
+            "use the same options, or a new out directory"
+        )
 
 
 def _real(value) -> bool:
@@ -414,8 +425,7 @@ def evaluate(sp: Splice, texts: list[str], dist: distributed.Dist, batch_size: i
     sums = torch.zeros(2, dtype=torch.float64)
     for chunk in _chunks(distributed.shard(texts, dist), batch_size):
         out = sp(chunk)
-        sums += torch.tensor([token_cross_entropy(out.logits, out.labels).double().sum().item(),
-                              (out.labels != IGNORE).sum().item()], dtype=torch.float64)  # fmt: skip
+        sums += _ce_sums(out.logits, out.labels)
     total, count = distributed.all_reduce_sum(sums, dist).tolist()
     record = {"ce_spliced": total / count, "tokens": int(count), **baseline}
     if baseline:
@@ -437,20 +447,25 @@ def baseline_losses(sp: Splice, texts: list[str] | None, dist: distributed.Dist,
     for chunk in chunks:
         target = sp.align(chunk).target
         keep = target.attention_mask.bool() & ~target.special_mask
-        sums += torch.cat([B.residuals(target, [layer])[layer][keep].double().sum(0).cpu(),
-                           keep.sum().double().view(1).cpu()])  # fmt: skip
+        states = B.residuals(target, [layer])[layer][keep].double()
+        sums += torch.cat([states.sum(0), torch.tensor([len(states)])]).cpu()
     sums = distributed.all_reduce_sum(sums, dist)
     mean = (sums[:-1] / sums[-1].clamp(min=1)).to(device=B.device, dtype=B.dtype)
-    ce = torch.zeros(3, dtype=torch.float64)
+    sums = torch.zeros(4, dtype=torch.float64)
     for chunk in chunks:
         target = sp.align(chunk).target
         labels = next_token_labels(target)
         constant = mean.expand(*target.shape, -1).contiguous()
-        ce += torch.tensor([token_cross_entropy(B.logits(target), labels).double().sum().item(),
-                            token_cross_entropy(B.run_from(constant, layer, target), labels).double().sum().item(),
-                            (labels != IGNORE).sum().item()], dtype=torch.float64)  # fmt: skip
-    native, none, count = distributed.all_reduce_sum(ce, dist).tolist()
+        native = _ce_sums(B.logits(target), labels)
+        sums += torch.cat([native, _ce_sums(B.run_from(constant, layer, target), labels)])
+    native, _, none, count = distributed.all_reduce_sum(sums, dist).tolist()
     return {"ce_native": native / count, "ce_no_information": none / count}
+
+
+def _ce_sums(logits: Float[Tensor, "batch pos vocab"], labels: Int[Tensor, "batch pos"]) -> Tensor:
+    """[summed token CE, number of labels] in float64 on the CPU, ready to be all-reduced."""
+    total = token_cross_entropy(logits, labels).double().sum()
+    return torch.stack([total, (labels != IGNORE).sum().double()]).cpu()
 
 
 def _chunks(items: list[str], size: int):
