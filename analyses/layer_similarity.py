@@ -27,6 +27,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from analyses.similarity import (
+    LOWER_IS_SIMILAR,
     NullResult,
     mean_cosine,
     permutation_null_matrix,
@@ -54,8 +55,8 @@ class LayerSimilarity:
     null: NullResult | None = None
 
     def best_match(self) -> Tensor:
-        """For each A layer, the index of the most similar B layer."""
-        return self.matrix.argmax(dim=1)
+        """For each A layer, the index of the most similar B layer (the minimum for distance-like measures)."""
+        return self.matrix.argmin(dim=1) if self.measure in LOWER_IS_SIMILAR else self.matrix.argmax(dim=1)
 
     def to_dict(self) -> dict:
         return {

@@ -67,12 +67,13 @@ def run_demo(config: DemoConfig = DemoConfig()) -> dict:
         [
             Section(
                 "A → rotated copy of A: loss recovered per layer",
-                figures.sweep_figure(rotated_sweep),
+                figures.sweep_figure(rotated_sweep, source="A", target="rotated A"),
                 note="Procrustes fitted on 6 texts, scored on 2 held-out texts; the splice recovers all of "
                 "B's loss, the embedding-injection baseline does not.",
             ),
             Section(
-                "A → C: loss recovered per layer (different tokenizers)", figures.sweep_figure(cross_sweep)
+                "A → C: loss recovered per layer (different tokenizers)",
+                figures.sweep_figure(cross_sweep, source="A", target="C"),
             ),
             Section(
                 "Linear CKA between every layer of A and C (shared token boundaries)",

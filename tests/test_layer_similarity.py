@@ -223,3 +223,12 @@ def test_heatmap_of_33_by_29_layers_is_readable():
     size, margin = (fig.layout.width, fig.layout.height), fig.layout.margin
     plot_w, plot_h = size[0] - margin.l - margin.r, size[1] - margin.t - margin.b
     assert plot_w / plot_h == pytest.approx(29 / 33, rel=0.02)  # square cells: colour bar beside the map
+
+
+def test_best_match_takes_the_minimum_for_distance_measures():
+    from analyses.layer_similarity import LayerSimilarity
+
+    matrix = torch.tensor([[0.1, 0.9], [0.8, 0.2]], dtype=torch.float64)
+    kw = dict(texts=["t"], pairing="mean", n=4, source="A", target="B", null=None)
+    assert LayerSimilarity(matrix=matrix, measure="linear_cka", **kw).best_match().tolist() == [1, 0]
+    assert LayerSimilarity(matrix=matrix, measure="alignment", **kw).best_match().tolist() == [0, 1]

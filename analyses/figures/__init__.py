@@ -1,7 +1,7 @@
 """Plotly figures for analyses records: each function takes records or tensors and returns a `go.Figure`.
 
-    >>> from analyses import figures
-    >>> figures.similarity_heatmap(sim).show()
+>>> from analyses import figures
+>>> figures.similarity_heatmap(sim).show()
 """
 
 from analyses.figures.alignment import alignment_map, fan_in_histogram
