@@ -43,7 +43,7 @@ from stitch.adapters import (
     save_adapter,
 )
 from stitch.atomic import write_atomic
-from stitch.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from stitch.checkpoint import latest_checkpoint, load_checkpoint, read_record, save_checkpoint
 from stitch.checks import check_choice, check_layer, check_texts
 from stitch.commands.common import option
 from stitch.config import Config
@@ -65,7 +65,7 @@ class TrainConfig(Config):
     """What to train and how; every value is checked on construction (errors name the field and range).
 
     >>> TrainConfig(out="runs/l8", source_layer=8, kind="affine", lr=1e-3, steps=500)
-    >>> TrainConfig.from_dict(json.load(open("runs/l8/config.json")))
+    >>> TrainConfig.from_dict({"out": "runs/l8", "source_layer": 8, "lr": 3e-4})
     """
 
     out: str = option(help="output directory: adapter, metrics.jsonl, checkpoints/")
@@ -335,8 +335,8 @@ class _Run:
                 f"resume: False, but {self.directory} holds checkpoints of an earlier run; resume it "
                 "(resume=True) or choose a new out directory"
             )
+        _check_same_run(path, read_record(path)["state"], self._identity())  # before loading: a clear diff
         record = load_checkpoint(path, self.adapter, self.optimizer)
-        _check_same_run(path, record["state"], self._identity())
         self.history = record["state"]["history"]
         return record["step"]
 

@@ -121,6 +121,8 @@ def test_a_resumed_run_must_match_the_checkpoint(rotated, tmp_path):
     train(A, B, TEXTS, config(tmp_path, steps=2, checkpoint_every=1))
     with pytest.raises(ValueError, match=r"resume: .*different config \(lr: 0.03 → 0.01"):
         train(A, B, TEXTS, config(tmp_path, steps=2, checkpoint_every=1, lr=1e-2))
+    with pytest.raises(ValueError, match=r"resume: .*different config \(kind: 'linear' → 'lowrank'"):
+        train(A, B, TEXTS, config(tmp_path, steps=2, checkpoint_every=1, kind="lowrank"))
     with pytest.raises(ValueError, match="resume: .*different texts"):
         train(A, B, TEXTS[::-1], config(tmp_path, steps=2, checkpoint_every=1))
     with pytest.raises(ValueError, match="resume: False, but .* holds checkpoints"):
