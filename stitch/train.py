@@ -448,7 +448,7 @@ def baseline_losses(sp: Splice, texts: list[str] | None, dist: distributed.Dist,
         target = sp.align(chunk).target
         keep = target.attention_mask.bool() & ~target.special_mask
         states = B.residuals(target, [layer])[layer][keep].double()
-        sums += torch.cat([states.sum(0), torch.tensor([len(states)])]).cpu()
+        sums += torch.cat([states.sum(0).cpu(), torch.tensor([float(len(states))], dtype=torch.float64)])
     sums = distributed.all_reduce_sum(sums, dist)
     mean = (sums[:-1] / sums[-1].clamp(min=1)).to(device=B.device, dtype=B.dtype)
     sums = torch.zeros(4, dtype=torch.float64)
