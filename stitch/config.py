@@ -27,3 +27,9 @@ class Config:
                 f"config: unknown keys {unknown} for {cls.__name__}; valid keys: {sorted(fields)}"
             )
         return cls(**data)
+
+
+def option(default: Any = dataclasses.MISSING, *, help: str, choices=None):
+    """A config field with its command-line help and, optionally, its valid values (no default: required)."""
+    metadata = {"help": help, "choices": None if choices is None else tuple(choices)}
+    return dataclasses.field(default=default, metadata=metadata)

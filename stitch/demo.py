@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import stitch
-from stitch.commands.common import option
-from stitch.config import Config
+from stitch.config import Config, option
 from stitch.toy import CORPUS, byte_bpe_tokenizer, rotated_copy, tiny_model, train_briefly
 
 TRAIN, HELD_OUT = (

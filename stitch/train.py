@@ -19,7 +19,6 @@ step, the adapter, the optimizer and the RNG are the whole state of a run.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import math
 from dataclasses import dataclass, field
@@ -27,147 +26,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
-from jaxtyping import Float, Int
-from torch import Tensor
 from tqdm.auto import tqdm
 
 from stitch import distributed
 from stitch.adapters import (
-    ADAPTERS,
-    CLOSED_FORM,
     Adapter,
     Procrustes,
-    adapter_class,
     build_adapter,
     save_adapter,
 )
 from stitch.atomic import write_atomic
 from stitch.checkpoint import latest_checkpoint, load_checkpoint, read_record, save_checkpoint
-from stitch.checks import check_choice, check_layer, check_texts
-from stitch.commands.common import option
-from stitch.config import Config
+from stitch.checks import check_layer, check_texts
 from stitch.fit_models import fit_adapter
-from stitch.losses import IGNORE, next_token_labels, token_cross_entropy
+from stitch.losses import IGNORE
 from stitch.model import HookedLM
 from stitch.splice import Splice
-
-__all__ = ["TrainConfig", "TrainResult", "backward", "baseline_losses", "evaluate", "learning_rate", "train"]
-
-TRAINABLE = tuple(sorted(kind for kind in ADAPTERS if kind != "identity"))
-SCHEDULES, INITS, ALIGNMENTS = ("constant", "linear", "cosine"), ("default", "fit"), ("target", "source")
-# the fields a resumed run may change without changing what it computes
-_FREE_ON_RESUME = ("resume", "progress", "keep_checkpoints", "device")
-
-
-@dataclass(frozen=True, kw_only=True)
-class TrainConfig(Config):
-    """What to train and how; every value is checked on construction (errors name the field and range).
-
-    >>> TrainConfig(out="runs/l8", source_layer=8, kind="affine", lr=1e-3, steps=500)
-    >>> TrainConfig.from_dict({"out": "runs/l8", "source_layer": 8, "lr": 3e-4})
-    """
-
-    out: str = option(help="output directory: adapter, metrics.jsonl, checkpoints/")
-    source_layer: int = option(help="A's layer N (0 = embeddings, L = last block's output)")
-    target_layer: int | None = option(None, help="B's layer M (default: the source layer)")
-    kind: str = option("affine", choices=TRAINABLE, help="adapter kind")
-    adapter_options: tuple[str, ...] | None = option(
-        None, help="adapter options as key=value, e.g. rank=64 scale=0.5"
-    )
-    init: str = option(
-        "default",
-        choices=INITS,
-        help="default: the adapter's own (identity-like) init; fit: a closed-form fit on the first "
-        "--init-texts texts (procrustes, linear, affine)",
-    )
-    init_texts: int = option(256, help="training texts the closed-form init is fitted on")
-    alignment: str = option("target", choices=ALIGNMENTS, help="token grid B runs on (see stitch.Splice)")
-    steps: int | None = option(None, help="optimizer steps (default: --epochs passes over the texts)")
-    epochs: int | None = option(None, help="passes over the texts when --steps is not given (default: 1)")
-    batch_size: int = option(8, help="texts per step over all ranks (each rank takes its share)")
-    lr: float = option(1e-3, help="peak learning rate (AdamW)")
-    weight_decay: float = option(0.0, help="AdamW decoupled weight decay")
-    grad_clip: float = option(1.0, help="clip the gradient norm to this (0: no clipping)")
-    warmup: int = option(0, help="steps of linear warm-up to --lr")
-    schedule: str = option("constant", choices=SCHEDULES, help="learning rate after the warm-up")
-    eval_every: int = option(0, help="evaluate on the held-out texts every N steps (0: at start and end)")
-    log_every: int = option(10, help="record the training loss every N steps")
-    checkpoint_every: int = option(0, help="save a checkpoint every N steps and at the end (0: never)")
-    keep_checkpoints: int = option(2, help="how many of the newest checkpoints to keep")
-    resume: bool = option(True, help="continue from the latest checkpoint in OUT/checkpoints, if any")
-    seed: int = option(0, help="seed of the adapter's init and of the order of the texts")
-    progress: bool = option(True, help="show a progress bar (rank 0 only)")
-
-    def __post_init__(self):
-        for name, (kind, low, open_low) in _RANGES.items():
-            _check_number(name, getattr(self, name), kind, low, open_low)
-        for name, choices in _CHOICES.items():
-            check_choice(name, getattr(self, name), choices)
-        for name in ("out", "resume", "progress"):
-            _check_type(name, getattr(self, name), str if name == "out" else bool)
-        if self.steps is not None and self.epochs is not None:
-            raise ValueError(
-                f"steps, epochs: give one or the other, got steps={self.steps}, epochs={self.epochs}"
-            )
-        if self.init == "fit" and self.kind not in CLOSED_FORM:
-            raise ValueError(
-                f"init: 'fit' needs a closed-form kind {list(CLOSED_FORM)}, got kind={self.kind!r}"
-            )
-        if isinstance(self.adapter_options, str):
-            raise TypeError(
-                f"adapter_options: expected a list of key=value strings, got {self.adapter_options!r}"
-            )
-        object.__setattr__(self, "adapter_options", tuple(self.adapter_options or ()))
-        self.options()  # malformed or unknown adapter options fail here, before any model loads
-
-    def options(self) -> dict[str, Any]:
-        """`adapter_options` as keyword arguments of the adapter (values read as YAML: 64, 0.5, true)."""
-        allowed = [
-            p for p in inspect.signature(adapter_class(self.kind)).parameters if not p.startswith("d_")
-        ]
-        options = {}
-        for item in self.adapter_options:
-            key, sep, value = str(item).partition("=")
-            if not sep or key.strip() not in allowed:
-                raise ValueError(
-                    f"adapter_options: {item!r} is not key=value with a key of a {self.kind} adapter; "
-                    f"valid keys: {allowed}"
-                )
-            options[key.strip()] = yaml.safe_load(value)
-        return options
-
-    def run_fields(self) -> dict[str, Any]:
-        """The fields that decide what a run computes (those a checkpoint must share to be resumed)."""
-        return json.loads(json.dumps({k: v for k, v in self.to_dict().items() if k not in _FREE_ON_RESUME}))
-
-
-# field: (type, lowest valid value, whether the lowest value itself is excluded); None allowed where typed so
-_RANGES = {
-    "source_layer": (int, 0, False), "target_layer": (int, 0, False), "init_texts": (int, 1, False),
-    "steps": (int, 1, False), "epochs": (int, 1, False), "batch_size": (int, 1, False),
-    "lr": (float, 0.0, True), "weight_decay": (float, 0.0, False), "grad_clip": (float, 0.0, False),
-    "warmup": (int, 0, False), "eval_every": (int, 0, False), "log_every": (int, 1, False),
-    "checkpoint_every": (int, 0, False), "keep_checkpoints": (int, 1, False), "seed": (int, 0, False),
-}  # fmt: skip
-_OPTIONAL = ("target_layer", "steps", "epochs")
-_CHOICES = {"kind": TRAINABLE, "init": INITS, "alignment": ALIGNMENTS, "schedule": SCHEDULES}
-
-
-def _check_number(name: str, value, kind: type, low, open_low: bool) -> None:
-    if value is None and name in _OPTIONAL:
-        return
-    valid = f"{'an integer' if kind is int else 'a number'} {'>' if open_low else '>='} {low}"
-    numeric = (int, float) if kind is float else (int,)
-    if isinstance(value, bool) or not isinstance(value, numeric):
-        raise TypeError(f"{name}: expected {valid}, got {value!r} ({type(value).__name__})")
-    if not math.isfinite(value) or value < low or (open_low and value == low):
-        raise ValueError(f"{name}: expected {valid}, got {value!r}")
-
-
-def _check_type(name: str, value, kind: type) -> None:
-    if not isinstance(value, kind):
-        raise TypeError(f"{name}: expected a {kind.__name__}, got {value!r} ({type(value).__name__})")
+from stitch.train_config import TrainConfig
+from stitch.train_eval import baseline_losses, evaluate
 
 
 @dataclass
@@ -416,58 +292,3 @@ def _check_same_run(path: Path, saved: dict[str, Any], current: dict[str, Any]) 
 
 def _real(value) -> bool:
     return isinstance(value, float) and math.isfinite(value)
-
-
-@torch.no_grad()
-def evaluate(sp: Splice, texts: list[str], dist: distributed.Dist, batch_size: int, baseline: dict) -> dict:
-    """Held-out CE of the splice over every rank's share of `texts`, and the loss recovered given
-    `baseline` (`baseline_losses`): (CE_no-information − CE_spliced) / (CE_no-information − CE_B-native)."""
-    sums = torch.zeros(2, dtype=torch.float64)
-    for chunk in _chunks(distributed.shard(texts, dist), batch_size):
-        out = sp(chunk)
-        sums += _ce_sums(out.logits, out.labels)
-    total, count = distributed.all_reduce_sum(sums, dist).tolist()
-    record = {"ce_spliced": total / count, "tokens": int(count), **baseline}
-    if baseline:
-        gap = baseline["ce_no_information"] - baseline["ce_native"]
-        recovered = (baseline["ce_no_information"] - record["ce_spliced"]) / gap if abs(gap) >= 1e-9 else None
-        record["loss_recovered"] = recovered
-    return record
-
-
-@torch.no_grad()
-def baseline_losses(sp: Splice, texts: list[str] | None, dist: distributed.Dist, batch_size: int) -> dict:
-    """B's native CE on the held-out texts, and its CE when fed the mean layer-M state at every position
-    (the no-information baseline); empty without texts or on the source grid (whose labels are not B's)."""
-    if texts is None or sp.alignment != "target":
-        return {}
-    B, layer = sp.B, sp.target_layer
-    chunks = list(_chunks(distributed.shard(texts, dist), batch_size))
-    sums = torch.zeros(B.d_model + 1, dtype=torch.float64)
-    for chunk in chunks:
-        target = sp.align(chunk).target
-        keep = target.attention_mask.bool() & ~target.special_mask
-        states = B.residuals(target, [layer])[layer][keep].double()
-        sums += torch.cat([states.sum(0).cpu(), torch.tensor([float(len(states))], dtype=torch.float64)])
-    sums = distributed.all_reduce_sum(sums, dist)
-    mean = (sums[:-1] / sums[-1].clamp(min=1)).to(device=B.device, dtype=B.dtype)
-    sums = torch.zeros(4, dtype=torch.float64)
-    for chunk in chunks:
-        target = sp.align(chunk).target
-        labels = next_token_labels(target)
-        constant = mean.expand(*target.shape, -1).contiguous()
-        native = _ce_sums(B.logits(target), labels)
-        sums += torch.cat([native, _ce_sums(B.run_from(constant, layer, target), labels)])
-    native, _, none, count = distributed.all_reduce_sum(sums, dist).tolist()
-    return {"ce_native": native / count, "ce_no_information": none / count}
-
-
-def _ce_sums(logits: Float[Tensor, "batch pos vocab"], labels: Int[Tensor, "batch pos"]) -> Tensor:
-    """[summed token CE, number of labels] in float64 on the CPU, ready to be all-reduced."""
-    total = token_cross_entropy(logits, labels).double().sum()
-    return torch.stack([total, (labels != IGNORE).sum().double()]).cpu()
-
-
-def _chunks(items: list[str], size: int):
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

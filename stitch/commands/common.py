@@ -15,19 +15,12 @@ The command line builds each subcommand's flags from its config's fields: the an
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 from stitch.atomic import write_atomic
-from stitch.config import Config
-
-
-def option(default: Any = dataclasses.MISSING, *, help: str, choices=None):
-    """A config field with its command-line help and, optionally, its valid values (no default: required)."""
-    metadata = {"help": help, "choices": None if choices is None else tuple(choices)}
-    return dataclasses.field(default=default, metadata=metadata)
+from stitch.config import Config, option
 
 
 def dtype_option():

@@ -1,0 +1,137 @@
+"""TrainConfig: every option of a training run, checked on construction (errors name field, value, range).
+
+>>> TrainConfig(out="runs/l16", source_layer=16, kind="affine", lr=1e-3, steps=2000)
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from stitch.adapters import (
+    ADAPTERS,
+    CLOSED_FORM,
+    adapter_class,
+)
+from stitch.checks import check_choice
+from stitch.config import Config, option
+
+TRAINABLE = tuple(sorted(kind for kind in ADAPTERS if kind != "identity"))
+SCHEDULES, INITS, ALIGNMENTS = ("constant", "linear", "cosine"), ("default", "fit"), ("target", "source")
+# the fields a resumed run may change without changing what it computes
+_FREE_ON_RESUME = ("resume", "progress", "keep_checkpoints", "device")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(Config):
+    """What to train and how; every value is checked on construction (errors name the field and range).
+
+    >>> TrainConfig(out="runs/l8", source_layer=8, kind="affine", lr=1e-3, steps=500)
+    >>> TrainConfig.from_dict({"out": "runs/l8", "source_layer": 8, "lr": 3e-4})
+    """
+
+    out: str = option(help="output directory: adapter, metrics.jsonl, checkpoints/")
+    source_layer: int = option(help="A's layer N (0 = embeddings, L = last block's output)")
+    target_layer: int | None = option(None, help="B's layer M (default: the source layer)")
+    kind: str = option("affine", choices=TRAINABLE, help="adapter kind")
+    adapter_options: tuple[str, ...] | None = option(
+        None, help="adapter options as key=value, e.g. rank=64 scale=0.5"
+    )
+    init: str = option(
+        "default",
+        choices=INITS,
+        help="default: the adapter's own (identity-like) init; fit: a closed-form fit on the first "
+        "--init-texts texts (procrustes, linear, affine)",
+    )
+    init_texts: int = option(256, help="training texts the closed-form init is fitted on")
+    alignment: str = option("target", choices=ALIGNMENTS, help="token grid B runs on (see stitch.Splice)")
+    steps: int | None = option(None, help="optimizer steps (default: --epochs passes over the texts)")
+    epochs: int | None = option(None, help="passes over the texts when --steps is not given (default: 1)")
+    batch_size: int = option(8, help="texts per step over all ranks (each rank takes its share)")
+    lr: float = option(1e-3, help="peak learning rate (AdamW)")
+    weight_decay: float = option(0.0, help="AdamW decoupled weight decay")
+    grad_clip: float = option(1.0, help="clip the gradient norm to this (0: no clipping)")
+    warmup: int = option(0, help="steps of linear warm-up to --lr")
+    schedule: str = option("constant", choices=SCHEDULES, help="learning rate after the warm-up")
+    eval_every: int = option(0, help="evaluate on the held-out texts every N steps (0: at start and end)")
+    log_every: int = option(10, help="record the training loss every N steps")
+    checkpoint_every: int = option(0, help="save a checkpoint every N steps and at the end (0: never)")
+    keep_checkpoints: int = option(2, help="how many of the newest checkpoints to keep")
+    resume: bool = option(True, help="continue from the latest checkpoint in OUT/checkpoints, if any")
+    seed: int = option(0, help="seed of the adapter's init and of the order of the texts")
+    progress: bool = option(True, help="show a progress bar (rank 0 only)")
+
+    def __post_init__(self):
+        for name, (kind, low, open_low) in _RANGES.items():
+            _check_number(name, getattr(self, name), kind, low, open_low)
+        for name, choices in _CHOICES.items():
+            check_choice(name, getattr(self, name), choices)
+        for name in ("out", "resume", "progress"):
+            _check_type(name, getattr(self, name), str if name == "out" else bool)
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError(
+                f"steps, epochs: give one or the other, got steps={self.steps}, epochs={self.epochs}"
+            )
+        if self.init == "fit" and self.kind not in CLOSED_FORM:
+            raise ValueError(
+                f"init: 'fit' needs a closed-form kind {list(CLOSED_FORM)}, got kind={self.kind!r}"
+            )
+        if isinstance(self.adapter_options, str):
+            raise TypeError(
+                f"adapter_options: expected a list of key=value strings, got {self.adapter_options!r}"
+            )
+        object.__setattr__(self, "adapter_options", tuple(self.adapter_options or ()))
+        self.options()  # malformed or unknown adapter options fail here, before any model loads
+
+    def options(self) -> dict[str, Any]:
+        """`adapter_options` as keyword arguments of the adapter (values read as YAML: 64, 0.5, true)."""
+        allowed = [
+            p for p in inspect.signature(adapter_class(self.kind)).parameters if not p.startswith("d_")
+        ]
+        options = {}
+        for item in self.adapter_options:
+            key, sep, value = str(item).partition("=")
+            if not sep or key.strip() not in allowed:
+                raise ValueError(
+                    f"adapter_options: {item!r} is not key=value with a key of a {self.kind} adapter; "
+                    f"valid keys: {allowed}"
+                )
+            options[key.strip()] = yaml.safe_load(value)
+        return options
+
+    def run_fields(self) -> dict[str, Any]:
+        """The fields that decide what a run computes (those a checkpoint must share to be resumed)."""
+        return json.loads(json.dumps({k: v for k, v in self.to_dict().items() if k not in _FREE_ON_RESUME}))
+
+
+# field: (type, lowest valid value, whether the lowest value itself is excluded); None allowed where typed so
+_RANGES = {
+    "source_layer": (int, 0, False), "target_layer": (int, 0, False), "init_texts": (int, 1, False),
+    "steps": (int, 1, False), "epochs": (int, 1, False), "batch_size": (int, 1, False),
+    "lr": (float, 0.0, True), "weight_decay": (float, 0.0, False), "grad_clip": (float, 0.0, False),
+    "warmup": (int, 0, False), "eval_every": (int, 0, False), "log_every": (int, 1, False),
+    "checkpoint_every": (int, 0, False), "keep_checkpoints": (int, 1, False), "seed": (int, 0, False),
+}  # fmt: skip
+_OPTIONAL = ("target_layer", "steps", "epochs")
+_CHOICES = {"kind": TRAINABLE, "init": INITS, "alignment": ALIGNMENTS, "schedule": SCHEDULES}
+
+
+def _check_number(name: str, value, kind: type, low, open_low: bool) -> None:
+    if value is None and name in _OPTIONAL:
+        return
+    valid = f"{'an integer' if kind is int else 'a number'} {'>' if open_low else '>='} {low}"
+    numeric = (int, float) if kind is float else (int,)
+    if isinstance(value, bool) or not isinstance(value, numeric):
+        raise TypeError(f"{name}: expected {valid}, got {value!r} ({type(value).__name__})")
+    if not math.isfinite(value) or value < low or (open_low and value == low):
+        raise ValueError(f"{name}: expected {valid}, got {value!r}")
+
+
+def _check_type(name: str, value, kind: type) -> None:
+    if not isinstance(value, kind):
+        raise TypeError(f"{name}: expected a {kind.__name__}, got {value!r} ({type(value).__name__})")
