@@ -27,6 +27,7 @@ from stitch.commands.common import (
     device_option,
     dtype_option,
     load_models,
+    model_option,
     option,
     read_texts,
     save_config,
@@ -39,8 +40,8 @@ _NULL_TENSORS = ("null_mean", "null_std", "z", "p_value", "calibrated")
 
 @dataclass(frozen=True)
 class CkaConfig(Config):
-    source_model: str = option(help="source model A: hub id or local directory")
-    target_model: str = option(help="target model B: hub id or local directory")
+    source_model: str = model_option("source")
+    target_model: str = model_option("target")
     texts: str = option(help="text file: one text per line, or .jsonl with a 'text' field")
     out: str = option(help="output directory")
     pairing: str = option(

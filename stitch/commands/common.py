@@ -23,6 +23,20 @@ from stitch.atomic import write_atomic
 from stitch.config import Config, option
 
 
+def model_option(role: str):
+    """The source (A) or target (B) model field: a hub id or a local directory."""
+    letter = {"source": "A", "target": "B"}[role]
+    return option(help=f"{role} model {letter}: hub id or local directory")
+
+
+def source_layer_option():
+    return option(help="A's layer N (0 = embeddings, L = last block's output)")
+
+
+def target_layer_option():
+    return option(None, help="B's layer M (default: the source layer)")
+
+
 def dtype_option():
     return option("auto", help="weights dtype: auto (as saved), float32, bfloat16, float16")
 

@@ -21,9 +21,12 @@ from stitch.commands.common import (
     device_option,
     dtype_option,
     load_models,
+    model_option,
     option,
     read_texts,
     save_config,
+    source_layer_option,
+    target_layer_option,
 )
 from stitch.config import Config
 from stitch.fit_models import fit_adapter
@@ -31,12 +34,12 @@ from stitch.fit_models import fit_adapter
 
 @dataclass(frozen=True)
 class FitConfig(Config):
-    source_model: str = option(help="source model A: hub id or local directory")
-    target_model: str = option(help="target model B: hub id or local directory")
-    source_layer: int = option(help="A's layer N (0 = embeddings, L = last block's output)")
+    source_model: str = model_option("source")
+    target_model: str = model_option("target")
+    source_layer: int = source_layer_option()
     texts: str = option(help="training text file: one text per line, or .jsonl with a 'text' field")
     out: str = option(help="adapter path: a .safetensors file or a directory")
-    target_layer: int | None = option(None, help="B's layer M (default: the source layer)")
+    target_layer: int | None = target_layer_option()
     kind: str = option("procrustes", choices=CLOSED_FORM, help="closed-form adapter kind")
     ridge: float | None = option(None, help="ridge penalty (linear and affine only; default 0)")
     scale: bool | None = option(None, help="fit a global scale (procrustes only; default off)")

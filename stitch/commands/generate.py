@@ -24,9 +24,12 @@ from stitch.commands.common import (
     dtype_option,
     flag,
     load_models,
+    model_option,
     option,
     read_texts,
     save_config,
+    source_layer_option,
+    target_layer_option,
 )
 from stitch.config import Config
 from stitch.generation import POLICIES
@@ -34,11 +37,11 @@ from stitch.generation import POLICIES
 
 @dataclass(frozen=True)
 class GenerateConfig(Config):
-    source_model: str = option(help="source model A: hub id or local directory")
-    target_model: str = option(help="target model B: hub id or local directory")
-    source_layer: int = option(help="A's layer N (0 = embeddings, L = last block's output)")
+    source_model: str = model_option("source")
+    target_model: str = model_option("target")
+    source_layer: int = source_layer_option()
     prompts: str = option(help="prompt file: one prompt per line, or .jsonl with a 'text' field")
-    target_layer: int | None = option(None, help="B's layer M (default: the source layer)")
+    target_layer: int | None = target_layer_option()
     adapter: str | None = option(None, help="adapter saved by `stitch fit` (default: identity)")
     policy: str = option("prompt", choices=POLICIES, help="which B positions get A's states")
     max_new_tokens: int = option(32, help="tokens to generate per prompt")

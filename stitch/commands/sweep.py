@@ -21,6 +21,7 @@ from stitch.commands.common import (
     device_option,
     dtype_option,
     load_models,
+    model_option,
     option,
     read_texts,
     save_config,
@@ -31,8 +32,8 @@ from stitch.config import Config
 
 @dataclass(frozen=True)
 class SweepConfig(Config):
-    source_model: str = option(help="source model A: hub id or local directory")
-    target_model: str = option(help="target model B: hub id or local directory")
+    source_model: str = model_option("source")
+    target_model: str = model_option("target")
     train_texts: str = option(help="text file the adapters are fitted on (one per line, or .jsonl)")
     eval_texts: str = option(help="held-out text file the splices are scored on (one per line, or .jsonl)")
     out: str = option(help="output directory")

@@ -19,14 +19,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stitch import distributed
-from stitch.commands.common import device_option, dtype_option, load_models, option, read_texts, save_config
+from stitch.commands.common import (
+    device_option,
+    dtype_option,
+    load_models,
+    model_option,
+    option,
+    read_texts,
+    save_config,
+)
 from stitch.train import TrainConfig, TrainResult, train
 
 
 @dataclass(frozen=True, kw_only=True)
 class TrainCommandConfig(TrainConfig):
-    source_model: str = option(help="source model A: hub id or local directory")
-    target_model: str = option(help="target model B: hub id or local directory")
+    source_model: str = model_option("source")
+    target_model: str = model_option("target")
     texts: str = option(help="training text file: one text per line, or .jsonl with a 'text' field")
     eval_texts: str | None = option(None, help="held-out text file scored during training (default: none)")
     dtype: str = dtype_option()
