@@ -24,7 +24,20 @@ CORPUS = [
     "Ünïcödé, café, naïve, 東京, 你好世界, emoji 🙂🚀 and combining e\u0301 marks.",
 ] * 4
 
-FAMILIES = ["llama", "mistral", "qwen2", "gemma", "gemma2", "gpt2", "gpt_neox"]
+FAMILIES = [
+    "llama",
+    "mistral",
+    "mixtral",
+    "qwen2",
+    "qwen3",
+    "gemma",
+    "gemma2",
+    "gemma3_text",
+    "olmo2",
+    "phi3",
+    "gpt2",
+    "gpt_neox",
+]  # every family in stitch.arch.ARCHITECTURES
 
 
 @functools.cache
@@ -69,18 +82,27 @@ def _config(family: str, vocab_size: int, n_layers: int, d_model: int, n_ctx: in
     if family == "gpt_neox":
         return transformers.GPTNeoXConfig(**common, rotary_pct=0.5)
     kv = dict(num_key_value_heads=2, bos_token_id=0, eos_token_id=1, pad_token_id=None)
-    if family in ("gemma", "gemma2"):
+    if family in ("gemma", "gemma2", "gemma3_text", "qwen3"):
         kv["head_dim"] = d_model // 4
-    if family == "gemma2":
+    if family in ("gemma2", "gemma3_text"):  # a window shorter than the texts, so sliding layers differ
         kv.update(sliding_window=4, query_pre_attn_scalar=d_model // 4)
-    cls = {
-        "llama": transformers.LlamaConfig,
-        "mistral": transformers.MistralConfig,
-        "qwen2": transformers.Qwen2Config,
-        "gemma": transformers.GemmaConfig,
-        "gemma2": transformers.Gemma2Config,
-    }[family]
-    return cls(**common, **kv)
+    if family == "mixtral":
+        kv.update(num_local_experts=2, num_experts_per_tok=1)
+    return _CONFIGS[family](**common, **kv)
+
+
+_CONFIGS = {
+    "llama": transformers.LlamaConfig,
+    "mistral": transformers.MistralConfig,
+    "mixtral": transformers.MixtralConfig,
+    "qwen2": transformers.Qwen2Config,
+    "qwen3": transformers.Qwen3Config,
+    "gemma": transformers.GemmaConfig,
+    "gemma2": transformers.Gemma2Config,
+    "gemma3_text": transformers.Gemma3TextConfig,
+    "olmo2": transformers.Olmo2Config,
+    "phi3": transformers.Phi3Config,
+}
 
 
 def tiny_model(

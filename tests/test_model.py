@@ -128,3 +128,7 @@ def test_load_from_local_directory_and_wrappers(tmp_path, tok, texts):
     assert again.model is B.model and again.tokenizer is B.tokenizer
     half = stitch.load_model(str(tmp_path), dtype="bfloat16", device="auto")
     assert half.dtype == torch.bfloat16 and half.device.type == "cpu"
+
+
+def test_every_architecture_in_the_table_is_tested():
+    assert sorted(FAMILIES) == sorted(stitch.ARCHITECTURES)
