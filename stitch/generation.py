@@ -53,12 +53,20 @@ def _next_tokens(splice, texts: list[str], prompts: list[str], policy: str) -> l
     mapped = splice.map_states(states, aligned)
     target = aligned.target
     if policy == "prompt":
-        own = splice.B.residuals(target, [splice.target_layer])[splice.target_layer]
+        own = _own_states(splice, target)
         beyond = _beyond_prompt(target, prompts).unsqueeze(-1)
         mapped = torch.where(beyond, own.to(mapped.dtype), mapped)
-    logits = splice.B.run_from(mapped, splice.target_layer, target)
+    logits = splice.target_logits(mapped, target)
     last = target.attention_mask.long().cumsum(-1).argmax(-1)  # index of each row's last real token
     return logits[torch.arange(len(texts)), last].argmax(-1).tolist()
+
+
+def _own_states(splice, target) -> Tensor:
+    """B's own states where the splice writes: layer M, or its input embeddings for `inputs_embeds`."""
+    from stitch.fit_models import EMBEDDINGS, model_states
+
+    layer = EMBEDDINGS if splice.injection == "inputs_embeds" else splice.target_layer
+    return model_states(splice.B, target, {layer})[layer]
 
 
 def _beyond_prompt(batch, prompts: list[str]) -> Bool[Tensor, "batch pos"]:

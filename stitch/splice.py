@@ -100,15 +100,19 @@ class Splice(nn.Module):
         with torch.no_grad():
             states = self.A.residuals(aligned.source, [self.source_layer])[self.source_layer]
         mapped = self.map_states(states, aligned)
-        batch_b = self.target_batch(aligned)
-        if self.injection == "inputs_embeds":
-            logits = self.B.run_from_embeds(mapped, batch_b)
-        else:
-            logits = self.B.run_from(mapped, self.target_layer, batch_b)
+        logits = self.target_logits(mapped, self.target_batch(aligned))
         labels = self.labels(aligned)
         return SpliceOutput(
             logits, labels, mean_cross_entropy(logits, labels), aligned.source, aligned.target
         )
+
+    def target_logits(
+        self, mapped: Float[Tensor, "batch pos d_target"], batch_b: Batch
+    ) -> Float[Tensor, "batch pos vocab"]:
+        """B's logits reading `mapped` at layer M, or as `inputs_embeds` for the embedding-injection baseline."""
+        if self.injection == "inputs_embeds":
+            return self.B.run_from_embeds(mapped, batch_b)
+        return self.B.run_from(mapped, self.target_layer, batch_b)
 
     def labels(self, aligned: Aligned) -> Int[Tensor, "batch pos"]:
         """What the splice is scored on: B's own next tokens (target grid) or the source-grid labels."""

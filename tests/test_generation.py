@@ -1,5 +1,7 @@
 """Generation under injection: self-stitch equals B's own greedy decoding; the policies differ where they should."""
 
+import copy
+
 import pytest
 import torch
 
@@ -52,3 +54,18 @@ def test_bad_generation_arguments(llama):
         sp.generate(PROMPTS, policy="everything")
     with pytest.raises(ValueError, match=r"max_new_tokens: expected an integer >= 1, got 0"):
         sp.generate(PROMPTS, max_new_tokens=0)
+
+
+@pytest.mark.parametrize("policy", ["all", "prompt"])
+def test_generation_follows_the_inputs_embeds_baseline(tok, policy):
+    # A is B with its position embeddings zeroed: A's layer-0 states are B's raw input embeddings, so the
+    # inputs_embeds splice is exactly B (GPT-2 adds positions to inputs_embeds, unlike a layer-0 splice).
+    hf = tiny_model("gpt2", vocab_size=len(tok), seed=3)
+    hf.transformer.wpe.weight.data.mul_(100)  # positions that matter, so ignoring them shows
+    B = stitch.load_model(hf, tokenizer=tok)
+    no_positions = copy.deepcopy(hf)
+    no_positions.transformer.wpe.weight.data.zero_()
+    A = stitch.load_model(no_positions, tokenizer=tok)
+    sp = stitch.Splice(A, B, source_layer=0, injection="inputs_embeds")
+    out = sp.generate(PROMPTS, max_new_tokens=4, policy=policy, stop_at_eos=False)
+    assert out == [native_greedy(B, p, 4) for p in PROMPTS]
