@@ -88,8 +88,7 @@ def layer_sweep(
     """Records for every source layer (default: all of 0..L_A), residual splices first, then baselines."""
     check_fit_options(kind, fit_options)
     eval_texts = check_texts(eval_texts)
-    sources = list(range(A.n_layers + 1)) if source_layers is None else source_layers
-    sources = [check_layer("source_layers", n, A.n_layers) for n in sources]
+    sources = _check_sources(source_layers, A.n_layers)
     match = match or ("same" if A.n_layers == B.n_layers else "relative")
     pairs = list(zip(sources, matching_layers(sources, A.n_layers, B.n_layers, match), strict=True))
     pairs += [(n, EMBEDDINGS) for n in sources] if baseline else []
@@ -98,6 +97,19 @@ def layer_sweep(
     means = {m: stats[n, m].mean_y for n, m in stats}
     totals = _evaluate(splices, means, eval_texts, batch_size, progress)
     return [_record(pair, kind, stats[pair].n, totals) for pair in stats]
+
+
+def _check_sources(source_layers: Sequence[int] | None, n_layers: int) -> list[int]:
+    """A's splice layers: all of 0..L_A by default, else a non-empty list of valid layers."""
+    if source_layers is None:
+        return list(range(n_layers + 1))
+    if not isinstance(source_layers, Sequence) or isinstance(source_layers, str):
+        raise TypeError(
+            f"source_layers: expected a list of layers, got {source_layers!r} ({type(source_layers).__name__})"
+        )
+    if len(source_layers) == 0:
+        raise ValueError(f"source_layers: expected a non-empty list of layers in 0..{n_layers}, got []")
+    return [check_layer("source_layers", n, n_layers) for n in source_layers]
 
 
 def _splice(A: HookedLM, B: HookedLM, pair, adapter) -> Splice:

@@ -142,3 +142,7 @@ def test_bad_sweep_arguments(cross_pair, texts):
         layer_sweep(A, B, TRAIN, texts, source_layers=[7], progress=False)
     with pytest.raises(ValueError, match="texts"):
         layer_sweep(A, B, TRAIN, [], progress=False)
+    with pytest.raises(ValueError, match=r"^source_layers: expected a non-empty list"):
+        layer_sweep(A, B, TRAIN, texts, source_layers=[], progress=False)
+    with pytest.raises(TypeError, match=r"^source_layers: expected a list of layers, got 2 \(int\)"):
+        layer_sweep(A, B, TRAIN, texts, source_layers=2, progress=False)
