@@ -146,3 +146,9 @@ def test_bad_sweep_arguments(cross_pair, texts):
         layer_sweep(A, B, TRAIN, texts, source_layers=[], progress=False)
     with pytest.raises(TypeError, match=r"^source_layers: expected a list of layers, got 2 \(int\)"):
         layer_sweep(A, B, TRAIN, texts, source_layers=2, progress=False)
+
+
+def test_figure_native_line_is_in_layer_order_without_residual_rows(cross_records):
+    baseline_only = [r for r in cross_records if r.injection == "inputs_embeds"][::-1]
+    native = next(t for t in sweep_figure(baseline_only).data if t.name == "B native")
+    assert list(native.x) == sorted(r.source_layer for r in baseline_only)

@@ -36,7 +36,10 @@ def sweep_figure(
     CE (the mean state spliced at its own target layer M), drawn dotted in its colour: loss recovered
     is measured between that line and B's native CE.
     """
-    rows = [r if isinstance(r, SweepRecord) else SweepRecord.from_dict(r) for r in records]
+    rows = sorted(
+        (r if isinstance(r, SweepRecord) else SweepRecord.from_dict(r) for r in records),
+        key=lambda r: r.source_layer,
+    )
     if not rows:
         raise ValueError("records: expected at least one SweepRecord, got none")
     named = f": {source or 'A'} → {target or 'B'}" if source or target else ""
@@ -52,10 +55,10 @@ def sweep_figure(
         ),
     )
     for injection, (label, color) in _STYLE.items():
-        group = sorted((r for r in rows if r.injection == injection), key=lambda r: r.source_layer)
+        group = [r for r in rows if r.injection == injection]
         if group:
             _add_group(fig, group, label, color)
-    residual = sorted((r for r in rows if r.injection == "residual"), key=lambda r: r.source_layer) or rows
+    residual = [r for r in rows if r.injection == "residual"] or rows
     fig.add_trace(
         go.Scatter(
             x=[r.source_layer for r in residual],
