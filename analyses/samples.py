@@ -65,6 +65,6 @@ def check_pairing(mats_x: list[Tensor], mats_y: list[Tensor], names: tuple[str, 
         for i, m in enumerate(mats):
             if m.shape[0] != n:
                 raise ValueError(
-                    f"{label(name, i)}: {m.shape[0]} samples, but {names[0]} has {n}; rows must pair the "
+                    f"{label(name, i)}: {m.shape[0]} samples, but {label(names[0], 0)} has {n}; rows must pair the "
                     "same samples (mismatched n)"
                 )

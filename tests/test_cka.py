@@ -294,7 +294,7 @@ def test_constant_nonfinite_mismatched_and_wrong_ndim_inputs_raise(fn):
 def test_matrix_errors_name_the_layer():
     g = torch.Generator().manual_seed(0)
     xs = [torch.randn(10, 4, generator=g) for _ in range(3)]
-    with pytest.raises(ValueError, match=r"^ys\[1\]: 9 samples"):
+    with pytest.raises(ValueError, match=r"^ys\[1\]: 9 samples, but xs\[0\] has 10"):
         cka_matrix(xs, [xs[0], torch.randn(9, 4)])
     with pytest.raises(ValueError, match=r"^xs\[2\]: constant"):
         cka_matrix([xs[0], xs[1], torch.ones(10, 4)], xs)
