@@ -29,6 +29,7 @@ class Side:
         self.feats = [m - m.mean(0, keepdim=True) for m in mats]  # centre first: offsets cancel exactly
         self._grams: Tensor | None = None
         self._full: Tensor | None = None
+        self._self: dict[str, Tensor] = {}  # <K_i, K_i> by method: permutations leave it unchanged
         if kernel == "linear":
             self.diag = torch.stack([_row_sq_norms(f) for f in self.feats])
             return
@@ -146,7 +147,7 @@ def gram_products(sx: Side, sy: Side, *, method: str = "auto", perm: Tensor | No
     if method == "feature":
         ys = sy.feats if perm is None else [f[perm] for f in sy.feats]
         cross = torch.stack([torch.stack([(fx.T @ fy).square().sum() for fy in ys]) for fx in sx.feats])
-        return cross, _self_feature(sx), _self_feature(sy)
+        return cross, _self_products(sx, method), _self_products(sy, method)
     gx = sx.grams().flatten(1)
     dx, dy = sx.diag, sy.diag if perm is None else sy.diag[:, perm]
     # For a lower triangle T of K and any symmetric S: <K, S> = 2 <T, S> - <diag K, diag S>.
@@ -155,7 +156,14 @@ def gram_products(sx: Side, sy: Side, *, method: str = "auto", perm: Tensor | No
     else:
         permuted = [_pack(full[perm[:, None], perm[None, :]]) for full in sy.full_grams()]
         cross = 2 * (gx @ torch.stack(permuted, 1)) - dx @ dy.T
-    return cross, _self_gram(sx), _self_gram(sy)
+    return cross, _self_products(sx, method), _self_products(sy, method)
+
+
+def _self_products(side: Side, method: str) -> Tensor:
+    """<K_i, K_i> for every layer, computed once per side: a permutation null asks for it every shuffle."""
+    if method not in side._self:
+        side._self[method] = _self_gram(side) if method == "gram" else _self_feature(side)
+    return side._self[method]
 
 
 def _self_gram(side: Side) -> Tensor:
