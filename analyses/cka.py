@@ -97,10 +97,15 @@ def prepare(
     min_n = 4 if debiased else 2
     opts = dict(min_n=min_n, allow_constant=allow_constant)
     mats_x = as_layers(xs, names[0], **opts)
-    mats_y = mats_x if ys is xs else as_layers(ys, names[1], **opts)
+    # The same layers on both sides (a model against itself): validated, centred and Grammed once.
+    same = ys is xs or (
+        isinstance(ys, list | tuple)
+        and len(xs) == len(ys)
+        and all(a is b for a, b in zip(xs, ys, strict=True))
+    )
+    mats_y = mats_x if same else as_layers(ys, names[1], **opts)
     check_pairing(mats_x, mats_y, names)
     side_x = Side(mats_x, names[0], kernel=kernel, debiased=debiased, sigma_frac=sigma_frac)
-    same = ys is xs or (len(xs) == len(ys) and all(a is b for a, b in zip(xs, ys, strict=True)))
     side_y = (
         side_x if same else Side(mats_y, names[1], kernel=kernel, debiased=debiased, sigma_frac=sigma_frac)
     )
