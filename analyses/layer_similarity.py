@@ -144,7 +144,7 @@ def splice_cka(
         A, B, texts, [source_layer], [target_layer], pairing, batch_size, adapter
     )
     _check_enough(ys[0].shape[0], name, len(texts), pairing)
-    before, after = (similarity_matrix(x, ys, measure)[0, 0].item() for x in (raw, adapted))
+    before, after = similarity_matrix(raw + adapted, ys, measure)[:, 0].tolist()  # B's side prepared once
     return SpliceSimilarity(
         source_layer,
         target_layer,
