@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from stitch.alignment import TokenAlignment
+from stitch.checks import check_texts
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,7 @@ class AlignmentSummary:
 
 def alignment_summary(texts: Sequence[str], source_tokenizer, target_tokenizer) -> AlignmentSummary:
     """Align every text with both tokenizers and summarise (see `summarize`)."""
-    if isinstance(texts, str) or not isinstance(texts, Sequence) or len(texts) == 0:
-        raise ValueError(f"texts: expected a non-empty list of strings, got {texts!r:.80}")
+    texts = check_texts(texts)
     return summarize(TokenAlignment.build(t, source_tokenizer, target_tokenizer) for t in texts)
 
 

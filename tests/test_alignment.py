@@ -252,6 +252,10 @@ def test_corpus_summary_of_one_tokenizer_is_trivial():
     assert s.source_per_target_hist == (0, s.n_target_tokens)
     with pytest.raises(ValueError, match="texts: expected a non-empty list"):
         alignment_summary([], tok, tok)
+    with pytest.raises(TypeError, match=r"^texts\[1\]: expected a string, got int"):
+        alignment_summary(["Hi", 3], tok, tok)
+    with pytest.raises(ValueError, match=r"^texts\[0\]: empty string"):
+        alignment_summary([""], tok, tok)
 
 
 def test_alignment_map_draws_every_token_and_link():
