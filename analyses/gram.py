@@ -1,7 +1,7 @@
 """Per-layer statistics for CKA, computed once: centred features, packed Gram triangles, products.
 
->>> sx, sy = Side(xs_layer), Side(ys_layer)
->>> gram_products(sx, sy)                  # <K, L>, <K, K>, <L, L> for one pair of layers
+>>> sx = Side([x0, x1], "xs", kernel="linear", debiased=False, sigma_frac=1.0)   # or analyses.cka.prepare
+>>> cross, self_x, self_y = gram_products(sx, sy)   # <K_i, L_j> for every layer pair, <K_i, K_i>, <L_j, L_j>
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class Side:
             self.diag = torch.stack([_row_sq_norms(f) for f in self.feats])
             return
         grams = [
-            _rbf_gram(f, sigma_frac, debiased, label) for f, label in zip(self.feats, self.names, strict=True)
+            _rbf_gram(f, sigma_frac, debiased, layer) for f, layer in zip(self.feats, self.names, strict=True)
         ]
         self.diag = torch.stack([g.diagonal() for g in grams])
         self._grams = torch.stack([_pack(g) for g in grams])

@@ -1,6 +1,7 @@
 """More similarity measures with CKA's call shape, and permutation nulls that say what is above chance.
 
-    >>> from analyses.similarity import svcca, mean_cosine, alignment, uniformity, permutation_null
+    >>> from analyses.similarity import svcca, mean_cosine, alignment, uniformity, permutation_null, \
+    ...     permutation_null_matrix
     >>> svcca(x, y)                     # x [n, d_source], y [n, d_target] -> mean canonical correlation
     >>> mean_cosine(x, y)               # paired states in one space (d_source == d_target)
     >>> alignment(x, y), uniformity(x, y)           # Wang & Isola (2020); lower is better for both

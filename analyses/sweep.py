@@ -7,14 +7,14 @@ split; report held-out CE beside B's native CE, the no-information CE and the em
     >>> sweep_figure(records).show()
 
 For each source layer N the residual splice goes into B at M = N (`match="same"`, default when depths
-agree) or at the same relative depth (`match="relative"`: M = round(N · L_B / L_A)). With
+agree) or at the same relative depth (`match="relative"`: M = N · L_B / L_A rounded, halves up). With
 `baseline=True` each N also gets the embedding-injection row: an adapter of the same kind fitted from
 A's layer N to B's input embeddings, its output given to B as `inputs_embeds` (DESIGN.md's flawed baseline).
 - `ce_native`: B on its own on the held-out texts; the same labels score every row.
 - `ce_no_information`: B fed the mean target state (over the training pairs) at every position of the
   splice: the best B can do knowing nothing of the text below the splice.
 - `loss_recovered = (ce_no_information − ce_spliced) / (ce_no_information − ce_native)`; NaN when the
-  denominator is below 1e-9 nats (B gains nothing from its own states there, so the ratio is undefined).
+  denominator's magnitude is below 1e-9 nats (B gains nothing from its own states there, so the ratio is undefined).
 """
 
 from __future__ import annotations
