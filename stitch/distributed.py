@@ -162,6 +162,11 @@ def global_mean(mean_loss: Tensor, n_tokens: int | Tensor, dist: Dist) -> tuple[
     """
     n_tokens = int(n_tokens)
     total, count = all_reduce_sum([mean_loss.detach().double().item() * n_tokens, n_tokens], dist).tolist()
+    if count == 0:
+        raise ValueError(
+            f"labels: no next-token label on any of the {dist.world_size} rank(s) in this step; "
+            "texts need at least two tokens to have a next token"
+        )
     weight = n_tokens * dist.world_size / count
     loss = mean_loss if weight == 1.0 else mean_loss * weight
     return loss, total / count, int(count)

@@ -12,6 +12,7 @@ for comparison; equal to M = 0 for models whose embedding output is not rescaled
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -27,13 +28,19 @@ from stitch.model import HookedLM
 
 @dataclass
 class SpliceOutput:
-    """B's logits under the splice, the labels they are scored on, and the mean loss."""
+    """B's logits under the splice, the labels they are scored on, and the mean loss over those labels.
+
+    The loss is computed when first read, so a batch without any label (one-token texts) still has logits.
+    """
 
     logits: Float[Tensor, "batch pos vocab"]
     labels: Int[Tensor, "batch pos"]
-    loss: Tensor
     source: Batch
     target: Batch
+
+    @functools.cached_property
+    def loss(self) -> Tensor:
+        return mean_cross_entropy(self.logits, self.labels)
 
 
 @dataclass
@@ -101,10 +108,7 @@ class Splice(nn.Module):
             states = self.A.residuals(aligned.source, [self.source_layer])[self.source_layer]
         mapped = self.map_states(states, aligned)
         logits = self.target_logits(mapped, self.target_batch(aligned))
-        labels = self.labels(aligned)
-        return SpliceOutput(
-            logits, labels, mean_cross_entropy(logits, labels), aligned.source, aligned.target
-        )
+        return SpliceOutput(logits, self.labels(aligned), aligned.source, aligned.target)
 
     def target_logits(
         self, mapped: Float[Tensor, "batch pos d_target"], batch_b: Batch

@@ -39,7 +39,7 @@ from stitch.atomic import write_atomic
 from stitch.checkpoint import latest_checkpoint, load_checkpoint, read_record, save_checkpoint
 from stitch.checks import check_layer, check_texts
 from stitch.fit_models import fit_adapter
-from stitch.losses import IGNORE
+from stitch.losses import IGNORE, token_cross_entropy
 from stitch.model import HookedLM
 from stitch.splice import Splice
 from stitch.train_config import TrainConfig
@@ -89,7 +89,10 @@ def backward(sp: Splice, texts: list[str], dist: distributed.Dist) -> tuple[floa
     `distributed.global_mean`), however unevenly the tokens are spread over the ranks.
     """
     out = sp(texts)
-    loss, mean, count = distributed.global_mean(out.loss, (out.labels != IGNORE).sum(), dist)
+    count = int((out.labels != IGNORE).sum())
+    # a share without labels backpropagates a zero through the adapter: DDP waits for every rank's backward
+    local = out.loss if count else token_cross_entropy(out.logits, out.labels).sum()
+    loss, mean, count = distributed.global_mean(local, count, dist)
     loss.backward()
     return mean, count
 

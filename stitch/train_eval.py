@@ -24,7 +24,7 @@ def evaluate(sp: Splice, texts: list[str], dist: distributed.Dist, batch_size: i
         out = sp(chunk)
         sums += _ce_sums(out.logits, out.labels)
     total, count = distributed.all_reduce_sum(sums, dist).tolist()
-    record = {"ce_spliced": total / count, "tokens": int(count), **baseline}
+    record = {"ce_spliced": _per_token(total, count, len(texts)), "tokens": int(count), **baseline}
     if baseline:
         gap = baseline["ce_no_information"] - baseline["ce_native"]
         recovered = (baseline["ce_no_information"] - record["ce_spliced"]) / gap if abs(gap) >= 1e-9 else None
@@ -56,7 +56,15 @@ def baseline_losses(sp: Splice, texts: list[str] | None, dist: distributed.Dist,
         native = _ce_sums(B.logits(target), labels)
         sums += torch.cat([native, _ce_sums(B.run_from(constant, layer, target), labels)])
     native, _, none, count = distributed.all_reduce_sum(sums, dist).tolist()
-    return {"ce_native": native / count, "ce_no_information": none / count}
+    return {"ce_native": _per_token(native, count, len(texts)), "ce_no_information": none / count}
+
+
+def _per_token(total: float, count: float, n_texts: int) -> float:
+    if count == 0:
+        raise ValueError(
+            f"eval_texts: no next-token label in {n_texts} texts; texts need at least two tokens"
+        )
+    return total / count
 
 
 def _ce_sums(logits: Float[Tensor, "batch pos vocab"], labels: Int[Tensor, "batch pos"]) -> Tensor:

@@ -266,3 +266,39 @@ def test_cli_train_equals_the_library_and_refuses_bad_options(rotated, tmp_path,
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--config", str(tmp_path / "train.yaml"), "--lr", "-1"])
     assert exit_info.value.code == 2 and "lr: expected a number > 0.0, got -1.0" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def no_bos():
+    """Two tiny models on a tokenizer without BOS: a one-token text ("a") has no next-token label."""
+    tok = byte_bpe_tokenizer(300, bos=False)
+    assert len(tok("a")["input_ids"]) == 1
+    make = lambda seed: stitch.load_model(tiny_model("llama", vocab_size=len(tok), seed=seed), tokenizer=tok)  # noqa: E731
+    return make(1), make(2)
+
+
+def test_evaluation_scores_every_label_even_when_a_chunk_has_none(no_bos):
+    from stitch.distributed import Dist
+    from stitch.train_eval import baseline_losses, evaluate
+
+    sp = stitch.Splice(*no_bos, source_layer=1)
+    texts = [CORPUS[0], CORPUS[1], "a", "."]  # with batch_size 2 the second chunk has no label
+    record = evaluate(sp, texts, Dist(), batch_size=2, baseline=baseline_losses(sp, texts, Dist(), 2))
+    whole = sp(texts)
+    assert record["tokens"] == int((whole.labels != -100).sum())
+    assert record["ce_spliced"] == pytest.approx(whole.loss.item(), abs=1e-5)
+
+
+def test_a_rank_whose_share_has_no_label_still_runs_backward(no_bos, monkeypatch):
+    from stitch import distributed
+
+    sp = stitch.Splice(*no_bos, source_layer=1, adapter=build_adapter("affine", d_source=32, d_target=32))
+    with pytest.raises(ValueError, match="labels: no next-token label on any of the 1 rank"):
+        train_mod.backward(sp, ["a", "."], distributed.Dist())
+    other_rank = torch.tensor([12.0, 4.0], dtype=torch.float64)  # another rank's loss sum and tokens
+    monkeypatch.setattr(
+        distributed, "all_reduce_sum", lambda v, d: torch.as_tensor(v, dtype=torch.float64) + other_rank
+    )
+    mean, count = train_mod.backward(sp, ["a", "."], distributed.Dist(world_size=2))
+    assert (mean, count) == (3.0, 4)  # DDP needs this rank's backward: a hang otherwise
+    assert all(p.grad is not None and not p.grad.any() for p in sp.adapter.parameters())
