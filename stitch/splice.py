@@ -153,7 +153,13 @@ class Splice(nn.Module):
         return dataclasses.replace(src, input_ids=torch.full_like(src.input_ids, self.B.pad_token_id))
 
     def _adapt(self, states: Tensor) -> Tensor:
-        mapped = self.adapter(states.to(_adapter_dtype(self.adapter, states)))
+        param = next(self.adapter.parameters(), None)
+        if param is not None and param.device != states.device:
+            raise ValueError(
+                f"adapter: on device {param.device} but the models are on {states.device}; "
+                f"use adapter.to({str(states.device)!r})"
+            )
+        mapped = self.adapter(states.to(states.dtype if param is None else param.dtype))
         if mapped.shape[-1] != self.B.d_model:
             raise ValueError(f"adapter: output width {mapped.shape[-1]} but B's d_model is {self.B.d_model}")
         return mapped
@@ -220,8 +226,3 @@ def _declared_widths(adapter: nn.Module) -> tuple[int | None, int | None] | None
     if isinstance(adapter, nn.Linear):
         return adapter.in_features, adapter.out_features
     return None
-
-
-def _adapter_dtype(adapter: nn.Module, states: Tensor) -> torch.dtype:
-    param = next(adapter.parameters(), None)
-    return param.dtype if param is not None else states.dtype

@@ -97,6 +97,10 @@ def test_models_on_different_devices(llama, tok):
     with pytest.raises(ValueError, match=r"batch: on device cpu but model .* is on meta"):
         on_meta.logits(llama.encode(["text"]))
 
+    meta_adapter = stitch.adapters.Affine(32).to("meta")  # sp.to(device) moves the adapter, not the models
+    with pytest.raises(ValueError, match=r"adapter: on device meta but the models are on cpu"):
+        stitch.Splice(llama, llama, source_layer=1, adapter=meta_adapter)(["text"])
+
 
 def test_unknown_architecture_lists_supported_families(tok):
     bert = transformers.BertForMaskedLM(
