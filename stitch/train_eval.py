@@ -39,18 +39,18 @@ def baseline_losses(sp: Splice, texts: list[str] | None, dist: distributed.Dist,
     if texts is None or sp.alignment != "target":
         return {}
     B, layer = sp.B, sp.target_layer
-    chunks = list(_chunks(distributed.shard(texts, dist), batch_size))
+    # B's own encoding is the target grid (`align_texts`); encoded once, read by both passes
+    chunks = _chunks(distributed.shard(texts, dist), batch_size)
+    targets = [B.encode(chunk, padding_side=sp.padding_side) for chunk in chunks]
     sums = torch.zeros(B.d_model + 1, dtype=torch.float64)
-    for chunk in chunks:
-        target = sp.align(chunk).target
+    for target in targets:
         keep = target.attention_mask.bool() & ~target.special_mask
         states = B.residuals(target, [layer])[layer][keep].double()
         sums += torch.cat([states.sum(0).cpu(), torch.tensor([float(len(states))], dtype=torch.float64)])
     sums = distributed.all_reduce_sum(sums, dist)
     mean = (sums[:-1] / sums[-1].clamp(min=1)).to(device=B.device, dtype=B.dtype)
     sums = torch.zeros(4, dtype=torch.float64)
-    for chunk in chunks:
-        target = sp.align(chunk).target
+    for target in targets:
         labels = next_token_labels(target)
         constant = mean.expand(*target.shape, -1).contiguous()
         native = _ce_sums(B.logits(target), labels)
