@@ -50,7 +50,7 @@ def read_json(path):
     return json.loads(path.read_text())
 
 
-def test_align_summary_equals_the_library(pair):
+def test_align_summary_equals_the_library(pair, capsys):
     root, A, B = pair
     out = root / "align"
     argv = ["align", "--source-tokenizer", str(root / "a"), "--target-tokenizer", str(root / "b")]
@@ -59,6 +59,14 @@ def test_align_summary_equals_the_library(pair):
     report = (out / "report.html").read_text()
     assert "Token alignment of the first text" in report and report.count('class="plotly-graph-div"') == 2
     assert read_json(out / "config.json")["texts"] == str(root / "texts.txt")
+
+    # a bad option is refused before any work: the missing tokenizer directory is never reached
+    missing = ["--source-tokenizer", str(root / "nowhere"), "--target-tokenizer", str(root / "nowhere")]
+    assert (
+        main(["align", *missing, "--texts", str(root / "texts.txt"), "--out", str(out), "--map-chars", "0"])
+        == 1
+    )
+    assert "--map-chars: expected an integer >= 1, got 0" in capsys.readouterr().err
 
 
 def test_cka_matrix_equals_the_library(pair):

@@ -33,12 +33,12 @@ class AlignConfig(Config):
 
 def run(config: AlignConfig) -> dict:
     """Summarise the alignment of every text, write the artifacts, and return the summary as a dict."""
+    if config.map_chars < 1:  # refused before the corpus is aligned, not after
+        raise ValueError(f"--map-chars: expected an integer >= 1, got {config.map_chars}")
     texts = read_texts("texts", config.texts)
     source = load_tokenizer("source_tokenizer", config.source_tokenizer)
     target = load_tokenizer("target_tokenizer", config.target_tokenizer)
     summary = alignment_summary(texts, source, target)
-    if config.map_chars < 1:
-        raise ValueError(f"--map-chars: expected an integer >= 1, got {config.map_chars}")
     # a map of a whole long document would be unreadable and megabytes of HTML
     first = TokenAlignment.build(texts[0][: config.map_chars], source, target)
     out = Path(config.out)
