@@ -131,7 +131,12 @@ def cka_from_sides(
         return cross, self_x, self_y
     _check_positive(self_x, sx.names, sx.debiased)
     _check_positive(self_y, sy.names, sy.debiased)
-    return cross / torch.sqrt(self_x[:, None] * self_y[None, :])
+    return _normalise(cross, self_x, self_y)
+
+
+def _normalise(cross: Tensor, self_x: Tensor, self_y: Tensor) -> Tensor:
+    # sqrt of each factor, not of their product: two self-HSICs of ~1e200 each would overflow to inf.
+    return cross / (self_x.sqrt()[:, None] * self_y.sqrt()[None, :])
 
 
 def _debias(prod: Tensor, dx: Tensor, dy: Tensor, n: int) -> Tensor:
@@ -146,6 +151,12 @@ def _debias(prod: Tensor, dx: Tensor, dy: Tensor, n: int) -> Tensor:
 
 def _check_positive(self_hsic: Tensor, names: list[str], debiased: bool) -> None:
     # A zero (or, debiased, negative) self-similarity makes CKA 0/0: say which layer, never return NaN.
+    # Values beyond ~1e77 overflow the fourth powers in <K, K>: inf or NaN, which would give 0 or NaN.
+    for i in torch.nonzero(~torch.isfinite(self_hsic)).flatten().tolist():
+        raise ValueError(
+            f"{names[i]}: HSIC with itself overflows float64 ({self_hsic[i].item()}); values this large "
+            "(beyond ~1e77) need rescaling first (CKA is scale-invariant)"
+        )
     for i in torch.nonzero(self_hsic <= 0).flatten().tolist():
         why = (
             "too few samples for the debiased estimator, or a near-constant representation"
@@ -211,4 +222,4 @@ class MinibatchCKA:
             raise ValueError("MinibatchCKA.compute: no batches yet; call update(xs, ys) at least once")
         _check_positive(self._xx, self._names[0], True)
         _check_positive(self._yy, self._names[1], True)
-        return self._xy / torch.sqrt(self._xx[:, None] * self._yy[None, :])
+        return _normalise(self._xy, self._xx, self._yy)

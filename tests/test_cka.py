@@ -331,3 +331,21 @@ def test_zero_self_hsic_is_an_error_not_nan():
         MinibatchCKA().compute()
     with pytest.raises(ValueError, match=r"^x: median squared distance is 0"):
         rbf_cka(torch.tensor([[0.0]] * 9 + [[1.0]]), torch.randn(10, 2))
+
+
+@pytest.mark.parametrize("method", ["gram", "feature"])
+def test_float64_overflow_is_an_error_not_nan_or_zero(method):
+    g = torch.Generator().manual_seed(0)
+    x, y = (torch.randn(20, 5, generator=g, dtype=torch.float64) for _ in range(2))
+    with pytest.raises(ValueError, match=r"^x: HSIC with itself overflows float64"):
+        linear_cka(x * 1e100, y, method=method)
+
+
+@pytest.mark.parametrize("method", ["gram", "feature"])
+def test_huge_but_finite_self_hsics_normalise_without_overflow(method):
+    g = torch.Generator().manual_seed(0)
+    x, y = (torch.randn(20, 5, generator=g, dtype=torch.float64) for _ in range(2))
+    assert linear_cka(x * 1e60, y * 1e60, method=method) == pytest.approx(linear_cka(x, y), rel=1e-9)
+    mb = MinibatchCKA()
+    mb.update([x * 1e60], [y * 1e60])
+    assert mb.compute().item() == pytest.approx(linear_cka(x, y, debiased=True), rel=1e-9)
