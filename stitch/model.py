@@ -185,6 +185,9 @@ class HookedLM:
     ) -> tuple[Float[Tensor, "batch pos vocab"], ActivationCache]:
         """Forward that also returns the stream at every hook point passing `names_filter` (default: all)."""
         store: dict[str, Tensor] = {}
+        named = [names_filter] if isinstance(names_filter, str) else names_filter
+        for name in () if named is None or callable(named) else named:
+            layer_of(name, self.n_layers)  # a misspelt name lists the valid ones, not an empty cache
         names = [n for n in self.hook_points if _passes(names_filter, n)]
         hooks = [(self.hook_points[n], _capture(store, n)) for n in names]
         logits = self._forward(self.as_batch(batch), hooks=hooks)

@@ -68,6 +68,9 @@ def test_unknown_hook_name_lists_valid_names(llama, texts):
         llama.run_with_hooks(texts, fwd_hooks=[("blocks.9.hook_resid_pre", lambda r, h: None)])
     with pytest.raises(ValueError, match="hook name"):
         llama.run_with_hooks(texts, fwd_hooks=[("blocks.0.attn.hook_z", lambda r, h: None)])
+    for names_filter in ("blocks.9.hook_resid_pre", ["blocks.0.hook_resid_pre", "blocks.0.attn.hook_z"]):
+        with pytest.raises(ValueError, match=r"hook name.*valid names"):  # not an empty cache
+            llama.run_with_cache(texts, names_filter=names_filter)
 
 
 def test_hook_that_never_fires_is_an_error(llama, texts):
