@@ -47,6 +47,8 @@ def save_checkpoint(
     **adapter_metadata: Any,
 ) -> Path:
     """Write checkpoint `step` under `directory`, point `latest.json` at it, keep the newest `keep`."""
+    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
+        raise ValueError(f"keep: expected an integer >= 1 or None, got {keep!r}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"step-{step:08d}"

@@ -191,6 +191,10 @@ def test_a_crash_mid_save_leaves_the_previous_checkpoint(saved_checkpoint, monke
     monkeypatch.undo()
     ckpt.save_checkpoint(directory, 2, adapter, optimizer, keep=1)
     assert sorted(os.listdir(directory)) == ["latest.json", "step-00000002"]
+    for keep in (0, -1, 1.5):  # keep=0 used to keep every checkpoint ([:-0] is empty)
+        with pytest.raises(ValueError, match=rf"keep: expected an integer >= 1 or None, got {keep}"):
+            ckpt.save_checkpoint(directory, 3, adapter, optimizer, keep=keep)
+    assert sorted(os.listdir(directory)) == ["latest.json", "step-00000002"]
 
 
 @pytest.mark.parametrize(
