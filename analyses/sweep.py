@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from stitch.adapters import fit_closed_form
 from stitch.checks import check_choice, check_layer, check_texts
 from stitch.fit_models import EMBEDDINGS, check_fit_options, collect_stats, model_states
-from stitch.losses import IGNORE, next_token_labels, token_cross_entropy
+from stitch.losses import IGNORE, loss_recovered, next_token_labels, token_cross_entropy
 from stitch.model import HookedLM
 from stitch.splice import Splice, align_texts
 
@@ -155,8 +155,7 @@ def _record(pair, kind: str, n_pairs: int, totals: dict) -> SweepRecord:
     n, m = pair
     ce = {key: total / count for key, (total, count) in totals.items()}
     spliced, native, none = ce[pair], ce["native"], ce["none", m]
-    gap = none - native
-    recovered = (none - spliced) / gap if abs(gap) >= 1e-9 else float("nan")
+    recovered = loss_recovered(spliced, native, none)
     embeds = m == EMBEDDINGS
     return SweepRecord(
         source_layer=n,

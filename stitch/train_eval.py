@@ -6,12 +6,14 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from stitch import distributed
-from stitch.losses import IGNORE, next_token_labels, token_cross_entropy
+from stitch.losses import IGNORE, loss_recovered, next_token_labels, token_cross_entropy
 from stitch.splice import Splice
 
 
@@ -26,9 +28,8 @@ def evaluate(sp: Splice, texts: list[str], dist: distributed.Dist, batch_size: i
     total, count = distributed.all_reduce_sum(sums, dist).tolist()
     record = {"ce_spliced": _per_token(total, count, len(texts)), "tokens": int(count), **baseline}
     if baseline:
-        gap = baseline["ce_no_information"] - baseline["ce_native"]
-        recovered = (baseline["ce_no_information"] - record["ce_spliced"]) / gap if abs(gap) >= 1e-9 else None
-        record["loss_recovered"] = recovered
+        recovered = loss_recovered(record["ce_spliced"], baseline["ce_native"], baseline["ce_no_information"])
+        record["loss_recovered"] = None if math.isnan(recovered) else recovered  # JSON has no NaN
     return record
 
 
