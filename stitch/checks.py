@@ -24,7 +24,8 @@ def check_texts(texts) -> list[str]:
     if isinstance(texts, str):
         texts = [texts]
     if not isinstance(texts, Sequence) or len(texts) == 0:
-        raise ValueError(f"texts: expected a non-empty list of strings, got {texts!r}")
+        got = repr(texts) if isinstance(texts, Sequence) else type(texts).__name__
+        raise ValueError(f"texts: expected a non-empty list of strings, got {got}")
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise TypeError(f"texts[{i}]: expected a string, got {type(text).__name__}")

@@ -9,6 +9,9 @@ Policies (each step re-encodes prompt + continuation for both models, so no KV c
 - "prompt": only positions inside the prompt get A's states; generated tokens are B-native, and below
   layer M they attend to B's own reading of the whole text (prompt included), as an nnsight-style
   intervention on prompt positions would. Useful as a comparison, not as evidence that B read A.
+
+Because each step re-encodes text, a continuation is text, not B's token ids: a byte piece of a
+multi-byte character decodes to "\ufffd", and a special token other than EOS is dropped from the text.
 """
 
 from __future__ import annotations

@@ -79,13 +79,13 @@ def _pre_hook(point: HookPoint, fn: HookFn, fired: list[int]):
         new = fn(old, point)
         if new is None:
             return None
-        if not isinstance(new, Tensor) or new.shape != old.shape:
-            got = tuple(new.shape) if isinstance(new, Tensor) else type(new).__name__
+        if not isinstance(new, Tensor) or new.shape != old.shape or new.device != old.device:
+            got = f"{tuple(new.shape)} on {new.device}" if isinstance(new, Tensor) else type(new).__name__
             raise ValueError(
                 f"hook {point.name}: returned {got}; a hook must return None or a tensor of the "
-                f"stream's shape {tuple(old.shape)}"
+                f"stream's shape {tuple(old.shape)} on {old.device}"
             )
-        return _with_stream(args, kwargs, new)
+        return _with_stream(args, kwargs, new.to(old.dtype))
 
     return hook
 

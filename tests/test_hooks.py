@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import stitch
 from tests.test_model import count_block_calls
 
 
@@ -130,3 +131,12 @@ def test_transformerlens_conveniences(llama, texts):
     assert torch.equal(single["resid_pre", 1], cache["resid_pre", 1][0])
     with pytest.raises(ValueError, match="tokens: expected integer token ids"):
         llama.logits(torch.zeros(2, 3))
+
+
+def test_hook_returning_another_dtype_is_cast_back(llama, texts):
+    batch = llama.encode(texts)
+    base = llama.logits(batch)
+    same = llama.run_with_hooks(batch, fwd_hooks=[("blocks.1.hook_resid_pre", lambda r, h: r.double())])
+    assert same.dtype == base.dtype and torch.equal(same, base)
+    with pytest.raises(ValueError, match=r"texts: expected a non-empty list of strings, got Batch"):
+        stitch.Splice(llama, llama, source_layer=1)(batch)
