@@ -34,7 +34,7 @@ from stitch.commands.common import flag
 from stitch.demo import DemoConfig, run_demo
 
 COMMANDS: dict[str, tuple[type, Callable, str]] = {
-    "demo": (DemoConfig, run_demo, "offline demo on tiny random models built on the fly"),
+    "demo": (DemoConfig, run_demo, "offline demo on tiny models built and trained on the fly: splices, CKA, alignment, report"),
     "align": (align.AlignConfig, align.run, "how two tokenizers line up over a corpus: summary and report"),
     "cka": (cka.CkaConfig, cka.run, "similarity of every layer of A to every layer of B: matrix and report"),
     "fit": (fit.FitConfig, fit.run, "fit a closed-form adapter from A's layer N to B's layer M"),
