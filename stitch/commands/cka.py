@@ -24,24 +24,19 @@ from analyses.report import Section, write_report
 from analyses.similarity import MEASURES
 from stitch.atomic import write_atomic
 from stitch.commands.common import (
-    device_option,
-    dtype_option,
+    ModelPairConfig,
     load_models,
-    model_option,
     option,
     read_texts,
     save_config,
     write_json,
 )
-from stitch.config import Config
 
 _NULL_TENSORS = ("null_mean", "null_std", "z", "p_value", "calibrated")
 
 
-@dataclass(frozen=True)
-class CkaConfig(Config):
-    source_model: str = model_option("source")
-    target_model: str = model_option("target")
+@dataclass(frozen=True, kw_only=True)
+class CkaConfig(ModelPairConfig):
     texts: str = option(help="text file: one text per line, or .jsonl with a 'text' field")
     out: str = option(help="output directory")
     pairing: str = option(
@@ -51,8 +46,6 @@ class CkaConfig(Config):
     null_permutations: int = option(0, help="permutations of the per-cell null (0: none)")
     seed: int = option(0, help="seed of the permutation null")
     batch_size: int = option(8, help="texts per forward")
-    dtype: str = dtype_option()
-    device: str = device_option()
 
 
 def run(config: CkaConfig) -> LayerSimilarity:

@@ -15,6 +15,7 @@ The command line builds each subcommand's flags from its config's fields: the an
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -90,7 +91,17 @@ def load_model(name: str, path: str, dtype: str, device: str):
         ) from err
 
 
-def load_models(config: Config):
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelPairConfig(Config):
+    """The options every two-model command shares: models A and B, their dtype and device."""
+
+    source_model: str = model_option("source")
+    target_model: str = model_option("target")
+    dtype: str = dtype_option()
+    device: str = device_option()
+
+
+def load_models(config: ModelPairConfig):
     """(A, B) from `config.source_model` and `config.target_model` (one model when both are the same
     path: half the memory, and analyses take their self-comparison shortcuts), with dtype and device."""
     from stitch.loading import resolve_device, resolve_dtype

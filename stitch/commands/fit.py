@@ -17,25 +17,20 @@ from pathlib import Path
 import stitch
 from stitch.adapters import CLOSED_FORM, Adapter
 from stitch.commands.common import (
+    ModelPairConfig,
     config_beside,
-    device_option,
-    dtype_option,
     load_models,
-    model_option,
     option,
     read_texts,
     save_config,
     source_layer_option,
     target_layer_option,
 )
-from stitch.config import Config
 from stitch.fit_models import fit_adapter
 
 
-@dataclass(frozen=True)
-class FitConfig(Config):
-    source_model: str = model_option("source")
-    target_model: str = model_option("target")
+@dataclass(frozen=True, kw_only=True)
+class FitConfig(ModelPairConfig):
     source_layer: int = source_layer_option()
     texts: str = option(help="training text file: one text per line, or .jsonl with a 'text' field")
     out: str = option(help="adapter path: a .safetensors file or a directory")
@@ -47,8 +42,6 @@ class FitConfig(Config):
     drop_special: bool = option(True, help="leave BOS and other special tokens out of the fit")
     batch_size: int = option(8, help="texts per forward")
     progress: bool = option(True, help="show a progress bar")
-    dtype: str = dtype_option()
-    device: str = device_option()
 
     def fit_options(self) -> dict:
         """The options given to the fit itself (`fit_adapter` refuses those the kind does not take)."""

@@ -19,26 +19,21 @@ import stitch
 from stitch.adapters.io import read_adapter_record
 from stitch.atomic import write_atomic
 from stitch.commands.common import (
+    ModelPairConfig,
     config_beside,
-    device_option,
-    dtype_option,
     flag,
     load_models,
-    model_option,
     option,
     read_texts,
     save_config,
     source_layer_option,
     target_layer_option,
 )
-from stitch.config import Config
 from stitch.generation import POLICIES
 
 
-@dataclass(frozen=True)
-class GenerateConfig(Config):
-    source_model: str = model_option("source")
-    target_model: str = model_option("target")
+@dataclass(frozen=True, kw_only=True)
+class GenerateConfig(ModelPairConfig):
     source_layer: int = source_layer_option()
     prompts: str = option(help="prompt file: one prompt per line, or .jsonl with a 'text' field")
     target_layer: int | None = target_layer_option()
@@ -47,8 +42,6 @@ class GenerateConfig(Config):
     max_new_tokens: int = option(32, help="tokens to generate per prompt")
     batch_size: int = option(8, help="prompts generated together")
     out: str | None = option(None, help="also write the continuations to this .jsonl file")
-    dtype: str = dtype_option()
-    device: str = device_option()
 
 
 def run(config: GenerateConfig) -> list[dict]:

@@ -18,22 +18,17 @@ from analyses.report import Section, write_report
 from analyses.sweep import SweepRecord, layer_sweep
 from stitch.adapters import CLOSED_FORM
 from stitch.commands.common import (
-    device_option,
-    dtype_option,
+    ModelPairConfig,
     load_models,
-    model_option,
     option,
     read_texts,
     save_config,
     write_json,
 )
-from stitch.config import Config
 
 
-@dataclass(frozen=True)
-class SweepConfig(Config):
-    source_model: str = model_option("source")
-    target_model: str = model_option("target")
+@dataclass(frozen=True, kw_only=True)
+class SweepConfig(ModelPairConfig):
     train_texts: str = option(help="text file the adapters are fitted on (one per line, or .jsonl)")
     eval_texts: str = option(help="held-out text file the splices are scored on (one per line, or .jsonl)")
     out: str = option(help="output directory")
@@ -48,8 +43,6 @@ class SweepConfig(Config):
     baseline: bool = option(True, help="also score the embedding-injection baseline")
     batch_size: int = option(8, help="texts per forward")
     progress: bool = option(True, help="show progress bars")
-    dtype: str = dtype_option()
-    device: str = device_option()
 
 
 def run(config: SweepConfig) -> list[SweepRecord]:

@@ -20,10 +20,8 @@ from pathlib import Path
 
 from stitch import distributed
 from stitch.commands.common import (
-    device_option,
-    dtype_option,
+    ModelPairConfig,
     load_models,
-    model_option,
     option,
     read_texts,
     save_config,
@@ -32,13 +30,9 @@ from stitch.train import TrainConfig, TrainResult, train
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainCommandConfig(TrainConfig):
-    source_model: str = model_option("source")
-    target_model: str = model_option("target")
+class TrainCommandConfig(TrainConfig, ModelPairConfig):
     texts: str = option(help="training text file: one text per line, or .jsonl with a 'text' field")
     eval_texts: str | None = option(None, help="held-out text file scored during training (default: none)")
-    dtype: str = dtype_option()
-    device: str = device_option()
 
 
 def run(config: TrainCommandConfig) -> TrainResult:
