@@ -31,7 +31,7 @@ from stitch.train import TrainConfig, backward, train
 
 TEXTS = [t for t in dict.fromkeys(CORPUS) if "\n" not in t]  # 5 texts, one per line in a file
 BATCH = ["Hi", "The quick brown fox", CORPUS[1], CORPUS[3]]  # rank 0 gets far fewer tokens than rank 1
-DEADLINE = 150  # seconds before a multi-process test is killed and failed
+DEADLINE = 90  # seconds before a multi-process run is killed (a normal one takes ~15 s)
 
 
 def models():
@@ -126,24 +126,50 @@ def worker(rank: int, world: int, ports: tuple[int, int], root: str) -> None:
         distributed.cleanup(dist)
 
 
-@pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory):
-    """Run `worker` on 2 gloo ranks (spawned, free ports, killed at the deadline); returns their directory."""
-    root = tmp_path_factory.mktemp("ddp")
+def free_ports() -> tuple[int, int]:
+    """Two different free localhost ports (one per process group the worker creates)."""
+    ports = (free_port(), free_port())
+    return ports if ports[0] != ports[1] else free_ports()
+
+
+def spawn_two_ranks(root: Path) -> bool:
+    """Run `worker` on 2 gloo ranks; False if they did not finish within DEADLINE (they are killed)."""
     context = mp.start_processes(
-        worker, args=(2, (free_port(), free_port()), str(root)), nprocs=2, join=False, start_method="spawn"
+        worker, args=(2, free_ports(), str(root)), nprocs=2, join=False, start_method="spawn"
     )
     try:
-        deadline = DEADLINE
-        while not context.join(timeout=5):
-            deadline -= 5
-            if deadline <= 0:
-                pytest.fail(f"2-rank run did not finish within {DEADLINE} s")
+        for _ in range(0, DEADLINE, 5):
+            if context.join(timeout=5):
+                return True
+        return False
     finally:
         for process in context.processes:
             if process.is_alive():
                 process.kill()
-    return root
+
+
+def run_within_deadline(command: list[str]) -> tuple[int, str] | None:
+    """(return code, output) of `command`, or None if it ran past DEADLINE (its process group is killed)."""
+    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)  # fmt: skip
+    try:
+        output, _ = process.communicate(timeout=DEADLINE)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        return None
+    return process.returncode, output
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """The directory of a finished 2-rank run. A rendezvous that stalls (rarely, on a busy machine) is
+    retried once on fresh ports; the assertions on what the ranks computed are unchanged."""
+    for attempt in range(2):
+        root = tmp_path_factory.mktemp(f"ddp{attempt}")
+        if spawn_two_ranks(root):
+            return root
+    pytest.fail(f"2-rank run did not finish within {DEADLINE} s, twice")
 
 
 def test_two_ranks_on_halves_give_the_full_batch_gradient(two_ranks):
@@ -216,14 +242,12 @@ def test_torchrun_runs_stitch_train(tmp_path):
         "-m",
         "stitch.cli",
     ]
-    process = subprocess.Popen([*argv, "train", "--config", str(tmp_path / "train.yaml")], start_new_session=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
-    try:
-        output, _ = process.communicate(timeout=DEADLINE)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        pytest.fail(f"torchrun did not finish within {DEADLINE} s")
-    assert process.returncode == 0, output[-3000:]
+    command = [*argv, "train", "--config", str(tmp_path / "train.yaml")]
+    finished = run_within_deadline(command) or run_within_deadline(command)  # one retry, as for two_ranks
+    if finished is None:
+        pytest.fail(f"torchrun did not finish within {DEADLINE} s, twice")
+    returncode, output = finished
+    assert returncode == 0, output[-3000:]
     single = train(A, B, TEXTS, run_config(tmp_path / "one"))
     ddp = stitch.load_adapter(tmp_path / "torchrun")
     for name, value in single.adapter.state_dict().items():
