@@ -18,7 +18,7 @@ from pathlib import Path
 import plotly
 import plotly.graph_objects as go
 
-from stitch.atomic import write_atomic
+from stitch.files import write_atomic
 
 # Wide figures and tables scroll inside their own box instead of spilling past the page column.
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;

@@ -27,11 +27,12 @@ import torch
 from tqdm.auto import tqdm
 
 from stitch.adapters import fit_closed_form
+from stitch.adapters.fit import EMBEDDINGS, check_fit_options, collect_stats, model_states
+from stitch.alignment.pairing import align_texts
 from stitch.checks import check_choice, check_layer, check_texts
-from stitch.fit_models import EMBEDDINGS, check_fit_options, collect_stats, model_states
 from stitch.losses import IGNORE, loss_recovered, next_token_labels, token_cross_entropy
-from stitch.model import HookedLM
-from stitch.splice import Splice, align_texts
+from stitch.models.hooked import HookedLM
+from stitch.splice.splice import Splice
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 import stitch
-from stitch.toy import byte_bpe_tokenizer, tiny_model
+from stitch.testing import byte_bpe_tokenizer, tiny_model
 
 REPEATS = 15
 torch.set_num_threads(1)  # one thread: far less disturbed by other load on a small machine

@@ -5,21 +5,28 @@
 >>> B = stitch.load_model(hf_model_b, tokenizer=tok_b)
 >>> sp = stitch.Splice(A, B, source_layer=4)
 >>> sp(["some text"]).loss
+
+Layout: `stitch.models` (wrapping, hooks, loading), `stitch.alignment` (spans, alignment, the pairing),
+`stitch.adapters` (adapters, closed-form math, fits from models), `stitch.splice` (splice, injection,
+scoring, generation), `stitch.training`, `stitch.cli` (recipes). Old module paths (`stitch.fit_models`,
+`stitch.train`, `stitch.toy`, ...) still import, with a DeprecationWarning (`stitch._moved`).
 """
 
-from stitch import adapters, checkpoint, distributed, interop
+from stitch import _moved, adapters
 from stitch.adapters import load_adapter, save_adapter
+from stitch.adapters.fit import fit_adapter
 from stitch.alignment import TokenAlignment, align_batch, token_spans
-from stitch.arch import ARCHITECTURES, ArchSpec
+from stitch.alignment.pairing import Pairing, align_texts, pair_texts
 from stitch.batch import Batch
-from stitch.cache import ActivationCache
-from stitch.fit_models import fit_adapter
-from stitch.loading import load_model
-from stitch.model import HookedLM
-from stitch.splice import Splice, SpliceOutput, align_texts
-from stitch.train import TrainResult
-from stitch.train import train as train_adapter
-from stitch.train_config import TrainConfig
+from stitch.models import interop
+from stitch.models.arch import ARCHITECTURES, ArchSpec
+from stitch.models.cache import ActivationCache
+from stitch.models.hooked import HookedLM
+from stitch.models.loading import load_model
+from stitch.splice import Splice, SpliceOutput
+from stitch.training import TrainConfig, TrainResult, checkpoint, distributed, train_adapter
+
+_moved.install()
 
 __version__ = "0.1.0"
 
@@ -29,21 +36,23 @@ __all__ = [
     "ArchSpec",
     "Batch",
     "HookedLM",
+    "Pairing",
     "Splice",
     "SpliceOutput",
     "TokenAlignment",
     "TrainConfig",
     "TrainResult",
     "adapters",
-    "checkpoint",
-    "distributed",
     "align_batch",
     "align_texts",
+    "checkpoint",
+    "distributed",
     "fit_adapter",
+    "interop",
     "load_adapter",
+    "load_model",
+    "pair_texts",
     "save_adapter",
     "token_spans",
     "train_adapter",
-    "interop",
-    "load_model",
 ]

@@ -16,10 +16,10 @@ import stitch
 from analyses.alignment import alignment_summary
 from analyses.layer_similarity import layer_similarity
 from analyses.sweep import layer_sweep
+from stitch.adapters.fit import fit_adapter
 from stitch.adapters.io import read_adapter_record
 from stitch.cli import COMMANDS, main, read_yaml
-from stitch.fit_models import fit_adapter
-from stitch.toy import CORPUS, byte_bpe_tokenizer, tiny_model
+from stitch.testing import CORPUS, byte_bpe_tokenizer, tiny_model
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 

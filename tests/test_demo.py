@@ -2,7 +2,7 @@
 
 import math
 
-from stitch.demo import DemoConfig, run_demo
+from stitch.cli.demo import DemoConfig, run_demo
 
 
 def test_demo_recovers_the_rotation_and_writes_a_report(tmp_path, capsys):

@@ -22,12 +22,12 @@ import torch.multiprocessing as mp
 import yaml
 
 import stitch
-from stitch import distributed
 from stitch.adapters import build_adapter
-from stitch.distributed import Dist
 from stitch.losses import IGNORE
-from stitch.toy import CORPUS, byte_bpe_tokenizer, rotated_copy, tiny_model
-from stitch.train import TrainConfig, backward, train
+from stitch.testing import CORPUS, byte_bpe_tokenizer, rotated_copy, tiny_model
+from stitch.training import distributed
+from stitch.training.distributed import Dist
+from stitch.training.loop import TrainConfig, backward, train
 
 TEXTS = [t for t in dict.fromkeys(CORPUS) if "\n" not in t]  # 5 texts, one per line in a file
 BATCH = ["Hi", "The quick brown fox", CORPUS[1], CORPUS[3]]  # rank 0 gets far fewer tokens than rank 1

@@ -5,7 +5,7 @@ import torch
 
 import stitch
 from stitch.adapters import Affine, SufficientStats
-from stitch.fit_models import EMBEDDINGS, collect_stats, fit_adapter, paired_positions
+from stitch.adapters.fit import EMBEDDINGS, collect_stats, fit_adapter, paired_positions
 from stitch.splice import align_texts
 from tests.tiny import CORPUS, byte_bpe_tokenizer, tiny_model
 

@@ -9,9 +9,16 @@ import pytest
 import torch
 
 import stitch
-from stitch.hooks import skip_blocks
-from stitch.interop import NNsightSplice, nnsight_splice, read_layer, to_nnsight, trace_inputs, unwrap_model
-from stitch.toy import byte_bpe_tokenizer, tiny_model
+from stitch.models.hooks import skip_blocks
+from stitch.models.interop import (
+    NNsightSplice,
+    nnsight_splice,
+    read_layer,
+    to_nnsight,
+    trace_inputs,
+    unwrap_model,
+)
+from stitch.testing import byte_bpe_tokenizer, tiny_model
 
 nnsight = pytest.importorskip("nnsight")
 tl_bridge = pytest.importorskip("transformer_lens.model_bridge")
@@ -34,7 +41,7 @@ def _skip_blocks_keeps_instance_forward() -> bool:
 needs_skip_fix = pytest.mark.xfail(
     not _skip_blocks_keeps_instance_forward(),
     strict=True,
-    reason="stitch.hooks.skip_blocks sets `block.forward` through setattr and pops it afterwards: it drops "
+    reason="stitch.models.hooks.skip_blocks sets `block.forward` through setattr and pops it afterwards: it drops "
     "nnsight's per-instance forward and, on a TransformerBridge block, permanently replaces the wrapped "
     "HF layer's forward (see the interop report)",
 )

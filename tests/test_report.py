@@ -7,7 +7,7 @@ import plotly.graph_objects as go
 import pytest
 
 from analyses.report import Section, render_report, write_report
-from stitch.atomic import write_atomic
+from stitch.files import write_atomic
 
 
 def figure():

@@ -8,8 +8,8 @@ import torch
 
 import stitch
 from stitch.adapters import Procrustes
-from stitch.fit_models import fit_adapter
-from stitch.toy import fold_norm_gains, rotate_residual
+from stitch.adapters.fit import fit_adapter
+from stitch.testing import fold_norm_gains, rotate_residual
 from tests.tiny import CORPUS, tiny_model
 
 D_MODEL = 32

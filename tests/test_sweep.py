@@ -9,9 +9,9 @@ import torch
 import stitch
 from analyses.figures.sweep import sweep_figure
 from analyses.sweep import SweepRecord, layer_sweep, matching_layers
-from stitch.fit_models import EMBEDDINGS, fit_adapter
+from stitch.adapters.fit import EMBEDDINGS, fit_adapter
 from stitch.losses import mean_cross_entropy, next_token_labels
-from stitch.toy import fold_norm_gains, rotate_residual, train_briefly
+from stitch.testing import fold_norm_gains, rotate_residual, train_briefly
 from tests.tiny import CORPUS, byte_bpe_tokenizer, tiny_model
 
 TRAIN = CORPUS[:6]

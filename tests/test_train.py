@@ -11,13 +11,13 @@ import torch
 import yaml
 
 import stitch
-import stitch.checkpoint as ckpt
-import stitch.train as train_mod
+import stitch.training.checkpoint as ckpt
+import stitch.training.loop as train_mod
 from stitch.adapters import build_adapter
 from stitch.cli import main
 from stitch.losses import mean_cross_entropy, next_token_labels
-from stitch.toy import CORPUS, byte_bpe_tokenizer, rotated_copy, tiny_model, train_briefly
-from stitch.train import TrainConfig, learning_rate, train
+from stitch.testing import CORPUS, byte_bpe_tokenizer, rotated_copy, tiny_model, train_briefly
+from stitch.training.loop import TrainConfig, learning_rate, train
 
 TEXTS = list(dict.fromkeys(CORPUS))  # 6 distinct texts
 
@@ -232,7 +232,7 @@ def test_run_time_errors_name_the_field(rotated, tmp_path):
         train(A, B, TEXTS, config(tmp_path, source_layer=4))
     with pytest.raises(ValueError, match=r"texts: 6 training texts, fewer than batch_size=7"):
         train(A, B, TEXTS, config(tmp_path, batch_size=7))
-    with pytest.raises(TypeError, match="config: expected a stitch.train.TrainConfig"):
+    with pytest.raises(TypeError, match="config: expected a stitch.training.loop.TrainConfig"):
         train(A, B, TEXTS, {"lr": 1})
     assert not (tmp_path / "run").exists()  # nothing written before the errors
 
@@ -282,8 +282,8 @@ def no_bos():
 
 
 def test_evaluation_scores_every_label_even_when_a_chunk_has_none(no_bos):
-    from stitch.distributed import Dist
-    from stitch.train_eval import baseline_losses, evaluate
+    from stitch.training.distributed import Dist
+    from stitch.training.evaluate import baseline_losses, evaluate
 
     sp = stitch.Splice(*no_bos, source_layer=1)
     texts = [CORPUS[0], CORPUS[1], "a", "."]  # with batch_size 2 the second chunk has no label
@@ -294,7 +294,7 @@ def test_evaluation_scores_every_label_even_when_a_chunk_has_none(no_bos):
 
 
 def test_a_rank_whose_share_has_no_label_still_runs_backward(no_bos, monkeypatch):
-    from stitch import distributed
+    from stitch.training import distributed
 
     sp = stitch.Splice(*no_bos, source_layer=1, adapter=build_adapter("affine", d_source=32, d_target=32))
     with pytest.raises(ValueError, match="labels: no next-token label on any of the 1 rank"):

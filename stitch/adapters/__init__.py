@@ -12,7 +12,7 @@
 """
 
 from stitch.adapters.base import ADAPTERS, Adapter, adapter_class, build_adapter, register_adapter
-from stitch.adapters.fit import SufficientStats, solve_least_squares, solve_procrustes
+from stitch.adapters.closed_form import SufficientStats, solve_least_squares, solve_procrustes
 from stitch.adapters.io import load_adapter, read_adapter_record, save_adapter
 from stitch.adapters.linear import (
     CLOSED_FORM,

@@ -1,240 +1,146 @@
-"""Closed-form fits from streaming float64 sufficient statistics of paired states.
+"""Fit adapters from models: stream texts through A and B, pair states on the target grid, fit in closed form.
 
-    >>> stats = SufficientStats()
-    >>> for x, y in pairs:                     # x [n, d_source], y [n, d_target], any number of chunks
-    ...     stats.update(x, y)
-    >>> W, s, b = solve_procrustes(stats, scale=True, translation=True)   # y ≈ s · x @ W + b
-    >>> W, b = solve_least_squares(stats, ridge=1e-3, bias=True)          # y ≈ x @ W + b
+    >>> ad = fit_adapter(A, B, texts, source_layer=16, kind="procrustes")          # one call
+    >>> ad = fit_adapter(A, B, texts, 16, 12, kind="affine", ridge=1e-2, batch_size=4)
+    >>> stats = collect_stats(A, B, texts, [(8, 8), (16, 16), (16, EMBEDDINGS)])   # one pass, many pairs
+    >>> Procrustes.fit_stats(stats[(16, 16)])
 
-Memory is O(d²) whatever the number of pairs: counts, means, the centred XᵀX and XᵀY and the centred
-sum of squares of y. Chunks are merged with Chan et al.'s pairwise update, so residual streams with
-large offsets (massive activations) lose no precision to a `XᵀX − n·μμᵀ` cancellation.
-
-Degenerate inputs and the documented fallbacks:
-- NaN/inf, mismatched n, empty or non-2-D inputs, integer dtypes: ValueError/TypeError naming x or y.
-- x with no variance (all rows equal, e.g. zeros) or a zero cross-covariance: ValueError.
-- Rank-deficient x (rank-1, n < d_source) with `ridge=0`: a UserWarning, then the minimum-norm
-  least-squares solution (pseudo-inverse on the eigenvalues of XᵀX), as `numpy.linalg.lstsq` returns.
-- Rank-deficient cross-covariance in Procrustes: a UserWarning, then one valid (semi-)orthogonal
-  solution (the SVD's completion of the basis); it fits the data exactly as well as any other.
+Pairs follow the target grid of `stitch.Splice`: B token j is paired with the A token the splice would
+feed it (the last A token ending at or before j's end). Padding and positions with no A token are
+always dropped; BOS and other special tokens on either side are dropped by default (`drop_special`),
+because their states (attention sinks, often with massive norms) would dominate a least-squares fit.
+Memory is O(d²) per layer pair whatever the number of texts: only `SufficientStats` are kept.
 """
 
 from __future__ import annotations
 
-import warnings
+import inspect
+from collections.abc import Sequence
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Int
 from torch import Tensor
+from tqdm.auto import tqdm
 
-_EPS64 = torch.finfo(torch.float64).eps
+from stitch.adapters.base import Adapter, adapter_class
+from stitch.adapters.closed_form import SufficientStats, solve_least_squares, solve_procrustes  # noqa: F401
+from stitch.adapters.linear import CLOSED_FORM, fit_closed_form
+from stitch.alignment.pairing import Pairing, pair_texts
+from stitch.checks import check_layer, check_texts
+from stitch.models.hooked import HookedLM
+from stitch.models.states import EMBEDDINGS, Embeddings, model_states
+
+LayerPair = tuple[int, "int | Embeddings"]
 
 
-def as_pairs(x, y) -> tuple[Tensor, Tensor]:
-    """Check paired states: 2-D float tensors with the same number of rows (finiteness checked later)."""
-    x, y = _as_tensor("x", x), _as_tensor("y", y)
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"x and y must pair row by row: x has n={x.shape[0]} rows, y has n={y.shape[0]}")
-    return x, y
+def fit_adapter(
+    A: HookedLM,
+    B: HookedLM,
+    texts: Sequence[str],
+    source_layer: int,
+    target_layer: int | None = None,
+    kind: str = "procrustes",
+    *,
+    batch_size: int = 8,
+    drop_special: bool = True,
+    padding_side: str = "right",
+    progress: bool = True,
+    dtype: torch.dtype = torch.float32,
+    **options,
+) -> Adapter:
+    """A closed-form adapter from A's layer `source_layer` to B's `target_layer` (default: the same).
+
+    `options` go to the fit (`ridge` for linear/affine, `scale`/`translation` for procrustes); the
+    adapter is returned in `dtype` (float32 by default, whatever the models' dtype).
+    """
+    check_fit_options(kind, options)
+    pair = (source_layer, source_layer if target_layer is None else target_layer)
+    stats = collect_stats(
+        A,
+        B,
+        texts,
+        [pair],
+        batch_size=batch_size,
+        drop_special=drop_special,
+        padding_side=padding_side,
+        progress=progress,
+    )
+    return fit_closed_form(kind, stats[pair], **options).to(dtype)
 
 
-def _as_tensor(name: str, value) -> Tensor:
-    t = value if isinstance(value, Tensor) else torch.as_tensor(value)
-    if not (t.is_floating_point()):
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
-    if t.ndim != 2:
-        raise ValueError(
-            f"{name} must be 2-D [n, d], got shape {tuple(t.shape)}; "
-            f"select real positions first, e.g. {name}[mask]"
+def check_fit_options(kind: str, options: dict) -> None:
+    """Refuse an unknown kind or option before any model runs (not after an hour of streaming)."""
+    cls = adapter_class(kind)
+    if cls.kind not in CLOSED_FORM:
+        raise ValueError(f"kind: {kind!r} has no closed-form fit; closed-form kinds: {list(CLOSED_FORM)}")
+    allowed = [p for p in inspect.signature(cls.fit_stats).parameters if p != "stats"]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise TypeError(f"options: {unknown} are not options of a {cls.kind} fit; valid options: {allowed}")
+
+
+def collect_stats(
+    A: HookedLM,
+    B: HookedLM,
+    texts: Sequence[str],
+    layer_pairs: Sequence[LayerPair],
+    *,
+    batch_size: int = 8,
+    drop_special: bool = True,
+    padding_side: str = "right",
+    progress: bool = True,
+) -> dict[LayerPair, SufficientStats]:
+    """Streamed statistics of paired (A layer N, B layer M) states for every `(N, M)` in `layer_pairs`.
+
+    A and B each run once per batch, up to the deepest layer asked of them. `M` may be `EMBEDDINGS`.
+    """
+    pairs = _check_pairs(A, B, layer_pairs)
+    texts = check_texts(texts)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+    stats = {pair: SufficientStats() for pair in pairs}
+    starts = range(0, len(texts), batch_size)
+    for start in tqdm(starts, desc="pairing states", unit="batch", disable=not progress):
+        _accumulate(
+            A, B, pair_texts(A, B, texts[start : start + batch_size], padding_side), stats, drop_special
         )
-    if t.shape[0] == 0 or t.shape[1] == 0:
-        raise ValueError(f"{name} must have n >= 1 rows and d >= 1 columns, got shape {tuple(t.shape)}")
-    return t
+    if next(iter(stats.values())).n == 0:
+        raise ValueError(
+            f"texts: no paired positions in {len(texts)} texts (every position was padding, special "
+            "or had no A token before it); use longer texts or drop_special=False"
+        )
+    return stats
 
 
-def _check_finite(name: str, chunk: Tensor, column_mean: Tensor, offset: int) -> None:
-    # NaN/inf anywhere makes its column's float64 mean non-finite: a d-sized test instead of an n·d scan
-    if torch.isfinite(column_mean).all():
+def _accumulate(
+    A: HookedLM, B: HookedLM, aligned: Pairing, stats: dict[LayerPair, SufficientStats], drop_special: bool
+) -> None:
+    rows, src, tgt = paired_positions(aligned, drop_special)
+    if rows.numel() == 0:
         return
-    bad = ~torch.isfinite(chunk).all(dim=1)
-    if bad.any():
-        rows = bad.nonzero().flatten()
-        raise ValueError(
-            f"{name} contains NaN or inf in {rows.numel()} row(s) of this update, first at "
-            f"row {offset + int(rows[0])}; all values must be finite"
-        )
-    raise ValueError(f"{name} overflows float64 (|values| near 1e308); rescale it before fitting")
+    xs = model_states(A, aligned.source, {n for n, _ in stats})
+    ys = model_states(B, aligned.target, {m for _, m in stats})
+    for n, m in stats:
+        stats[n, m].update(xs[n][rows, src], ys[m][rows, tgt])
 
 
-class SufficientStats:
-    """Streaming float64 statistics of paired states `(x, y)`: enough for every closed-form fit.
-
-        >>> stats = SufficientStats()
-        >>> stats.update(x_chunk, y_chunk).update(x_next, y_next)
-        >>> stats.n, stats.mean_x.shape, stats.cxx.shape      # (count, [d_source], [d_source, d_source])
-        >>> Affine.fit_stats(stats, ridge=0.0)
-
-    `chunk_rows` bounds the float64 working memory of one `update` (rows converted at a time).
-    The statistics live on the device of the first update; fitted adapters take its dtype.
-    """
-
-    def __init__(self, chunk_rows: int = 16384):
-        if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
-            raise ValueError(f"chunk_rows must be a positive int, got {chunk_rows!r}")
-        self.chunk_rows = chunk_rows
-        self.n = 0
-        self.dtype: torch.dtype | None = None
-        self.mean_x = self.mean_y = self.cxx = self.cxy = self.syy = None
-
-    @property
-    def d_source(self) -> int | None:
-        return None if self.mean_x is None else self.mean_x.numel()
-
-    @property
-    def d_target(self) -> int | None:
-        return None if self.mean_y is None else self.mean_y.numel()
-
-    def update(self, x: Float[Tensor, "n d_source"], y: Float[Tensor, "n d_target"]) -> SufficientStats:
-        """Add the pairs `(x[i], y[i])`; returns self so updates chain."""
-        x, y = as_pairs(x, y)
-        self._check_widths(x.shape[1], y.shape[1])
-        for start in range(0, x.shape[0], self.chunk_rows):
-            stop = start + self.chunk_rows
-            self._add_chunk(x[start:stop], y[start:stop], start)
-        return self
-
-    def merge(self, other: SufficientStats) -> SufficientStats:
-        """Fold in statistics gathered elsewhere (another process, another shard); returns self."""
-        if not isinstance(other, SufficientStats):
-            raise TypeError(f"other must be a SufficientStats, got {type(other).__name__}")
-        if other.n:
-            self._check_widths(other.d_source, other.d_target)
-            self._combine(other.n, other.mean_x, other.mean_y, other.cxx, other.cxy, other.syy, other.dtype)
-        return self
-
-    def _check_widths(self, d_source: int, d_target: int) -> None:
-        if self.n and (d_source, d_target) != (self.d_source, self.d_target):
-            raise ValueError(
-                f"widths changed between updates: got (d_source, d_target)=({d_source}, "
-                f"{d_target}), earlier updates had ({self.d_source}, {self.d_target})"
-            )
-
-    def _add_chunk(self, x: Tensor, y: Tensor, offset: int) -> None:
-        device = x.device if self.cxx is None else self.cxx.device
-        xc = x.to(device=device, dtype=torch.float64)
-        yc = y.to(device=device, dtype=torch.float64)
-        mx, my = xc.mean(0), yc.mean(0)
-        _check_finite("x", xc, mx, offset)
-        _check_finite("y", yc, my, offset)
-        # centre in place when the float64 copy is ours (it always is unless the input was float64)
-        xc = xc.sub_(mx) if xc.data_ptr() != x.data_ptr() else xc - mx
-        yc = yc.sub_(my) if yc.data_ptr() != y.data_ptr() else yc - my
-        syy = torch.linalg.vector_norm(yc).square()
-        self._combine(xc.shape[0], mx, my, xc.T @ xc, xc.T @ yc, syy, x.dtype)
-
-    def _combine(self, n_b, mx_b, my_b, cxx_b, cxy_b, syy_b, dtype) -> None:
-        if self.n == 0:
-            self.n, self.dtype = n_b, dtype
-            self.mean_x, self.mean_y = mx_b.clone(), my_b.clone()
-            self.cxx, self.cxy, self.syy = cxx_b.clone(), cxy_b.clone(), syy_b.clone()
-            return
-        n = self.n + n_b
-        dx, dy = mx_b - self.mean_x, my_b - self.mean_y
-        w = self.n * n_b / n  # Chan et al.: the between-chunk term, weighted by n_a·n_b/n
-        self.cxx += cxx_b + w * torch.outer(dx, dx)
-        self.cxy += cxy_b + w * torch.outer(dx, dy)
-        self.syy += syy_b + w * (dy * dy).sum()
-        self.mean_x += dx * (n_b / n)
-        self.mean_y += dy * (n_b / n)
-        self.n = n
-
-    def xx(self, centered: bool) -> Float[Tensor, "d_source d_source"]:
-        """XᵀX, about the mean when `centered` (for fits with a bias), else about zero."""
-        self._require_data()
-        return self.cxx if centered else self.cxx + self.n * torch.outer(self.mean_x, self.mean_x)
-
-    def xy(self, centered: bool) -> Float[Tensor, "d_source d_target"]:
-        """XᵀY, about the means when `centered`, else about zero."""
-        self._require_data()
-        return self.cxy if centered else self.cxy + self.n * torch.outer(self.mean_x, self.mean_y)
-
-    def _require_data(self) -> None:
-        if self.n == 0:
-            raise ValueError("stats has n=0 pairs; call stats.update(x, y) before fitting")
-
-    def __repr__(self) -> str:
-        return f"SufficientStats(n={self.n}, d_source={self.d_source}, d_target={self.d_target})"
+def paired_positions(
+    aligned: Pairing, drop_special: bool = True
+) -> tuple[Int[Tensor, " n"], Int[Tensor, " n"], Int[Tensor, " n"]]:
+    """(batch row, A position, B position) of every target-grid pair the splice would feed."""
+    return aligned.pairs(drop_special)
 
 
-def check_ridge(ridge) -> float:
-    """A finite, non-negative ridge penalty λ (added to XᵀX: min ‖Y − XW‖² + λ‖W‖²)."""
-    number = isinstance(ridge, (int, float)) and not isinstance(ridge, bool)
-    if not number or not 0 <= ridge < float("inf"):
-        raise ValueError(f"ridge must be a finite number >= 0, got {ridge!r}")
-    return float(ridge)
-
-
-def solve_least_squares(
-    stats: SufficientStats, ridge: float = 0.0, bias: bool = True
-) -> tuple[Float[Tensor, "d_source d_target"], Float[Tensor, " d_target"] | None]:
-    """Ridge least squares `y ≈ x @ W (+ b)` in float64; the bias is never penalised."""
-    ridge = check_ridge(ridge)
-    gram, cross = stats.xx(centered=bias), stats.xy(centered=bias)
-    evals, evecs = torch.linalg.eigh(gram)
-    if evals[-1] <= 0:
-        what = "no variance (all rows equal, e.g. all zeros)" if bias else "all zeros"
-        raise ValueError(f"x has {what} over n={stats.n} rows; there is nothing to fit a map from")
-    keep = evals > evals[-1] * gram.shape[0] * _EPS64
-    if ridge == 0 and not keep.all():
-        warnings.warn(
-            f"x is rank-deficient (rank {int(keep.sum())} < d_source={gram.shape[0]}, n={stats.n});"
-            " returning the minimum-norm least-squares solution; pass ridge > 0 to regularise",
-            UserWarning,
-            stacklevel=3,
-        )
-    shifted = evals.clamp(min=0) + ridge
-    inverse = 1.0 / shifted if ridge > 0 else torch.where(keep, 1.0 / shifted, torch.zeros_like(shifted))
-    W = evecs @ (inverse[:, None] * (evecs.T @ cross))
-    b = stats.mean_y - stats.mean_x @ W if bias else None
-    return W, b
-
-
-def solve_procrustes(
-    stats: SufficientStats, scale: bool = False, translation: bool = False
-) -> tuple[Float[Tensor, "d_source d_target"], Tensor, Float[Tensor, " d_target"] | None]:
-    """Orthogonal Procrustes `y ≈ s · x @ W (+ b)` with W (semi-)orthogonal, in float64 via one SVD.
-
-    When widths differ W is [d_source, d_target] with orthonormal rows (d_source < d_target, an isometric
-    embedding) or orthonormal columns (d_source > d_target, an orthogonal projection). W maximises
-    tr(Wᵀ XᵀY); that is also the least-squares optimum whenever ‖XW‖ does not depend on W — always for
-    d_source <= d_target, and for a projection only when x is isotropic (the "unbalanced" least-squares
-    problem has no closed form; use Affine or a trained Projection for it).
-    """
-    cross = stats.xy(centered=translation)
-    top = cross.abs().max()
-    if top == 0:
-        raise ValueError(
-            f"the cross-covariance of x and y is zero over n={stats.n} rows (x or y carries no "
-            "signal, e.g. all zeros); the rotation is undefined"
-        )
-    U, S, Vh = torch.linalg.svd(cross / top, full_matrices=False)  # scaled: W is invariant to it
-    rank = int((S > S[0] * max(cross.shape) * _EPS64).sum())
-    if rank < S.numel():
-        warnings.warn(
-            f"the cross-covariance of x and y has rank {rank} < min(d_source, d_target)="
-            f"{S.numel()}; the map is not unique there and one valid solution is returned",
-            UserWarning,
-            stacklevel=3,
-        )
-    W = U @ Vh
-    s = _procrustes_scale(stats, W, S * top, translation) if scale else torch.ones((), dtype=W.dtype)
-    b = stats.mean_y - s * (stats.mean_x @ W) if translation else None
-    return W, s, b
-
-
-def _procrustes_scale(stats: SufficientStats, W: Tensor, S: Tensor, centered: bool) -> Tensor:
-    # least-squares isotropic scale given W: tr(WᵀXᵀY) / ‖XW‖²  (‖XW‖ ≠ ‖X‖ when W projects)
-    energy = (W * (stats.xx(centered) @ W)).sum()
-    if energy <= 0:
-        raise ValueError(f"x has no variance along the fitted map over n={stats.n} rows; scale is undefined")
-    return S.sum() / energy
+def _check_pairs(A: HookedLM, B: HookedLM, layer_pairs) -> list[LayerPair]:
+    if isinstance(layer_pairs, tuple) and len(layer_pairs) == 2 and not isinstance(layer_pairs[0], tuple):
+        layer_pairs = [layer_pairs]  # a single (N, M) pair
+    pairs = []
+    for pair in layer_pairs:
+        if not isinstance(pair, tuple) or len(pair) != 2:
+            raise ValueError(f"layer_pairs: expected (source_layer, target_layer) tuples, got {pair!r}")
+        n, m = pair
+        m = m if m == EMBEDDINGS else check_layer("layer_pairs (target layer)", m, B.n_layers)
+        pairs.append((check_layer("layer_pairs (source layer)", n, A.n_layers), m))
+    if not pairs:
+        raise ValueError("layer_pairs: expected at least one (source_layer, target_layer) pair, got none")
+    return list(dict.fromkeys(pairs))

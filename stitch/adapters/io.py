@@ -27,7 +27,7 @@ import safetensors.torch
 import torch
 
 from stitch.adapters.base import Adapter, adapter_class
-from stitch.atomic import write_atomic
+from stitch.files import write_atomic
 
 FORMAT, FORMAT_VERSION, HEADER_KEY = "stitch-adapter", 1, "stitch_adapter"
 WEIGHTS_NAME, CONFIG_NAME = "adapter.safetensors", "adapter_config.json"

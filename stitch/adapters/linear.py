@@ -21,7 +21,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from stitch.adapters.base import Adapter, adapter_class, check_width, eye_init, register_adapter
-from stitch.adapters.fit import SufficientStats, solve_least_squares, solve_procrustes
+from stitch.adapters.closed_form import SufficientStats, solve_least_squares, solve_procrustes
 
 
 @register_adapter
@@ -81,7 +81,7 @@ class Linear(_Dense):
 
     @classmethod
     def fit(cls, x: Float[Tensor, "n d_source"], y: Float[Tensor, "n d_target"], ridge: float = 0.0):
-        """Ridge least squares `min ‖Y − XW‖² + ridge·‖W‖²` (see `stitch.adapters.fit` for fallbacks)."""
+        """Ridge least squares `min ‖Y − XW‖² + ridge·‖W‖²` (see `stitch.adapters.closed_form` for fallbacks)."""
         return cls.fit_stats(SufficientStats().update(x, y), ridge=ridge)
 
     @classmethod

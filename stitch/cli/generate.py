@@ -5,7 +5,7 @@
     >>> run(GenerateConfig(source_model="a/", target_model="b/", source_layer=16, prompts="p.txt"))
 
 Prints one JSON line per prompt, `{"prompt": ..., "continuation": ...}`; with `--out FILE.jsonl` also
-writes them there, and this config beside it as `<stem>.config.json`. Policies: see `stitch.generation`.
+writes them there, and this config beside it as `<stem>.config.json`. Policies: see `stitch.splice.generate`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from pathlib import Path
 
 import stitch
 from stitch.adapters.io import read_adapter_record
-from stitch.atomic import write_atomic
-from stitch.commands.common import (
+from stitch.cli.common import (
     ModelPairConfig,
     config_beside,
     flag,
@@ -29,7 +28,8 @@ from stitch.commands.common import (
     source_layer_option,
     target_layer_option,
 )
-from stitch.generation import POLICIES
+from stitch.files import write_atomic
+from stitch.splice.generate import POLICIES
 
 
 @dataclass(frozen=True, kw_only=True)

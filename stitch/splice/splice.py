@@ -20,10 +20,14 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from stitch.adapters import Identity
+from stitch.alignment.pairing import Pairing, pair_texts
 from stitch.batch import Batch
-from stitch.checks import check_choice, check_layer, check_texts
-from stitch.losses import mean_cross_entropy, next_token_labels
-from stitch.model import HookedLM
+from stitch.checks import check_choice, check_layer
+from stitch.losses import mean_cross_entropy
+from stitch.models.hooked import HookedLM
+from stitch.splice.generate import generate
+from stitch.splice.injection import injection_for
 
 
 @dataclass
@@ -41,16 +45,6 @@ class SpliceOutput:
     @functools.cached_property
     def loss(self) -> Tensor:
         return mean_cross_entropy(self.logits, self.labels)
-
-
-@dataclass
-class Aligned:
-    """The batches A and B run on, and for each B position the A position that feeds it (-1: none)."""
-
-    source: Batch
-    target: Batch
-    target_to_source: Int[Tensor, "batch pos_t"] | None  # None: identical tokenization
-    source_labels: Int[Tensor, "batch pos_s"] | None = None
 
 
 class Splice(nn.Module):
@@ -74,7 +68,7 @@ class Splice(nn.Module):
                     f"{arg}: expected a stitch.HookedLM (use stitch.load_model), got {type(model).__name__}"
                 )
         check_choice("alignment", alignment, ("target", "source"))
-        check_choice("injection", injection, ("residual", "inputs_embeds"))
+        self.strategy = injection_for(injection)
         check_choice("padding_side", padding_side, ("right", "left"))
         if A.device != B.device:
             raise ValueError(
@@ -82,7 +76,7 @@ class Splice(nn.Module):
             )
         self._models = (A, B)  # a tuple, so neither model is registered: parameters() are the adapter's only
         self.source_layer = check_layer("source_layer", source_layer, A.n_layers)
-        self.target_layer = _target_layer(target_layer, source_layer, injection, B.n_layers)
+        self.target_layer = self.strategy.target_layer(target_layer, source_layer, B.n_layers)
         self.alignment, self.injection, self.padding_side = alignment, injection, padding_side
         self.adapter = _checked_adapter(adapter, A.d_model, B.d_model)
         for model in (A, B):
@@ -113,29 +107,25 @@ class Splice(nn.Module):
     def target_logits(
         self, mapped: Float[Tensor, "batch pos d_target"], batch_b: Batch
     ) -> Float[Tensor, "batch pos vocab"]:
-        """B's logits reading `mapped` at layer M, or as `inputs_embeds` for the embedding-injection baseline."""
-        if self.injection == "inputs_embeds":
-            return self.B.run_from_embeds(mapped, batch_b)
-        return self.B.run_from(mapped, self.target_layer, batch_b)
+        """B's logits reading `mapped` where the injection strategy writes (layer M, or `inputs_embeds`)."""
+        return self.strategy.run(self.B, mapped, batch_b, self.target_layer)
 
-    def labels(self, aligned: Aligned) -> Int[Tensor, "batch pos"]:
+    def labels(self, aligned: Pairing) -> Int[Tensor, "batch pos"]:
         """What the splice is scored on: B's own next tokens (target grid) or the source-grid labels."""
-        return next_token_labels(aligned.target) if self.alignment == "target" else aligned.source_labels
+        return aligned.labels(self.alignment)
 
     def generate(
         self, prompts, max_new_tokens: int = 32, policy: str = "prompt", stop_at_eos: bool = True
     ) -> list[str]:
-        """B's greedy continuations under the splice; see `stitch.generation` for the policies."""
-        from stitch.generation import generate
-
+        """B's greedy continuations under the splice; see `stitch.splice.generate` for the policies."""
         return generate(self, prompts, max_new_tokens, policy, stop_at_eos)
 
-    def align(self, texts) -> Aligned:
-        """Encode texts for A and B and align the two tokenizations (identity when the tokenizer is shared)."""
-        return align_texts(self.A, self.B, texts, self.padding_side)
+    def align(self, texts) -> Pairing:
+        """Encode texts for A and B and pair the two tokenizations (identity when the tokenizer is shared)."""
+        return pair_texts(self.A, self.B, texts, self.padding_side)
 
     def map_states(
-        self, states: Float[Tensor, "batch pos_s d_source"], aligned: Aligned
+        self, states: Float[Tensor, "batch pos_s d_source"], aligned: Pairing
     ) -> Float[Tensor, "batch pos d_target"]:
         """Adapter output on B's grid: target grid gathers A's aligned states; unaligned positions get adapter(0)."""
         if self.alignment == "source" or aligned.target_to_source is None:
@@ -145,7 +135,7 @@ class Splice(nn.Module):
         index = (aligned.target_to_source + 1).unsqueeze(-1).expand(-1, -1, mapped.shape[-1])
         return mapped.gather(1, index)
 
-    def target_batch(self, aligned: Aligned) -> Batch:
+    def target_batch(self, aligned: Pairing) -> Batch:
         """What B runs on: its own tokens (target grid) or A's positions with placeholder ids (source grid)."""
         if self.alignment == "target":
             return aligned.target
@@ -165,39 +155,9 @@ class Splice(nn.Module):
         return mapped
 
 
-def align_texts(A: HookedLM, B: HookedLM, texts, padding_side: str = "right") -> Aligned:
-    """The one pairing of A's and B's tokens in stitch: both encodings and the target/source grids.
-
-    >>> aligned = align_texts(A, B, ["some text"])
-    >>> aligned.target_to_source                 # [batch, pos_t], -1 where no A token has finished
-    """
-    texts = check_texts(texts)
-    source = A.encode(texts, padding_side=padding_side)
-    if A.tokenizer is B.tokenizer:
-        return Aligned(source, source, None, next_token_labels(source))
-    from stitch.alignment import align_batch
-
-    target = B.encode(texts, padding_side=padding_side)
-    target_to_source, source_labels = align_batch(source, target)
-    return Aligned(source, target, target_to_source.to(source.device), source_labels.to(source.device))
-
-
-def _target_layer(target_layer, source_layer, injection: str, n_layers_b: int) -> int:
-    if injection == "inputs_embeds":
-        if target_layer not in (None, 0):
-            raise ValueError(
-                f"target_layer: injection='inputs_embeds' feeds B's embeddings, so target_layer must "
-                f"be 0 or None, got {target_layer!r}"
-            )
-        return 0
-    name = "target_layer" if target_layer is not None else "target_layer (defaults to source_layer)"
-    return check_layer(name, source_layer if target_layer is None else target_layer, n_layers_b)
-
 
 def _checked_adapter(adapter: nn.Module | None, d_source: int, d_target: int) -> nn.Module:
     """The adapter, or Identity when widths match; a clear error for widths that cannot fit."""
-    from stitch.adapters import Identity
-
     if adapter is None:
         if d_source != d_target:
             raise ValueError(

@@ -1,6 +1,6 @@
 """Tiny random models and tokenizers built on the fly (no downloads), for the demo, tests and benchmarks.
 
->>> from stitch.toy import byte_bpe_tokenizer, tiny_model
+>>> from stitch.testing import byte_bpe_tokenizer, tiny_model
 >>> tok = byte_bpe_tokenizer(vocab_size=300)
 >>> hf = tiny_model("llama", vocab_size=len(tok))
 >>> A = stitch.load_model(hf, tokenizer=tok)
@@ -14,6 +14,9 @@ import functools
 import torch
 import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+from stitch.losses import mean_cross_entropy, next_token_labels
+from stitch.models.loading import load_model
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -37,7 +40,7 @@ FAMILIES = [
     "phi3",
     "gpt2",
     "gpt_neox",
-]  # every family in stitch.arch.ARCHITECTURES
+]  # every family in stitch.models.arch.ARCHITECTURES
 
 
 @functools.cache
@@ -167,9 +170,6 @@ def rotated_copy(model, seed: int = 0):
 
 def train_briefly(model, tokenizer, texts, steps: int = 15, lr: float = 3e-2):
     """A few full-batch Adam steps of next-token loss on `texts`, so the model's states carry information."""
-    from stitch.loading import load_model
-    from stitch.losses import mean_cross_entropy, next_token_labels
-
     batch = load_model(model, tokenizer=tokenizer).encode(texts)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()

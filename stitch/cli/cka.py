@@ -22,8 +22,7 @@ from analyses.figures import best_match_curve, similarity_heatmap
 from analyses.layer_similarity import PAIRINGS, LayerSimilarity, layer_similarity
 from analyses.report import Section, write_report
 from analyses.similarity import MEASURES
-from stitch.atomic import write_atomic
-from stitch.commands.common import (
+from stitch.cli.common import (
     ModelPairConfig,
     load_models,
     option,
@@ -31,6 +30,7 @@ from stitch.commands.common import (
     save_config,
     write_json,
 )
+from stitch.files import write_atomic
 
 _NULL_TENSORS = ("null_mean", "null_std", "z", "p_value", "calibrated")
 

@@ -17,7 +17,7 @@ from analyses.alignment import alignment_summary
 from analyses.figures import alignment_map, fan_in_histogram
 from analyses.report import Section, write_report
 from stitch.alignment import TokenAlignment
-from stitch.commands.common import load_tokenizer, option, read_texts, save_config, write_json
+from stitch.cli.common import load_tokenizer, option, read_texts, save_config, write_json
 from stitch.config import Config
 
 

@@ -23,9 +23,11 @@ from typing import Any
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from stitch.arch import ArchSpec, arch_for
 from stitch.batch import Batch
 from stitch.checks import check_layer
+from stitch.losses import mean_cross_entropy
+from stitch.models.arch import ArchSpec, arch_for
+from stitch.models.hooked import HookedLM
 
 _BRIDGE = ("transformer_lens.model_bridge.transformer_bridge", "TransformerBridge")
 _BRIDGE_CORE = ("transformer_lens.model_bridge.bridge_core", "BridgeCore")
@@ -98,8 +100,6 @@ def to_nnsight(model):
 
     The tokenizer is copied because nnsight re-configures the one it is given (left padding, pad token).
     """
-    from stitch.model import HookedLM
-
     if not isinstance(model, HookedLM):
         raise TypeError(
             f"model: expected a stitch.HookedLM (use stitch.load_model), got {type(model).__name__}"
@@ -259,6 +259,4 @@ class NNsightSplice:
 
     def loss(self, logits: Float[Tensor, "batch pos vocab"]) -> Tensor:
         """Mean next-token loss of `logits` on `labels()`, normalised exactly as `Splice` does."""
-        from stitch.losses import mean_cross_entropy
-
         return mean_cross_entropy(logits, self.labels())

@@ -29,7 +29,7 @@ import safetensors.torch
 import torch
 
 from stitch.adapters import Adapter, load_adapter, save_adapter
-from stitch.atomic import write_atomic
+from stitch.files import write_atomic
 
 FORMAT, FORMAT_VERSION = "stitch-checkpoint", 1
 STATE_NAME, TENSORS_NAME, POINTER_NAME = "trainer_state.json", "optimizer.safetensors", "latest.json"

@@ -21,11 +21,11 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from stitch.alignment.spans import token_spans_batch
-from stitch.arch import ArchSpec, arch_for, get_module
 from stitch.batch import Batch, positions_from_mask
-from stitch.cache import ActivationCache
 from stitch.checks import check_choice, check_layer, check_texts
-from stitch.hooks import HookFn, HookPoint, hook_names, hook_scope, layer_of, skip_blocks
+from stitch.models.arch import ArchSpec, arch_for, get_module
+from stitch.models.cache import ActivationCache
+from stitch.models.hooks import HookFn, HookPoint, hook_names, hook_scope, layer_of, skip_blocks
 
 Hooks = Sequence[tuple["str | Callable[[str], bool]", HookFn]]
 

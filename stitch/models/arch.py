@@ -55,7 +55,7 @@ def arch_for(model: nn.Module) -> ArchSpec:
         raise ValueError(
             f"model: unsupported architecture model_type={model_type!r} ({type(model).__name__}); "
             f"supported: {sorted(ARCHITECTURES)}. To add one, register an ArchSpec naming its decoder blocks, "
-            "embeddings, final norm and unembedding: stitch.arch.ARCHITECTURES['my_type'] = "
+            "embeddings, final norm and unembedding: stitch.models.arch.ARCHITECTURES['my_type'] = "
             "ArchSpec('my_type', blocks='model.layers', embed='model.embed_tokens', final_norm='model.norm')."
         )
     spec = ARCHITECTURES[model_type]

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import stitch
 from stitch.adapters import CLOSED_FORM, Adapter
-from stitch.commands.common import (
+from stitch.adapters.fit import fit_adapter
+from stitch.cli.common import (
     ModelPairConfig,
     config_beside,
     load_models,
@@ -26,7 +27,6 @@ from stitch.commands.common import (
     source_layer_option,
     target_layer_option,
 )
-from stitch.fit_models import fit_adapter
 
 
 @dataclass(frozen=True, kw_only=True)

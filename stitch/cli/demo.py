@@ -1,6 +1,6 @@
 """The offline demo: tiny models trained for a few steps on the fly, stitched two ways, one HTML report.
 
-    >>> from stitch.demo import DemoConfig, run_demo
+    >>> from stitch.cli.demo import DemoConfig, run_demo
     >>> summary = run_demo(DemoConfig(out="stitch-demo"))     # also: `stitch demo` on the command line
 
 1. Ground truth: B is a rotated copy of A (same function, residual basis turned by a random orthogonal
@@ -16,8 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import stitch
+from analyses import figures
+from analyses.alignment import alignment_summary
+from analyses.layer_similarity import layer_similarity
+from analyses.report import Section, write_report
+from analyses.sweep import layer_sweep
 from stitch.config import Config, option
-from stitch.toy import CORPUS, byte_bpe_tokenizer, rotated_copy, tiny_model, train_briefly
+from stitch.testing import CORPUS, byte_bpe_tokenizer, rotated_copy, tiny_model, train_briefly
 
 TRAIN, HELD_OUT = (
     CORPUS[:6],
@@ -40,12 +45,6 @@ class DemoConfig(Config):
 
 def run_demo(config: DemoConfig = DemoConfig()) -> dict:
     """Run both experiments, print their tables, write `<out>/report.html`; returns the records."""
-    from analyses import figures
-    from analyses.alignment import alignment_summary
-    from analyses.layer_similarity import layer_similarity
-    from analyses.report import Section, write_report
-    from analyses.sweep import layer_sweep
-
     tok_a, tok_c = byte_bpe_tokenizer(300), byte_bpe_tokenizer(400, bos=False)
     A = _trained("llama", tok_a, config, seed=config.seed)
     rotated, _ = rotated_copy(A.model, seed=config.seed + 1)

@@ -17,7 +17,7 @@ from analyses.figures import sweep_figure
 from analyses.report import Section, write_report
 from analyses.sweep import SweepRecord, layer_sweep
 from stitch.adapters import CLOSED_FORM
-from stitch.commands.common import (
+from stitch.cli.common import (
     ModelPairConfig,
     load_models,
     option,

@@ -12,9 +12,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from stitch import distributed
 from stitch.losses import IGNORE, loss_recovered, next_token_labels, token_cross_entropy
-from stitch.splice import Splice
+from stitch.splice.splice import Splice
+from stitch.training import distributed
 
 
 @torch.no_grad()

@@ -12,7 +12,8 @@ import os
 import torch
 from torch import nn
 
-from stitch.model import HookedLM
+from stitch.models.hooked import HookedLM
+from stitch.models.interop import unwrap_model
 
 _DTYPES = {
     "float32": torch.float32,
@@ -67,11 +68,7 @@ def _from_pretrained(path: str, tokenizer, dtype, trust_remote_code: bool):
 
 def _unwrap(model) -> tuple[nn.Module, object]:
     """The HF module (and tokenizer, if the wrapper has one) inside `model`; weights are never copied."""
-    try:
-        from stitch.interop import unwrap_model
-    except ImportError:
-        unwrap_model = None
-    unwrapped = unwrap_model(model) if unwrap_model is not None else None
+    unwrapped = unwrap_model(model)
     if unwrapped is not None:
         return unwrapped
     if isinstance(model, HookedLM):

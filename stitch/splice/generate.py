@@ -66,10 +66,7 @@ def _next_tokens(splice, texts: list[str], prompts: list[str], policy: str) -> l
 
 def _own_states(splice, target) -> Tensor:
     """B's own states where the splice writes: layer M, or its input embeddings for `inputs_embeds`."""
-    from stitch.fit_models import EMBEDDINGS, model_states
-
-    layer = EMBEDDINGS if splice.injection == "inputs_embeds" else splice.target_layer
-    return model_states(splice.B, target, {layer})[layer]
+    return splice.strategy.own_states(splice.B, target, splice.target_layer)
 
 
 def _beyond_prompt(batch, prompts: list[str]) -> Bool[Tensor, "batch pos"]:

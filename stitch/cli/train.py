@@ -9,7 +9,7 @@
 Writes (rank 0 only) `OUT/adapter.safetensors` with `OUT/adapter_config.json`, `OUT/metrics.jsonl`,
 `OUT/checkpoints/` and `OUT/config.json`; rerunning the same command continues from the latest checkpoint.
 Under torchrun, `--device auto` puts each rank on `cuda:LOCAL_RANK` (or the CPU without CUDA).
-The training options are those of `stitch.train.TrainConfig`; see docs/training.md.
+The training options are those of `stitch.training.loop.TrainConfig`; see docs/training.md.
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from stitch import distributed
-from stitch.commands.common import (
+from stitch.cli.common import (
     ModelPairConfig,
     load_models,
     option,
     read_texts,
     save_config,
 )
-from stitch.train import TrainConfig, TrainResult, train
+from stitch.training import distributed
+from stitch.training.loop import TrainConfig, TrainResult, train
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -20,8 +20,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from stitch.atomic import write_atomic
+import stitch
 from stitch.config import Config, option
+from stitch.files import write_atomic
+from stitch.models.loading import resolve_device, resolve_dtype
 
 
 def model_option(role: str):
@@ -81,8 +83,6 @@ def _jsonl_text(name: str, path: str, lineno: int, line: str) -> str:
 
 def load_model(name: str, path: str, dtype: str, device: str):
     """`stitch.load_model` on a hub id or local directory; a failure names the option and the path."""
-    import stitch
-
     try:
         return stitch.load_model(path, dtype=dtype, device=device)
     except (OSError, ValueError) as err:
@@ -104,8 +104,6 @@ class ModelPairConfig(Config):
 def load_models(config: ModelPairConfig):
     """(A, B) from `config.source_model` and `config.target_model` (one model when both are the same
     path: half the memory, and analyses take their self-comparison shortcuts), with dtype and device."""
-    from stitch.loading import resolve_device, resolve_dtype
-
     dtype = None if config.dtype == "auto" else _checked("dtype", resolve_dtype, config.dtype)
     device = _checked("device", resolve_device, config.device)
     A = load_model("source_model", config.source_model, dtype, device)

@@ -5,13 +5,13 @@
     >>> result = train(A, B, train_texts, config, eval_texts=held_out)     # one process, or under torchrun
     >>> result.adapter, result.history[-1]["loss_recovered"]
 
-Each step takes `batch_size` texts (over all ranks; each rank its contiguous share, `stitch.distributed`),
+Each step takes `batch_size` texts (over all ranks; each rank its contiguous share, `stitch.training.distributed`),
 runs `Splice(A, B, ...)(texts)` and backpropagates the mean next-token CE over every rank's unmasked labels
 (`stitch.losses.mean_cross_entropy` per rank, re-weighted by `distributed.global_mean`): the gradient is the
 full-batch gradient whatever the world size, so a run on 2 ranks follows the same path as a run on 1.
 AdamW, optional warm-up and decay, gradient clipping; Procrustes adapters are re-orthogonalised after every
 step (`project_`). Rank 0 writes `OUT/adapter.safetensors` (`stitch.save_adapter`), `OUT/metrics.jsonl` and
-`OUT/checkpoints/` (`stitch.checkpoint`); `resume=True` continues from the latest checkpoint bit-exactly.
+`OUT/checkpoints/` (`stitch.training.checkpoint`); `resume=True` continues from the latest checkpoint bit-exactly.
 The order of the texts is a pure function of (seed, epoch) and the learning rate of the step, so the
 step, the adapter, the optimizer and the RNG are the whole state of a run.
 """
@@ -28,22 +28,22 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from stitch import distributed
 from stitch.adapters import (
     Adapter,
     Procrustes,
     build_adapter,
     save_adapter,
 )
-from stitch.atomic import write_atomic
-from stitch.checkpoint import latest_checkpoint, load_checkpoint, read_record, save_checkpoint
+from stitch.adapters.fit import fit_adapter
 from stitch.checks import check_layer, check_texts
-from stitch.fit_models import fit_adapter
+from stitch.files import write_atomic
 from stitch.losses import IGNORE, token_cross_entropy
-from stitch.model import HookedLM
-from stitch.splice import Splice
-from stitch.train_config import TrainConfig
-from stitch.train_eval import baseline_losses, evaluate
+from stitch.models.hooked import HookedLM
+from stitch.splice.splice import Splice
+from stitch.training import distributed
+from stitch.training.checkpoint import latest_checkpoint, load_checkpoint, read_record, save_checkpoint
+from stitch.training.config import TrainConfig
+from stitch.training.evaluate import baseline_losses, evaluate
 
 
 @dataclass
@@ -72,10 +72,10 @@ def train(
     """Train the adapter of `config` from A's layer N to B's layer M on `texts`; see the module docstring.
 
     Under torchrun the process group is created from the environment (and destroyed at the end) unless a
-    `dist` from `stitch.distributed.init()` is given. `metadata` goes into the saved adapter's record.
+    `dist` from `stitch.training.distributed.init()` is given. `metadata` goes into the saved adapter's record.
     """
     if not isinstance(config, TrainConfig):
-        raise TypeError(f"config: expected a stitch.train.TrainConfig, got {type(config).__name__}")
+        raise TypeError(f"config: expected a stitch.training.loop.TrainConfig, got {type(config).__name__}")
     texts = check_texts(texts)
     eval_texts = None if eval_texts is None else check_texts(eval_texts)
     with distributed.session(dist) as dist:

@@ -9,7 +9,7 @@ stitch generate --source-model A --target-model B --source-layer 8 --adapter run
     --prompts prompts.txt --policy all
 stitch cka --config cka.yaml --pairing mean    # options from YAML (keys = option names); flags override
 
-Each subcommand's flags are built from the fields of its config dataclass (`stitch.commands.*`): the
+Each subcommand's flags are built from the fields of its config dataclass (`stitch.cli.*`): the
 annotation gives the type, the field's metadata the help and valid values; fields without a default are
 required. Every artifact gets the config actually used beside it as JSON, which `--config` reads back.
 Errors in options exit with status 2, errors while running with status 1 and one line on stderr
@@ -29,9 +29,9 @@ from typing import Any
 
 import yaml
 
-from stitch.commands import align, cka, fit, generate, sweep, train
-from stitch.commands.common import flag
-from stitch.demo import DemoConfig, run_demo
+from stitch.cli import align, cka, fit, generate, sweep, train
+from stitch.cli.common import flag
+from stitch.cli.demo import DemoConfig, run_demo
 
 COMMANDS: dict[str, tuple[type, Callable, str]] = {
     "demo": (DemoConfig, run_demo, "offline demo on tiny models built and trained on the fly: splices, CKA, alignment, report"),

@@ -1,0 +1,91 @@
+"""How A's states enter B: one strategy class per way, one registry.
+
+    >>> inj = injection_for("residual")
+    >>> m = inj.target_layer(None, source_layer=8, n_layers_b=B.n_layers)   # 8
+    >>> logits = inj.run(B, mapped, batch_b, m)                            # B's blocks [m, L) only
+    >>> own = inj.own_states(B, batch_b, m)                                 # what B has there itself
+
+- `residual`: the mapped states replace B's residual stream at layer M; B runs blocks [M, L).
+- `inputs_embeds`: the deliberately flawed baseline; the mapped states are given to B as `inputs_embeds`
+  (B's embedding module's output, before any scaling the family applies); B runs all its blocks.
+
+A new way is one subclass plus `register_injection`; `Splice`, the evaluator, fits and generation look the
+strategy up by name and never branch on it.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from jaxtyping import Float
+from torch import Tensor
+
+from stitch.batch import Batch
+from stitch.checks import check_choice, check_layer
+from stitch.models.states import EMBEDDINGS, model_states
+
+
+class Injection:
+    """One way for mapped states to enter B (see the module docstring)."""
+
+    name: ClassVar[str]
+
+    def target_layer(self, target_layer: int | None, source_layer: int, n_layers_b: int) -> int:
+        """B's splice layer M: `target_layer`, or A's source layer when None (the DESIGN default M = N)."""
+        name = "target_layer" if target_layer is not None else "target_layer (defaults to source_layer)"
+        return check_layer(name, source_layer if target_layer is None else target_layer, n_layers_b)
+
+    def write_point(self, target_layer: int):
+        """The state of B the mapped states stand in for: layer M, or `EMBEDDINGS`."""
+        return target_layer
+
+    def run(self, B, mapped: Float[Tensor, "batch pos d_target"], batch: Batch, target_layer: int) -> Tensor:
+        raise NotImplementedError
+
+    def own_states(self, B, batch: Batch, target_layer: int) -> Float[Tensor, "batch pos d_target"]:
+        """B's own states where this injection writes (fit targets, mean-ablation, generated positions)."""
+        point = self.write_point(target_layer)
+        return model_states(B, batch, {point})[point]
+
+
+class Residual(Injection):
+    name = "residual"
+
+    def run(self, B, mapped, batch, target_layer):
+        return B.run_from(mapped, target_layer, batch)
+
+
+class InputsEmbeds(Injection):
+    name = "inputs_embeds"
+
+    def target_layer(self, target_layer, source_layer, n_layers_b):
+        if target_layer not in (None, 0):
+            raise ValueError(
+                f"target_layer: injection='inputs_embeds' feeds B's embeddings, so target_layer must "
+                f"be 0 or None, got {target_layer!r}"
+            )
+        return 0
+
+    def write_point(self, target_layer):
+        return EMBEDDINGS
+
+    def run(self, B, mapped, batch, target_layer):
+        return B.run_from_embeds(mapped, batch)
+
+
+INJECTIONS: dict[str, Injection] = {}
+
+
+def register_injection(strategy: Injection) -> Injection:
+    INJECTIONS[strategy.name] = strategy
+    return strategy
+
+
+for _strategy in (Residual(), InputsEmbeds()):
+    register_injection(_strategy)
+
+
+def injection_for(name: str) -> Injection:
+    """The registered strategy called `name`; an unknown name lists the valid ones."""
+    check_choice("injection", name, tuple(INJECTIONS))
+    return INJECTIONS[name]
