@@ -1,61 +1,94 @@
-"""Layer sweep — where can A talk to B? Fit a closed-form adapter at each splice layer on a training
-split; report held-out CE beside B's native CE, the no-information CE and the embedding-injection baseline.
+"""Layer sweep — where can A talk to B? Fit a closed-form adapter per splice on training texts and score it
+on held-out texts with the one evaluator (`stitch.splice.score`), per position class.
 
-    >>> records = layer_sweep(A, B, train_texts, eval_texts, source_layers=[0, 8, 16], kind="affine", ridge=1e-2)
-    >>> [(r.source_layer, r.loss_recovered) for r in records if r.injection == "residual"]
+    >>> records = layer_sweep(A, B, train_texts, eval_texts, kind="affine", pairs=[(8, 8), (16, 14)],
+    ...                       alignment=["target", "source"], save_dir="runs/sweep")
+    >>> [(r.source_layer, r.loss_recovered) for r in records]          # headline: shared positions
+    >>> records[0].classes["lagging"].ce_spliced                         # every class, and "all"
     >>> from analyses.figures.sweep import sweep_figure
     >>> sweep_figure(records).show()
 
-For each source layer N the residual splice goes into B at M = N (`match="same"`, default when depths
-agree) or at the same relative depth (`match="relative"`: M = N · L_B / L_A rounded, halves up). With
-`baseline=True` each N also gets the embedding-injection row: an adapter of the same kind fitted from
-A's layer N to B's input embeddings, its output given to B as `inputs_embeds` (DESIGN.md's flawed baseline).
-- `ce_native`: B on its own on the held-out texts; the same labels score every row.
-- `ce_no_information`: B fed the mean target state (over the training pairs) at every position of the
-  splice: the best B can do knowing nothing of the text below the splice.
-- `loss_recovered = (ce_no_information − ce_spliced) / (ce_no_information − ce_native)`; NaN when the
-  denominator's magnitude is below 1e-9 nats (B gains nothing from its own states there, so the ratio is undefined).
+Splices: explicit `pairs=[(N, M), ...]`, or A's `source_layers` (default: every layer) with B's layer matched
+by index (`match="same"`, the default when depths agree) or by relative depth (`match="relative"`,
+M = N · L_B / L_A rounded, halves up). Each splice runs on every grid in `alignment` with `injection`; with
+`baseline=True` each N also gets the embedding-injection row (an adapter of the same kind fitted from A's
+layer N to B's input embeddings, given to B as `inputs_embeds`). Target-grid adapters are fitted on every
+target-grid pair (what the splice feeds), source-grid adapters on the shared pairs (what it reads).
+Every score is relative to the context-free reference (B's unigram on the training texts), as in
+`stitch.splice.score`; the mean-ablation CE is a diagnostic beside it.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
-from stitch.adapters import fit_closed_form
-from stitch.adapters.fit import EMBEDDINGS, check_fit_options, collect_stats, model_states
-from stitch.alignment.pairing import align_texts
+from stitch.adapters import save_adapter
+from stitch.adapters.base import Adapter
+from stitch.adapters.fit import check_fit_options, collect_stats
+from stitch.adapters.linear import fit_closed_form
 from stitch.checks import check_choice, check_layer, check_texts
-from stitch.losses import IGNORE, loss_recovered, next_token_labels, token_cross_entropy
 from stitch.models.hooked import HookedLM
+from stitch.splice.injection import INJECTIONS
+from stitch.splice.score import ClassScore, References, SpliceScore, score_splices
 from stitch.splice.splice import Splice
+
+GRIDS = ("target", "source")
+_FIT_CLASSES = {"target": None, "source": ("shared",)}  # which pairs each grid's adapter is fitted on
 
 
 @dataclass(frozen=True)
 class SweepRecord:
-    """One splice of the sweep, scored on held-out text (cross-entropies in nats per B token)."""
+    """One splice of the sweep: how it was fitted, and its `SpliceScore` fields (per class, nats per label).
+
+    Attribute access to a score field (`ce_spliced`, `loss_recovered`, ...) gives the headline class's value.
+    `adapter` is the fitted adapter (not serialised); `adapter_path` where `save_dir` put it.
+    """
 
     source_layer: int
     target_layer: int
-    injection: str  # "residual" (B runs from layer M) or "inputs_embeds" (the embedding-injection baseline)
+    injection: str
+    alignment: str
     kind: str
     n_train_pairs: int
-    n_eval_tokens: int
-    ce_spliced: float
-    ce_native: float
-    ce_no_information: float
-    loss_recovered: float
+    classes: dict[str, ClassScore]
+    reference: str = "context_free"
+    headline: str = "shared"
+    adapter_path: str | None = None
+    adapter: Adapter | None = field(default=None, compare=False, repr=False)
+
+    def __getattr__(self, name: str):
+        if name in ClassScore.__dataclass_fields__:
+            return getattr(self.classes[self.headline], name)
+        raise AttributeError(name)
+
+    @property
+    def n_eval_tokens(self) -> int:
+        return self.classes["all"].n_tokens
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        score = SpliceScore(self.source_layer, self.target_layer, self.injection, self.alignment, self.classes)
+        data = {k: v for k, v in asdict(self).items() if k not in ("adapter", "classes")}
+        return {**data, "classes": score.to_dict()["classes"]}
+
+    def to_row(self) -> dict:
+        """One flat table row: how it was fitted, the headline ratio, and the spliced CE of every class."""
+        row = {k: getattr(self, k) for k in ("source_layer", "target_layer", "injection", "alignment", "kind")}
+        row |= {
+            f"loss recovered ({self.headline})": self.loss_recovered,
+            f"CE native ({self.headline})": self.ce_native,
+            f"CE context-free ({self.headline})": self.ce_context_free,
+            f"CE mean-ablation ({self.headline})": self.ce_mean_ablation,
+        }
+        row |= {f"CE spliced, {name} (n={c.n_tokens})": c.ce_spliced for name, c in self.classes.items()}
+        return row | {"note": self.note}
 
     @classmethod
     def from_dict(cls, data: dict) -> SweepRecord:
-        return cls(**data)
+        return cls(**{**data, "classes": {k: ClassScore.from_dict(v) for k, v in data["classes"].items()}})
 
 
 def matching_layers(source_layers: Sequence[int], n_layers_a: int, n_layers_b: int, match: str) -> list[int]:
@@ -79,25 +112,61 @@ def layer_sweep(
     eval_texts: Sequence[str],
     source_layers: Sequence[int] | None = None,
     *,
+    pairs: Sequence[tuple[int, int]] | None = None,
     match: str | None = None,
     kind: str = "affine",
+    alignment: str | Sequence[str] = "target",
+    injection: str = "residual",
     baseline: bool = True,
     batch_size: int = 8,
+    save_dir: str | Path | None = None,
     progress: bool = True,
     **fit_options,
 ) -> list[SweepRecord]:
-    """Records for every source layer (default: all of 0..L_A), residual splices first, then baselines."""
+    """Records for every splice and grid: `injection` splices first, then the embedding-injection baselines."""
+    grids = _check_grids(alignment)
+    check_choice("injection", injection, tuple(INJECTIONS))
     check_fit_options(kind, fit_options)
-    eval_texts = check_texts(eval_texts)
+    train_texts, eval_texts = check_texts(train_texts), check_texts(eval_texts)
+    layer_pairs = _layer_pairs(A, B, source_layers, pairs, match)
+    splices: list[tuple[Splice, int]] = []
+    for grid in grids:
+        splices += _fitted(A, B, train_texts, layer_pairs, grid, injection, baseline, kind, batch_size, progress, fit_options)
+    references = _references(A, B, train_texts, splices, batch_size)
+    scores = score_splices([sp for sp, _ in splices], eval_texts, references, batch_size=batch_size, progress=progress)
+    records = [_record(sp, n_pairs, kind, score) for (sp, n_pairs), score in zip(splices, scores, strict=True)]
+    return records if save_dir is None else [_saved(r, Path(save_dir)) for r in records]
+
+
+def _check_grids(alignment) -> list[str]:
+    grids = [alignment] if isinstance(alignment, str) else list(alignment)
+    if not grids:
+        raise ValueError(f"alignment: expected 'target', 'source' or a list of them, got {alignment!r}")
+    for grid in grids:
+        check_choice("alignment", grid, GRIDS)
+    return list(dict.fromkeys(grids))
+
+
+def _layer_pairs(A, B, source_layers, pairs, match) -> list[tuple[int, int]]:
+    """Explicit `pairs`, or `source_layers` matched to B's depth."""
+    if pairs is not None:
+        if source_layers is not None or match is not None:
+            raise ValueError("pairs: give either pairs=[(N, M), ...] or source_layers/match, not both")
+        return _check_pairs(pairs, A.n_layers, B.n_layers)
     sources = _check_sources(source_layers, A.n_layers)
     match = match or ("same" if A.n_layers == B.n_layers else "relative")
-    pairs = list(zip(sources, matching_layers(sources, A.n_layers, B.n_layers, match), strict=True))
-    pairs += [(n, EMBEDDINGS) for n in sources] if baseline else []
-    stats = collect_stats(A, B, train_texts, pairs, batch_size=batch_size, progress=progress)
-    splices = {pair: _splice(A, B, pair, fit_closed_form(kind, stats[pair], **fit_options)) for pair in stats}
-    means = {m: stats[n, m].mean_y for n, m in stats}
-    totals = _evaluate(splices, means, eval_texts, batch_size, progress)
-    return [_record(pair, kind, stats[pair].n, totals) for pair in stats]
+    return list(zip(sources, matching_layers(sources, A.n_layers, B.n_layers, match), strict=True))
+
+
+def _check_pairs(pairs, n_a: int, n_b: int) -> list[tuple[int, int]]:
+    if isinstance(pairs, str) or not isinstance(pairs, Sequence) or len(pairs) == 0:
+        raise ValueError(f"pairs: expected a non-empty list of (source_layer, target_layer), got {pairs!r}")
+    out = []
+    for i, pair in enumerate(pairs):
+        if not isinstance(pair, Sequence) or isinstance(pair, str) or len(pair) != 2:
+            raise ValueError(f"pairs[{i}]: expected (source_layer, target_layer), got {pair!r}")
+        out.append((check_layer(f"pairs[{i}][0] (A's layer)", pair[0], n_a), check_layer(f"pairs[{i}][1] (B's layer)", pair[1], n_b)))
+    return list(dict.fromkeys(out))
 
 
 def _check_sources(source_layers: Sequence[int] | None, n_layers: int) -> list[int]:
@@ -113,60 +182,42 @@ def _check_sources(source_layers: Sequence[int] | None, n_layers: int) -> list[i
     return [check_layer("source_layers", n, n_layers) for n in source_layers]
 
 
-def _splice(A: HookedLM, B: HookedLM, pair, adapter) -> Splice:
-    n, m = pair
-    adapter = adapter.to(dtype=torch.float32)
-    if m == EMBEDDINGS:
-        return Splice(A, B, n, 0, adapter=adapter, injection="inputs_embeds")
-    return Splice(A, B, n, m, adapter=adapter)
-
-
-@torch.no_grad()
-def _evaluate(splices: dict, means: dict, texts: list[str], batch_size: int, progress: bool) -> dict:
-    """Summed token CE and token count for "native", ("none", M) and every (N, M) splice."""
-    first = next(iter(splices.values()))
-    A, B = first.A, first.B
-    totals = defaultdict(lambda: [0.0, 0])
-    for start in tqdm(
-        range(0, len(texts), batch_size), desc="scoring splices", unit="batch", disable=not progress
-    ):
-        aligned = align_texts(A, B, texts[start : start + batch_size])
-        target, labels = aligned.target, next_token_labels(aligned.target)
-        _add(totals, "native", B.logits(target), labels)
-        for m, mean in means.items():
-            constant = mean.to(B.dtype).expand(*target.shape, -1).contiguous()
-            _add(totals, ("none", m), _run_b(B, constant, m, target), labels)
-        states = model_states(A, aligned.source, {n for n, _ in splices})
-        for (n, m), sp in splices.items():
-            _add(totals, (n, m), _run_b(B, sp.map_states(states[n], aligned), m, target), labels)
-    return totals
-
-
-def _run_b(B: HookedLM, states, m, target):
-    # the two ways a splice enters B, exactly as stitch.Splice.forward does on the target grid
-    return B.run_from_embeds(states, target) if m == EMBEDDINGS else B.run_from(states, m, target)
-
-
-def _add(totals: dict, key, logits, labels) -> None:
-    totals[key][0] += token_cross_entropy(logits, labels).double().sum().item()
-    totals[key][1] += int((labels != IGNORE).sum())
-
-
-def _record(pair, kind: str, n_pairs: int, totals: dict) -> SweepRecord:
-    n, m = pair
-    ce = {key: total / count for key, (total, count) in totals.items()}
-    spliced, native, none = ce[pair], ce["native"], ce["none", m]
-    recovered = loss_recovered(spliced, native, none)
-    embeds = m == EMBEDDINGS
-    return SweepRecord(
-        source_layer=n,
-        target_layer=0 if embeds else m,
-        injection="inputs_embeds" if embeds else "residual",
-        kind=kind,
-        n_train_pairs=n_pairs,
-        n_eval_tokens=totals["native"][1],
-        ce_spliced=spliced,
-        ce_native=native,
-        ce_no_information=none,
-        loss_recovered=recovered,
+def _fitted(A, B, texts, layer_pairs, grid, injection, baseline, kind, batch_size, progress, options):
+    """(Splice, number of training pairs) for every layer pair on one grid, adapters fitted in one pass."""
+    wanted = [(n, m, injection) for n, m in layer_pairs]
+    wanted += [(n, 0, "inputs_embeds") for n in dict.fromkeys(n for n, _ in layer_pairs)] if baseline else []
+    wanted = list(dict.fromkeys(wanted))
+    points = {(n, m, inj): (n, INJECTIONS[inj].write_point(m)) for n, m, inj in wanted}
+    stats = collect_stats(
+        A, B, texts, list(dict.fromkeys(points.values())), batch_size=batch_size, progress=progress,
+        classes=_FIT_CLASSES[grid],
     )
+    out = []
+    for (n, m, inj), point in points.items():
+        adapter = fit_closed_form(kind, stats[point], **options).to(dtype=torch.float32)
+        out.append((Splice(A, B, n, m, adapter=adapter, alignment=grid, injection=inj), stats[point].n))
+    return out
+
+
+def _references(A, B, texts, splices, batch_size) -> References:
+    """Context-free and mean-ablation references from the training texts (the one definition, as in training)."""
+    points = list(dict.fromkeys(sp.write_point for sp, _ in splices))
+    return References.build(A, B, texts, points, batch_size=batch_size)
+
+
+def _record(sp: Splice, n_pairs: int, kind: str, score: SpliceScore) -> SweepRecord:
+    return SweepRecord(
+        score.source_layer, score.target_layer, score.injection, score.alignment, kind, n_pairs,
+        score.classes, score.reference, score.headline, adapter=sp.adapter,
+    )
+
+
+def _saved(record: SweepRecord, directory: Path) -> SweepRecord:
+    """The record with its adapter written to `directory` (safetensors + JSON, atomic)."""
+    name = f"{record.injection}-{record.alignment}-N{record.source_layer}-M{record.target_layer}.safetensors"
+    path = save_adapter(
+        record.adapter, directory / name, source_layer=record.source_layer, target_layer=record.target_layer,
+        injection=record.injection, alignment=record.alignment,
+    )
+    return SweepRecord(**{**{f: getattr(record, f) for f in record.__dataclass_fields__}, "adapter_path": str(path)})
+

@@ -24,7 +24,10 @@ from stitch.models.cache import ActivationCache
 from stitch.models.hooked import HookedLM
 from stitch.models.loading import load_model
 from stitch.splice import Splice, SpliceOutput
-from stitch.training import TrainConfig, TrainResult, checkpoint, distributed, train_adapter
+from stitch.training import checkpoint, distributed
+from stitch.training.config import TrainConfig
+from stitch.training.loop import TrainResult
+from stitch.training.loop import train as train_adapter
 
 _moved.install()
 

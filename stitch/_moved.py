@@ -48,9 +48,11 @@ MOVED = {
 class _Alias(types.ModuleType):
     """A module standing for another: every attribute is read from (and written to) the new module."""
 
-    def __init__(self, name: str, target: types.ModuleType):
+    def __init__(self, name: str, target: types.ModuleType, is_package: bool):
         super().__init__(name, target.__doc__)
         object.__setattr__(self, "_target", target)
+        if is_package:  # its own, empty: the new package's path would load its modules a second time
+            object.__setattr__(self, "__path__", [])
 
     def __getattr__(self, attr: str):
         return getattr(object.__getattribute__(self, "_target"), attr)
@@ -79,7 +81,7 @@ class _MovedFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             DeprecationWarning,
             stacklevel=_caller_level(),
         )
-        return _Alias(spec.name, importlib.import_module(new))
+        return _Alias(spec.name, importlib.import_module(new), spec.submodule_search_locations is not None)
 
     def exec_module(self, module) -> None:
         return None

@@ -42,12 +42,3 @@ def mean_cross_entropy(logits: Float[Tensor, "batch pos vocab"], labels: Int[Ten
         raise ValueError("labels: every label is masked; texts need at least two tokens to have a next token")
     return token_cross_entropy(logits, labels).sum() / n
 
-
-def loss_recovered(ce_spliced: float, ce_native: float, ce_no_information: float) -> float:
-    """(CE_no-information − CE_spliced) / (CE_no-information − CE_native): 1 = B lost nothing (DESIGN.md).
-
-    NaN when |CE_no-information − CE_native| < 1e-9 nats: B gains nothing from its own states there, so
-    the ratio is undefined.
-    """
-    gap = ce_no_information - ce_native
-    return (ce_no_information - ce_spliced) / gap if abs(gap) >= 1e-9 else float("nan")

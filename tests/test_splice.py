@@ -94,10 +94,3 @@ def test_faults_leave_no_hooks_on_either_model(tok, texts):
     assert torch.equal(stitch.Splice(A, B, source_layer=2)(texts).logits, before)
 
 
-def test_loss_recovered_is_the_design_ratio():
-    from stitch.losses import loss_recovered
-
-    assert loss_recovered(ce_spliced=2.0, ce_native=2.0, ce_no_information=4.0) == 1.0
-    assert loss_recovered(ce_spliced=4.0, ce_native=2.0, ce_no_information=4.0) == 0.0
-    assert loss_recovered(ce_spliced=3.0, ce_native=2.0, ce_no_information=4.0) == 0.5
-    assert math.isnan(loss_recovered(ce_spliced=3.0, ce_native=2.0, ce_no_information=2.0))

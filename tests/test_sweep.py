@@ -1,6 +1,7 @@
 """Layer sweep: every number against an independent computation, ground truth on a rotated copy, figure."""
 
 import copy
+import dataclasses
 
 import plotly.graph_objects as go
 import pytest
@@ -10,7 +11,7 @@ import stitch
 from analyses.figures.sweep import sweep_figure
 from analyses.sweep import SweepRecord, layer_sweep, matching_layers
 from stitch.adapters.fit import EMBEDDINGS, fit_adapter
-from stitch.losses import mean_cross_entropy, next_token_labels
+from stitch.losses import IGNORE, mean_cross_entropy, next_token_labels, token_cross_entropy
 from stitch.testing import fold_norm_gains, rotate_residual, train_briefly
 from tests.tiny import CORPUS, byte_bpe_tokenizer, tiny_model
 
@@ -58,20 +59,24 @@ def test_records_cover_every_layer_and_both_injections(cross_records):
 def test_every_number_matches_an_independent_computation(cross_pair, cross_records, texts):
     A, B = cross_pair
     target = B.encode(texts)
-    native = mean_cross_entropy(B.logits(target), next_token_labels(target)).item()
+    labels = next_token_labels(target)
+    keep = labels != IGNORE
+    native = token_cross_entropy(B.logits(target), labels)
     for r in cross_records:
-        assert r.ce_native == pytest.approx(native, abs=1e-5)
+        assert r.classes["all"].ce_native == pytest.approx(native[keep].mean().item(), abs=1e-5)
         m = EMBEDDINGS if r.injection == "inputs_embeds" else r.target_layer
         ad = fit_adapter(A, B, TRAIN, r.source_layer, m, kind="affine", ridge=1e-3, progress=False)
         sp = stitch.Splice(A, B, r.source_layer, r.target_layer, adapter=ad, injection=r.injection)
-        assert r.ce_spliced == pytest.approx(sp(texts).loss.item(), abs=1e-5)
+        assert r.classes["all"].ce_spliced == pytest.approx(sp(texts).loss.item(), abs=1e-5)
         mean = mean_target_state(B, m)
         constant = mean.expand(*target.shape, -1)
         logits = B.run_from_embeds(constant, target) if m == EMBEDDINGS else B.run_from(constant, m, target)
-        none = mean_cross_entropy(logits, next_token_labels(target)).item()
-        assert r.ce_no_information == pytest.approx(none, abs=1e-5)
-        gap = r.ce_no_information - r.ce_native
-        assert r.loss_recovered == pytest.approx((r.ce_no_information - r.ce_spliced) / gap, rel=1e-9)
+        ablated = mean_cross_entropy(logits, labels).item()
+        assert r.classes["all"].ce_mean_ablation == pytest.approx(ablated, abs=1e-5)
+        c = r.classes["all"]
+        assert c.loss_recovered == pytest.approx(
+            (c.ce_context_free - c.ce_spliced) / (c.ce_context_free - c.ce_native), rel=1e-9
+        )
 
 
 def mean_target_state(B, m):
@@ -105,7 +110,7 @@ def test_rotated_copy_recovers_all_the_loss(tok, texts):
     records = layer_sweep(A, B, TRAIN, texts, kind="procrustes", progress=False)
     assert len(records) == 2 * (A.n_layers + 1)
     for r in records:
-        assert r.ce_no_information - r.ce_native > 0.5  # the model uses its states: the ratio means something
+        assert r.ce_context_free - r.ce_native > 0.5  # the model uses its states: the ratio means something
         if r.injection == "residual" or r.source_layer == 0:
             assert abs(r.ce_spliced - r.ce_native) < 1e-5 and r.loss_recovered == pytest.approx(1.0, abs=1e-4)
         else:  # a deep state read as an embedding: the flawed baseline loses what the splice keeps
@@ -114,22 +119,32 @@ def test_rotated_copy_recovers_all_the_loss(tok, texts):
 
 def test_figure_and_record_round_trip(cross_records):
     dicts = [r.to_dict() for r in cross_records]
-    assert [SweepRecord.from_dict(d) for d in dicts] == cross_records
+    assert [SweepRecord.from_dict(d).to_dict() for d in dicts] == dicts  # NaN != NaN: compare as JSON
     fig = sweep_figure(dicts)
     assert isinstance(fig, go.Figure)
     names = {t.name for t in fig.data}
-    assert {"residual splice", "embedding injection", "B native", "no information, residual splice"} <= names
-    curve = next(t for t in fig.data if t.name == "residual splice")
+    residual, embeds = "residual splice, target grid", "embedding injection, target grid"
+    assert {residual, embeds, "B native (shared)", "context-free unigram (shared)"} <= names
+    assert {f"{residual}: {c}" for c in ("shared", "all")} <= names
+    curve = next(t for t in fig.data if t.name == residual)
     assert list(curve.x) == [0, 2, 3]
     assert list(curve.y) == [r.loss_recovered for r in cross_records if r.injection == "residual"]
-    for injection, label in (("residual", "residual splice"), ("inputs_embeds", "embedding injection")):
-        floor = next(t for t in fig.data if t.name == f"no information, {label}")  # each injection's own
-        assert list(floor.y) == [r.ce_no_information for r in cross_records if r.injection == injection]
     assert fig.layout.xaxis2.title.text == "A layer N (0 = embeddings)" and fig.layout.xaxis2.dtick == 1
     named = sweep_figure(dicts, source="Llama", target="Mistral")
-    assert "Llama → Mistral" in named.layout.title.text and "Mistral native" in {t.name for t in named.data}
+    assert "Llama → Mistral" in named.layout.title.text and "Mistral native (shared)" in {t.name for t in named.data}
     with pytest.raises(ValueError, match="records"):
         sweep_figure([])
+
+
+def test_figure_flags_undefined_ratios_instead_of_plotting_them(cross_records):
+    broken = cross_records[0]
+    nan_class = dataclasses.replace(broken.classes["shared"], loss_recovered=float("nan"), note="undefined: test")
+    record = dataclasses.replace(broken, classes={**broken.classes, "shared": nan_class})
+    fig = sweep_figure([record, *cross_records[1:]])
+    curve = next(t for t in fig.data if t.name == "residual splice, target grid")
+    assert curve.y[0] is None
+    flag = next(t for t in fig.data if t.name == "residual splice, target grid: undefined")
+    assert list(flag.x) == [record.source_layer] and list(flag.text) == ["undefined: test"]
 
 
 def test_bad_sweep_arguments(cross_pair, texts):
@@ -146,9 +161,35 @@ def test_bad_sweep_arguments(cross_pair, texts):
         layer_sweep(A, B, TRAIN, texts, source_layers=[], progress=False)
     with pytest.raises(TypeError, match=r"^source_layers: expected a list of layers, got 2 \(int\)"):
         layer_sweep(A, B, TRAIN, texts, source_layers=2, progress=False)
+    with pytest.raises(ValueError, match=r"^alignment: 'diagonal' is not one of"):
+        layer_sweep(A, B, TRAIN, texts, alignment="diagonal", progress=False)
+    with pytest.raises(ValueError, match=r"^injection: 'embeds' is not one of"):
+        layer_sweep(A, B, TRAIN, texts, injection="embeds", progress=False)
+    with pytest.raises(ValueError, match=r"^pairs\[0\]\[1\] \(B's layer\): layer 9 is out of range"):
+        layer_sweep(A, B, TRAIN, texts, pairs=[(1, 9)], progress=False)
+    with pytest.raises(ValueError, match=r"^pairs: give either"):
+        layer_sweep(A, B, TRAIN, texts, pairs=[(1, 1)], source_layers=[1], progress=False)
+    with pytest.raises(ValueError, match=r"^pairs\[0\]: expected"):
+        layer_sweep(A, B, TRAIN, texts, pairs=[1], progress=False)
+
+
+def test_explicit_pairs_both_grids_and_saved_adapters(cross_pair, texts, tmp_path):
+    A, B = cross_pair
+    records = layer_sweep(
+        A, B, TRAIN, texts, pairs=[(2, 2), (3, 1)], alignment=["target", "source"], baseline=False,
+        save_dir=tmp_path, progress=False,
+    )
+    assert [(r.source_layer, r.target_layer, r.alignment) for r in records] == [
+        (2, 2, "target"), (3, 1, "target"), (2, 2, "source"), (3, 1, "source")
+    ]
+    for r in records:
+        loaded = stitch.load_adapter(r.adapter_path)
+        assert torch.equal(loaded.weight, r.adapter.weight)
+        if r.alignment == "source":  # every source-grid label is shared by construction
+            assert r.classes["all"] == r.classes["shared"]
 
 
 def test_figure_native_line_is_in_layer_order_without_residual_rows(cross_records):
     baseline_only = [r for r in cross_records if r.injection == "inputs_embeds"][::-1]
-    native = next(t for t in sweep_figure(baseline_only).data if t.name == "B native")
+    native = next(t for t in sweep_figure(baseline_only).data if t.name == "B native (shared)")
     assert list(native.x) == sorted(r.source_layer for r in baseline_only)

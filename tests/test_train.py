@@ -51,6 +51,7 @@ def test_training_from_a_rotated_copy_closes_most_of_the_gap_to_native(rotated, 
     batch = B.encode(TEXTS)
     labels = next_token_labels(batch)
     assert last["ce_native"] == pytest.approx(mean_cross_entropy(B.logits(batch), labels).item(), abs=1e-5)
+    assert last["classes"]["shared"]["n_tokens"] == last["tokens"]  # one tokenizer: every position is shared
     saved = stitch.load_adapter(tmp_path / "run")
     assert all(torch.equal(saved.state_dict()[k], v) for k, v in result.adapter.state_dict().items())
     spliced = stitch.Splice(A, B, 1, adapter=saved)(TEXTS).loss.item()
@@ -283,14 +284,14 @@ def no_bos():
 
 def test_evaluation_scores_every_label_even_when_a_chunk_has_none(no_bos):
     from stitch.training.distributed import Dist
-    from stitch.training.evaluate import baseline_losses, evaluate
+    from stitch.training.evaluate import eval_references, evaluate
 
     sp = stitch.Splice(*no_bos, source_layer=1)
     texts = [CORPUS[0], CORPUS[1], "a", "."]  # with batch_size 2 the second chunk has no label
-    record = evaluate(sp, texts, Dist(), batch_size=2, baseline=baseline_losses(sp, texts, Dist(), 2))
+    record = evaluate(sp, texts, Dist(), batch_size=2, references=eval_references(sp, texts, Dist(), 2))
     whole = sp(texts)
     assert record["tokens"] == int((whole.labels != -100).sum())
-    assert record["ce_spliced"] == pytest.approx(whole.loss.item(), abs=1e-5)
+    assert record["classes"]["all"]["ce_spliced"] == pytest.approx(whole.loss.item(), abs=1e-5)
 
 
 def test_a_rank_whose_share_has_no_label_still_runs_backward(no_bos, monkeypatch):

@@ -89,10 +89,12 @@ def collect_stats(
     drop_special: bool = True,
     padding_side: str = "right",
     progress: bool = True,
+    classes=None,
 ) -> dict[LayerPair, SufficientStats]:
     """Streamed statistics of paired (A layer N, B layer M) states for every `(N, M)` in `layer_pairs`.
 
     A and B each run once per batch, up to the deepest layer asked of them. `M` may be `EMBEDDINGS`.
+    `classes` (e.g. `["shared"]`, what a source-grid splice reads) keeps pairs of those position classes only.
     """
     pairs = _check_pairs(A, B, layer_pairs)
     texts = check_texts(texts)
@@ -102,7 +104,7 @@ def collect_stats(
     starts = range(0, len(texts), batch_size)
     for start in tqdm(starts, desc="pairing states", unit="batch", disable=not progress):
         _accumulate(
-            A, B, pair_texts(A, B, texts[start : start + batch_size], padding_side), stats, drop_special
+            A, B, pair_texts(A, B, texts[start : start + batch_size], padding_side), stats, drop_special, classes
         )
     if next(iter(stats.values())).n == 0:
         raise ValueError(
@@ -113,9 +115,14 @@ def collect_stats(
 
 
 def _accumulate(
-    A: HookedLM, B: HookedLM, aligned: Pairing, stats: dict[LayerPair, SufficientStats], drop_special: bool
+    A: HookedLM,
+    B: HookedLM,
+    aligned: Pairing,
+    stats: dict[LayerPair, SufficientStats],
+    drop_special: bool,
+    classes=None,
 ) -> None:
-    rows, src, tgt = paired_positions(aligned, drop_special)
+    rows, src, tgt = aligned.pairs(drop_special, classes)
     if rows.numel() == 0:
         return
     xs = model_states(A, aligned.source, {n for n, _ in stats})

@@ -81,8 +81,8 @@ def run_demo(config: DemoConfig = DemoConfig()) -> dict:
                 "Token alignment of a held-out text (A's tokens above, C's below)",
                 figures.alignment_map(alignment, "A", "C"),
             ),
-            Section("Records: A → rotated copy", [r.to_dict() for r in rotated_sweep]),
-            Section("Records: A → C", [r.to_dict() for r in cross_sweep]),
+            Section("Records: A → rotated copy", [r.to_row() for r in rotated_sweep]),
+            Section("Records: A → C", [r.to_row() for r in cross_sweep]),
         ],
         title="stitch demo: tiny models built on the fly",
     )
@@ -117,11 +117,13 @@ def _print_self_stitch(A: stitch.HookedLM) -> None:
 
 def _print_sweep(title: str, records) -> None:
     print(
-        f"\n{title}\n{'N→M':>6} {'injection':>13} {'CE spliced':>11} {'CE native':>10} {'CE no-info':>11} "
-        f"{'recovered':>10}"
+        f"\n{title} (shared positions; recovered = (CE context-free − CE spliced) / (CE context-free − CE native))"
+        f"\n{'N→M':>6} {'injection':>13} {'grid':>6} {'CE spliced':>11} {'CE native':>10} {'CE unigram':>11} "
+        f"{'recovered':>10} {'CE lagging':>11}"
     )
     for r in records:
         print(
-            f"{r.source_layer:>2}→{r.target_layer:<3} {r.injection:>13} {r.ce_spliced:>11.4f} "
-            f"{r.ce_native:>10.4f} {r.ce_no_information:>11.4f} {r.loss_recovered:>10.3f}"
+            f"{r.source_layer:>2}→{r.target_layer:<3} {r.injection:>13} {r.alignment:>6} {r.ce_spliced:>11.4f} "
+            f"{r.ce_native:>10.4f} {r.ce_context_free:>11.4f} {r.loss_recovered:>10.3f} "
+            f"{r.classes['lagging'].ce_spliced:>11.4f}"
         )

@@ -4,8 +4,9 @@
           --train-texts train.txt --eval-texts eval.txt --source-layers 0 8 16 24 32 --out runs/sweep
     >>> run(SweepConfig(source_model="a/", target_model="b/", train_texts="t.txt", eval_texts="e.txt", out="s/"))
 
-Writes `OUT/records.json` (one `analyses.sweep.SweepRecord.to_dict()` per splice), `OUT/report.html`
-(the sweep figure and the records as a table) and `OUT/config.json`.
+Writes `OUT/records.json` (one `analyses.sweep.SweepRecord.to_dict()` per splice, scores per position class),
+`OUT/adapters/*.safetensors` (the fitted adapters), `OUT/report.html` (the sweep figure and the records as a
+table) and `OUT/config.json`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from analyses.figures import sweep_figure
 from analyses.report import Section, write_report
 from analyses.sweep import SweepRecord, layer_sweep
 from stitch.adapters import CLOSED_FORM
+from stitch.splice.injection import INJECTIONS
 from stitch.cli.common import (
     ModelPairConfig,
     load_models,
@@ -38,6 +40,11 @@ class SweepConfig(ModelPairConfig):
         choices=("same", "relative"),
         help="B layer per A layer: same index or same relative depth (default: same when depths agree)",
     )
+    pairs: tuple[str, ...] | None = option(
+        None, help="explicit splices N:M (e.g. 8:8 16:14); instead of --source-layers/--match"
+    )
+    alignment: tuple[str, ...] = option(("target",), help="grids to score on: target, source, or both")
+    injection: str = option("residual", choices=tuple(INJECTIONS), help="how A's states enter B")
     kind: str = option("affine", choices=CLOSED_FORM, help="closed-form adapter kind")
     ridge: float | None = option(None, help="ridge penalty (linear and affine only; default 0)")
     baseline: bool = option(True, help="also score the embedding-injection baseline")
@@ -56,8 +63,12 @@ def run(config: SweepConfig) -> list[SweepRecord]:
         train,
         held_out,
         None if config.source_layers is None else list(config.source_layers),
+        pairs=None if config.pairs is None else [_pair(p) for p in config.pairs],
         match=config.match,
         kind=config.kind,
+        alignment=list(config.alignment),
+        injection=config.injection,
+        save_dir=Path(config.out) / "adapters",
         baseline=config.baseline,
         batch_size=config.batch_size,
         progress=config.progress,
@@ -69,9 +80,17 @@ def run(config: SweepConfig) -> list[SweepRecord]:
     note = f"fitted on {len(train)} texts ({config.train_texts}), scored on {len(held_out)} ({config.eval_texts})"
     sections = [
         Section("Loss recovered by layer", sweep_figure(records), note=note),
-        Section("Records", rows),
+        Section("Records", [r.to_row() for r in records]),
     ]
     write_report(out / "report.html", sections, title=f"Layer sweep: {A.name} → {B.name} ({config.kind})")
     save_config(config, out / "config.json")
     print(f"wrote {out / 'records.json'} and {out / 'report.html'}")
     return records
+
+
+def _pair(text: str) -> tuple[int, int]:
+    """"8:14" → (8, 14); the error names the option."""
+    parts = text.split(":")
+    if len(parts) != 2 or not all(p.strip().lstrip("-").isdigit() for p in parts):
+        raise ValueError(f"--pairs: expected N:M with integer layers (e.g. 8:8), got {text!r}")
+    return int(parts[0]), int(parts[1])

@@ -83,6 +83,11 @@ class Splice(nn.Module):
             model.model.eval().requires_grad_(False)
 
     @property
+    def write_point(self):
+        """The state of B the mapped states stand in for: layer M, or `EMBEDDINGS` for `inputs_embeds`."""
+        return self.strategy.write_point(self.target_layer)
+
+    @property
     def A(self) -> HookedLM:
         return self._models[0]
 

@@ -43,7 +43,7 @@ from stitch.splice.splice import Splice
 from stitch.training import distributed
 from stitch.training.checkpoint import latest_checkpoint, load_checkpoint, read_record, save_checkpoint
 from stitch.training.config import TrainConfig
-from stitch.training.evaluate import baseline_losses, evaluate
+from stitch.training.evaluate import eval_references, evaluate
 
 
 @dataclass
@@ -137,7 +137,10 @@ class _Run:
         self._order: tuple[int, torch.Tensor] | None = None
 
     def run(self) -> TrainResult:
-        self.baseline = baseline_losses(self.eval_sp, self.eval_texts, self.dist, self.config.batch_size)
+        self.references = (
+            None if self.eval_texts is None
+            else eval_references(self.eval_sp, self.texts, self.dist, self.config.batch_size)
+        )
         if self.step == 0 and self.eval_texts is not None:
             self._evaluate()
         main = self.dist.is_main and self.config.progress
@@ -187,7 +190,7 @@ class _Run:
         return [self.texts[i] for i in self._order[1][index * size : (index + 1) * size].tolist()]
 
     def _evaluate(self) -> None:
-        record = evaluate(self.eval_sp, self.eval_texts, self.dist, self.config.batch_size, self.baseline)
+        record = evaluate(self.eval_sp, self.eval_texts, self.dist, self.config.batch_size, self.references)
         self.history.append({"split": "eval", "step": self.step, **record})
         if self.dist.is_main:
             self._write_metrics()
