@@ -20,8 +20,9 @@ Every score is relative to the context-free reference (B's unigram on the traini
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -33,7 +34,7 @@ from stitch.adapters.linear import fit_closed_form
 from stitch.checks import check_choice, check_layer, check_texts
 from stitch.models.hooked import HookedLM
 from stitch.splice.injection import INJECTIONS
-from stitch.splice.score import ClassScore, References, SpliceScore, score_splices
+from stitch.splice.score import References, SpliceScore, score_splices
 from stitch.splice.splice import Splice
 
 GRIDS = ("target", "source")
@@ -42,37 +43,31 @@ _FIT_CLASSES = {"target": None, "source": ("shared",)}  # which pairs each grid'
 
 @dataclass(frozen=True)
 class SweepRecord:
-    """One splice of the sweep: how it was fitted, and its `SpliceScore` fields (per class, nats per label).
+    """One splice of the sweep: how its adapter was fitted, and its `SpliceScore`.
 
-    Attribute access to a score field (`ce_spliced`, `loss_recovered`, ...) gives the headline class's value.
-    `adapter` is the fitted adapter (not serialised); `adapter_path` where `save_dir` put it.
+    Every field of the score reads through: `record.source_layer`, `record.classes["lagging"]`, and the
+    headline class's values (`record.ce_spliced`, `record.loss_recovered`, ...). `adapter` is the fitted
+    adapter (not serialised); `adapter_path` where `save_dir` put it.
     """
 
-    source_layer: int
-    target_layer: int
-    injection: str
-    alignment: str
+    score: SpliceScore
     kind: str
     n_train_pairs: int
-    classes: dict[str, ClassScore]
-    reference: str = "context_free"
-    headline: str = "shared"
     adapter_path: str | None = None
     adapter: Adapter | None = field(default=None, compare=False, repr=False)
 
     def __getattr__(self, name: str):
-        if name in ClassScore.__dataclass_fields__:
-            return getattr(self.classes[self.headline], name)
-        raise AttributeError(name)
+        if name in ("score", "__setstate__") or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.score, name)
 
     @property
     def n_eval_tokens(self) -> int:
-        return self.classes["all"].n_tokens
+        return self.score.classes["all"].n_tokens
 
     def to_dict(self) -> dict:
-        score = SpliceScore(self.source_layer, self.target_layer, self.injection, self.alignment, self.classes)
-        data = {k: v for k, v in asdict(self).items() if k not in ("adapter", "classes")}
-        return {**data, "classes": score.to_dict()["classes"]}
+        fitted = {"kind": self.kind, "n_train_pairs": self.n_train_pairs, "adapter_path": self.adapter_path}
+        return {**self.score.to_dict(), **fitted}
 
     def to_row(self) -> dict:
         """One flat table row: how it was fitted, the headline ratio, and the spliced CE of every class."""
@@ -88,7 +83,9 @@ class SweepRecord:
 
     @classmethod
     def from_dict(cls, data: dict) -> SweepRecord:
-        return cls(**{**data, "classes": {k: ClassScore.from_dict(v) for k, v in data["classes"].items()}})
+        fitted = {k: data[k] for k in ("kind", "n_train_pairs", "adapter_path") if k in data}
+        score = SpliceScore.from_dict({k: v for k, v in data.items() if k not in fitted})
+        return cls(score, **fitted)
 
 
 def matching_layers(source_layers: Sequence[int], n_layers_a: int, n_layers_b: int, match: str) -> list[int]:
@@ -206,10 +203,7 @@ def _references(A, B, texts, splices, batch_size) -> References:
 
 
 def _record(sp: Splice, n_pairs: int, kind: str, score: SpliceScore) -> SweepRecord:
-    return SweepRecord(
-        score.source_layer, score.target_layer, score.injection, score.alignment, kind, n_pairs,
-        score.classes, score.reference, score.headline, adapter=sp.adapter,
-    )
+    return SweepRecord(score, kind, n_pairs, adapter=sp.adapter)
 
 
 def _saved(record: SweepRecord, directory: Path) -> SweepRecord:
@@ -219,5 +213,5 @@ def _saved(record: SweepRecord, directory: Path) -> SweepRecord:
         record.adapter, directory / name, source_layer=record.source_layer, target_layer=record.target_layer,
         injection=record.injection, alignment=record.alignment,
     )
-    return SweepRecord(**{**{f: getattr(record, f) for f in record.__dataclass_fields__}, "adapter_path": str(path)})
+    return dataclasses.replace(record, adapter_path=str(path))
 

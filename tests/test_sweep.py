@@ -139,7 +139,8 @@ def test_figure_and_record_round_trip(cross_records):
 def test_figure_flags_undefined_ratios_instead_of_plotting_them(cross_records):
     broken = cross_records[0]
     nan_class = dataclasses.replace(broken.classes["shared"], loss_recovered=float("nan"), note="undefined: test")
-    record = dataclasses.replace(broken, classes={**broken.classes, "shared": nan_class})
+    score = dataclasses.replace(broken.score, classes={**broken.classes, "shared": nan_class})
+    record = dataclasses.replace(broken, score=score)
     fig = sweep_figure([record, *cross_records[1:]])
     curve = next(t for t in fig.data if t.name == "residual splice, target grid")
     assert curve.y[0] is None

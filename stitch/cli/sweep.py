@@ -18,7 +18,6 @@ from analyses.figures import sweep_figure
 from analyses.report import Section, write_report
 from analyses.sweep import SweepRecord, layer_sweep
 from stitch.adapters import CLOSED_FORM
-from stitch.splice.injection import INJECTIONS
 from stitch.cli.common import (
     ModelPairConfig,
     load_models,
@@ -27,6 +26,7 @@ from stitch.cli.common import (
     save_config,
     write_json,
 )
+from stitch.splice.injection import INJECTIONS
 
 
 @dataclass(frozen=True, kw_only=True)

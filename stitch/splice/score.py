@@ -100,7 +100,7 @@ class SpliceScore:
 
     def __getattr__(self, name: str):
         # ce_spliced, loss_recovered, n_tokens, ...: the headline class's value
-        if name in ClassScore.__dataclass_fields__:
+        if name in ClassScore.__dataclass_fields__ and name != "classes":
             return getattr(self.classes[self.headline], name)
         raise AttributeError(name)
 
