@@ -9,6 +9,8 @@
 
 Nothing is reimplemented: every call is the HF forward, with blocks outside the requested range
 skipped (`skip_blocks`) and the stream read, replaced or cut off at boundaries by scoped pre-hooks.
+Thread-safe: every call (and every `hooks()` scope) holds the HF model's re-entrant lock while its hooks
+and skipped blocks are in place, so concurrent calls on one model run one after another.
 """
 
 from __future__ import annotations
@@ -25,7 +27,15 @@ from stitch.batch import Batch, positions_from_mask
 from stitch.checks import check_choice, check_layer, check_texts
 from stitch.models.arch import ArchSpec, arch_for, get_module
 from stitch.models.cache import ActivationCache
-from stitch.models.hooks import HookFn, HookPoint, hook_names, hook_scope, layer_of, skip_blocks
+from stitch.models.hooks import (
+    HookFn,
+    HookPoint,
+    hook_names,
+    hook_scope,
+    layer_of,
+    model_lock,
+    skip_blocks,
+)
 
 Hooks = Sequence[tuple["str | Callable[[str], bool]", HookFn]]
 
@@ -195,8 +205,12 @@ class HookedLM:
 
     @contextlib.contextmanager
     def hooks(self, fwd_hooks: Hooks) -> Iterator[HookedLM]:
-        """Hooks active for every forward of `self.model` inside the block; removed on exit, even on error."""
-        with hook_scope(self._resolve(fwd_hooks)):
+        """Hooks active for every forward of `self.model` inside the block; removed on exit, even on error.
+
+        The block holds the model's lock: other threads' calls on this model wait until it ends.
+        """
+        hooks = self._resolve(fwd_hooks)
+        with model_lock(self.model), hook_scope(hooks):
             yield self
 
     # ---- internals ----------------------------------------------------------------------------------
@@ -228,7 +242,7 @@ class HookedLM:
         inputs = (
             {"inputs_embeds": inputs_embeds} if inputs_embeds is not None else {"input_ids": batch.input_ids}
         )
-        with skip_blocks(self.blocks[:start]), hook_scope(hooks):
+        with model_lock(self.model), skip_blocks(self.blocks[:start]), hook_scope(hooks):
             try:
                 out = self.model(
                     **inputs,

@@ -9,12 +9,18 @@
 Layer ℓ < L is the input of block ℓ; layer L is the input of the final norm. Every hook is a forward
 pre-hook on that boundary module, registered by `hook_scope` and removed in its `finally`. A hook that
 never fired by the end of a clean scope is an error: it usually means the forward stopped early.
+
+Hooks and skipped blocks are state on shared modules, so every scope that installs them holds the model's
+re-entrant lock (`model_lock`): threads sharing a model take turns, the thread holding the lock may call
+the model again, and no thread ever sees another's hooks or skipped blocks.
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
+import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -114,6 +120,23 @@ def hook_scope(hooks: Sequence[tuple[HookPoint, HookFn]]) -> Iterator[None]:
 
 
 _ABSENT = object()
+_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The re-entrant lock of `model` (one per module, shared by every wrapper of it).
+
+        >>> with model_lock(A.model):   # hold A for a sequence of hooked forwards
+        ...     ...
+
+    Re-entrant so that the holding thread may call the model again (e.g. from inside a hook).
+    """
+    with _LOCKS_GUARD:  # two threads asking at once must get the same lock
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = threading.RLock()
+        return lock
 
 
 @contextlib.contextmanager
