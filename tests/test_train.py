@@ -130,6 +130,75 @@ def test_a_resumed_run_must_match_the_checkpoint(rotated, tmp_path):
         train(A, B, TEXTS, config(tmp_path, steps=2, checkpoint_every=1, resume=False))
 
 
+def strict_json(line: str):
+    """JSON as every parser reads it: Python's json accepts bare NaN / Infinity, which is not JSON."""
+    return json.loads(line, parse_constant=lambda token: pytest.fail(f"non-JSON constant {token}"))
+
+
+@pytest.mark.parametrize("poison", ["loss", "gradient"])
+def test_a_non_finite_step_stops_the_run_and_keeps_the_last_good_checkpoint(
+    rotated, tmp_path, monkeypatch, poison
+):
+    A, B, _ = rotated
+    calls, real = [], train_mod.backward
+
+    def nan_at_fourth_step(sp, texts, dist):
+        calls.append(1)
+        loss, tokens = real(sp, texts, dist)
+        if len(calls) < 4:
+            return loss, tokens
+        if poison == "gradient":  # a finite loss whose backward overflowed
+            next(sp.adapter.parameters()).grad.view(-1)[0] = float("inf")
+            return loss, tokens
+        return float("nan"), tokens
+
+    monkeypatch.setattr(train_mod, "backward", nan_at_fourth_step)
+    options = dict(steps=8, checkpoint_every=1, keep_checkpoints=2, log_every=1)
+    with pytest.raises(
+        train_mod.NonFiniteError,
+        match=r"training step 4 \(source layer 1 → target layer 1\): .*"
+        r"(loss is nan|gradient of weight).* last good checkpoint, step-00000003, is kept",
+    ):
+        train(A, B, TEXTS, config(tmp_path, **options))
+    directory = tmp_path / "run" / "checkpoints"
+    assert sorted(os.listdir(directory)) == ["latest.json", "step-00000002", "step-00000003"]
+    assert ckpt.latest_checkpoint(directory).name == "step-00000003"
+    adapter = build_adapter("linear", d_source=32, d_target=32)
+    assert ckpt.load_checkpoint(directory / "step-00000003", adapter)["step"] == 3
+    assert all(torch.isfinite(v).all() for v in adapter.state_dict().values())
+    assert not (tmp_path / "run" / "adapter.safetensors").exists()  # no final adapter from a poisoned run
+    records = [strict_json(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert records[-1].get("nonfinite", []) == (["loss"] if poison == "loss" else [])
+    assert (records[-1]["loss"] is None) == (poison == "loss")
+    assert "training step 4" in records[-1]["error"]
+    # the run can be rerun: it resumes from step 3 and fails at the same step again, losing nothing
+    calls.clear()
+    calls.extend([1, 1, 1])  # step 4 is the resumed run's first call
+    with pytest.raises(train_mod.NonFiniteError, match="training step 4"):
+        train(A, B, TEXTS, config(tmp_path, **options))
+    assert sorted(os.listdir(directory)) == ["latest.json", "step-00000002", "step-00000003"]
+
+
+def test_metrics_are_strict_json_with_non_finite_values_as_null_and_flagged(rotated, tmp_path, monkeypatch):
+    A, B, _ = rotated
+    real = train_mod.evaluate
+
+    def undefined_loss_recovered(*args):  # as when B's native loss equals the reference loss
+        return {**real(*args), "loss_recovered": float("nan"), "by_class": {"shared": float("-inf")}}
+
+    monkeypatch.setattr(train_mod, "evaluate", undefined_loss_recovered)
+    result = train(A, B, TEXTS, config(tmp_path, steps=2, checkpoint_every=1), eval_texts=TEXTS[:2])
+    records = [strict_json(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert records == result.history
+    evals = [r for r in records if r["split"] == "eval"]
+    assert len(evals) == 2 and all(r["loss_recovered"] is None for r in evals)
+    assert all(r["nonfinite"] == ["loss_recovered", "by_class.shared"] for r in evals)
+    assert all(math.isfinite(r["ce_spliced"]) for r in evals)
+    resumed = train(A, B, TEXTS, config(tmp_path, steps=2, checkpoint_every=1), eval_texts=TEXTS[:2])
+    assert resumed.history == result.history  # the checkpoint holds the same strict records
+
+
 @pytest.fixture
 def saved_checkpoint(tmp_path):
     """A checkpoint of an Affine adapter after one AdamW step, and the adapter and optimizer it saved."""
@@ -168,7 +237,8 @@ def test_checkpoint_round_trip_restores_everything(saved_checkpoint):
         ("optimizer.safetensors", lambda b: b[:-7], "truncated"),
         ("adapter.safetensors", lambda b: b[: len(b) // 2], "truncated"),
         ("adapter.safetensors", lambda b: b[:-1] + bytes([b[-1] ^ 1]), "altered"),
-        ("trainer_state.json", lambda b: b[:40], "truncated or corrupt"),
+        ("trainer_state.json", lambda b: b[:40], "truncated"),
+        ("manifest.json", lambda b: b[:40], "truncated or corrupt"),
     ],
 )
 def test_a_damaged_checkpoint_is_refused(saved_checkpoint, name, damage, message):
@@ -183,7 +253,7 @@ def test_a_crash_mid_save_leaves_the_previous_checkpoint(saved_checkpoint, monke
     path, adapter, optimizer = saved_checkpoint
     directory = path.parent
     (directory / ".tmp-killed").mkdir()  # what a save killed by SIGKILL leaves behind
-    monkeypatch.setattr(ckpt, "_digests", lambda _: (_ for _ in ()).throw(OSError("disk full")))
+    monkeypatch.setattr(ckpt, "write_manifest", lambda _: (_ for _ in ()).throw(OSError("disk full")))
     with pytest.raises(OSError, match="disk full"):
         ckpt.save_checkpoint(directory, 2, adapter, optimizer)
     assert ckpt.latest_checkpoint(directory) == path

@@ -14,6 +14,11 @@ step (`project_`). Rank 0 writes `OUT/adapter.safetensors` (`stitch.save_adapter
 `OUT/checkpoints/` (`stitch.training.checkpoint`); `resume=True` continues from the latest checkpoint bit-exactly.
 The order of the texts is a pure function of (seed, epoch) and the learning rate of the step, so the
 step, the adapter, the optimizer and the RNG are the whole state of a run.
+
+Every step checks that the loss and every gradient are finite before the optimizer moves, and that the
+adapter still is after: a NaN or infinity stops the run with a `NonFiniteError` naming the step and the
+layer pair, before anything non-finite is written, so the last good checkpoint stays in force.
+`metrics.jsonl` is strict JSON: a non-finite number is written as null and its key listed in "nonfinite".
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from stitch.adapters import (
@@ -44,6 +50,7 @@ from stitch.training import distributed
 from stitch.training.checkpoint import latest_checkpoint, load_checkpoint, read_record, save_checkpoint
 from stitch.training.config import TrainConfig
 from stitch.training.evaluate import eval_references, evaluate
+from stitch.training.records import NonFiniteError, nonfinite, strict_record
 
 
 @dataclass
@@ -133,6 +140,7 @@ class _Run:
         )
         self.metadata = {"source_model": A.name, "target_model": B.name, **metadata}
         self.history: list[dict[str, Any]] = []
+        self._last_checkpoint = checkpoint
         self.step = 0 if checkpoint is None else self._resume(checkpoint)
         self._order: tuple[int, torch.Tensor] | None = None
 
@@ -163,18 +171,45 @@ class _Run:
         self.optimizer.zero_grad(set_to_none=True)
         mine = distributed.shard(self._step_texts(self.step), self.dist)
         loss, tokens = backward(self.train_sp, mine, self.dist)
+        self._check_finite(loss, "the gradient of", {n: p.grad for n, p in self._parameters()})
         if self.config.grad_clip > 0:  # gradients are already reduced: every rank clips alike
             torch.nn.utils.clip_grad_norm_(self.adapter.parameters(), self.config.grad_clip)
         self.optimizer.step()
         if isinstance(self.adapter, Procrustes):
             self.adapter.project_()
+        self._check_finite(loss, "the adapter's", dict(self._parameters()))
         return loss, tokens
+
+    def _parameters(self):
+        return ((n, p) for n, p in self.adapter.named_parameters() if p.requires_grad)
+
+    def _check_finite(self, loss: float, what: str, tensors: dict[str, Tensor | None]) -> None:
+        """Raise before a non-finite state can reach the optimizer, a checkpoint or the metrics. Every rank
+        sees the same reduced loss and gradients, so every rank raises at the same step (no DDP hang)."""
+        cause = nonfinite(loss, {f"{what} {name}": t for name, t in tensors.items()})
+        if cause is None:
+            return
+        config, last = self.config, self._last_checkpoint
+        kept = f"the last good checkpoint, {last.name}, is kept" if last else "no checkpoint was written"
+        message = (
+            f"training step {self.step + 1} (source layer {config.source_layer} → target layer "
+            f"{self.target_layer}): {cause}; stopped before anything non-finite was written ({kept}). "
+            "Lower lr or grad_clip, or check the texts of this step (a changed config needs a new out directory)"
+        )
+        self.history.append(
+            strict_record({"split": "train", "step": self.step + 1, "loss": loss, "error": message})
+        )
+        if self.dist.is_main:
+            self._write_metrics()
+        raise NonFiniteError(message)
 
     def _after_step(self, loss: float, tokens: int) -> None:
         config, step = self.config, self.step
         if step % config.log_every == 0 or step == self.total:
             lr = self.optimizer.param_groups[0]["lr"]
-            self.history.append({"split": "train", "step": step, "loss": loss, "tokens": tokens, "lr": lr})
+            self.history.append(
+                strict_record({"split": "train", "step": step, "loss": loss, "tokens": tokens, "lr": lr})
+            )
         if self.eval_texts is not None and config.eval_every and step % config.eval_every == 0:
             self._evaluate()
         if config.checkpoint_every and (step % config.checkpoint_every == 0 or step == self.total):
@@ -191,7 +226,7 @@ class _Run:
 
     def _evaluate(self) -> None:
         record = evaluate(self.eval_sp, self.eval_texts, self.dist, self.config.batch_size, self.references)
-        self.history.append({"split": "eval", "step": self.step, **record})
+        self.history.append(strict_record({"split": "eval", "step": self.step, **record}))
         if self.dist.is_main:
             self._write_metrics()
         if self.dist.is_main and self.config.progress:
@@ -227,12 +262,17 @@ class _Run:
         digest = hashlib.sha256("\0".join(self.texts).encode()).hexdigest()
         return {"config": self.config.run_fields(), "texts_sha256": digest}
 
+    def _run_id(self) -> str:
+        """A digest of the run's identity: checkpoints of different runs never share a directory."""
+        return hashlib.sha256(json.dumps(self._identity(), sort_keys=True).encode()).hexdigest()[:16]
+
     def _checkpoint(self) -> None:
+        self._last_checkpoint = self.directory / f"step-{self.step:08d}"  # every rank: for error messages
         if self.dist.is_main:
             state = {**self._identity(), "history": self.history}
-            keep, metadata = self.config.keep_checkpoints, self._adapter_metadata()
+            options = dict(state=state, keep=self.config.keep_checkpoints, run=self._run_id())
             save_checkpoint(
-                self.directory, self.step, self.adapter, self.optimizer, state=state, keep=keep, **metadata
+                self.directory, self.step, self.adapter, self.optimizer, **options, **self._adapter_metadata()
             )
             self._write_metrics()
 
@@ -257,7 +297,7 @@ class _Run:
         }
 
     def _write_metrics(self) -> None:
-        lines = "".join(json.dumps(record) + "\n" for record in self.history)
+        lines = "".join(json.dumps(record, allow_nan=False) + "\n" for record in self.history)
         write_atomic(self.out / "metrics.jsonl", lines)
 
 
