@@ -61,7 +61,7 @@ class TrainConfig(Config):
     eval_every: int = option(0, help="evaluate on the held-out texts every N steps (0: at start and end)")
     log_every: int = option(10, help="record the training loss every N steps")
     checkpoint_every: int = option(0, help="save a checkpoint every N steps and at the end (0: never)")
-    keep_checkpoints: int = option(2, help="how many of the newest checkpoints to keep")
+    keep_checkpoints: int = option(2, help="how many of the most recently written checkpoints to keep")
     resume: bool = option(True, help="continue from the latest checkpoint in OUT/checkpoints, if any")
     seed: int = option(0, help="seed of the adapter's init and of the order of the texts")
     progress: bool = option(True, help="show a progress bar (rank 0 only)")
