@@ -11,7 +11,8 @@ import torch
 
 import stitch.training.checkpoint as ckpt
 from stitch.adapters import build_adapter
-from stitch.training.manifest import MANIFEST_NAME, sha256
+
+MANIFEST_NAME = "manifest.json"
 
 
 def make(seed: int = 0):
@@ -146,5 +147,4 @@ def test_non_finite_values_are_never_written(tmp_path):
         ckpt.save_checkpoint(tmp_path, 2, adapter, optimizer, run="run-a", keep=1, state={"x": float("inf")})
     assert listing(tmp_path) == ["latest.json", "step-00000001"]
     assert ckpt.latest_checkpoint(tmp_path) == good
-    assert sha256(good / "trainer_state.json")  # untouched and still verified
-    ckpt.read_record(good)
+    ckpt.read_record(good)  # untouched and still verified
