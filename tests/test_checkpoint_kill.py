@@ -64,7 +64,7 @@ def reference():
     shutil.rmtree(out, ignore_errors=True)
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=4, deadline=None)
 @given(kills=st.lists(st.floats(0.0, 0.8), min_size=2, max_size=4))
 def test_a_run_killed_at_random_moments_resumes_to_the_uninterrupted_adapter(reference, kills):
     (weights, metrics), duration = reference
