@@ -1,6 +1,5 @@
 """The splice: self-stitch identity, work skipped, gradients, the embedding-injection baseline."""
 
-import math
 
 import pytest
 import torch
