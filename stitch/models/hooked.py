@@ -14,6 +14,7 @@ skipped (`skip_blocks`) and the stream read, replaced or cut off at boundaries b
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -135,7 +136,7 @@ class HookedLM:
         layers = sorted({check_layer("layers", layer, self.n_layers) for layer in layers})
         captured: dict[int, Tensor] = {}
         hooks = [(self._boundary[layer], _capture(captured, layer)) for layer in layers]
-        self._forward(batch, hooks=hooks, stop=layers[-1])
+        self._forward(batch, "residuals", hooks=hooks, stop=layers[-1])
         return captured
 
     def run_from(
@@ -157,18 +158,18 @@ class HookedLM:
             raise ValueError(
                 f"fwd_hooks: {early} are before layer {layer}, where run_from starts; they would never see the stream"
             )
-        return self._forward(batch, hooks=[inject, *user], start=layer)
+        return self._forward(batch, "run_from", hooks=user, inject=inject, start=layer)
 
     def run_from_embeds(
         self, embeds: Float[Tensor, "batch pos d_model"], batch: Batch
     ) -> Float[Tensor, "batch pos vocab"]:
         """Logits with `embeds` given to the HF model as `inputs_embeds` (the embedding-injection baseline)."""
-        self._check_resid(embeds, batch)
-        return self._forward(batch, inputs_embeds=embeds.to(self.dtype))
+        self._check_resid(embeds, batch, "embeds")
+        return self._forward(batch, "run_from_embeds", inputs_embeds=embeds.to(self.dtype))
 
     def logits(self, batch: Batch | Sequence[str]) -> Float[Tensor, "batch pos vocab"]:
         """The plain forward; equal to the HF model's logits on the same ids, mask and positions."""
-        return self._forward(self.as_batch(batch))
+        return self._forward(self.as_batch(batch), "logits")
 
     # ---- TransformerLens-style hooks ----------------------------------------------------------------
 
@@ -176,7 +177,7 @@ class HookedLM:
         self, batch: Batch | Sequence[str], fwd_hooks: Hooks = ()
     ) -> Float[Tensor, "batch pos vocab"]:
         """Forward with `fwd_hooks = [(name or name filter, fn(tensor, hook))]`; hooks removed afterwards."""
-        return self._forward(self.as_batch(batch), hooks=self._resolve(fwd_hooks))
+        return self._forward(self.as_batch(batch), "run_with_hooks", hooks=self._resolve(fwd_hooks))
 
     def run_with_cache(
         self,
@@ -189,8 +190,10 @@ class HookedLM:
         for name in () if named is None or callable(named) else named:
             layer_of(name, self.n_layers)  # a misspelt name lists the valid ones, not an empty cache
         names = [n for n in self.hook_points if _passes(names_filter, n)]
+        if callable(names_filter) and not names:
+            raise ValueError(_no_match("names_filter", names_filter, self.n_layers))
         hooks = [(self.hook_points[n], _capture(store, n)) for n in names]
-        logits = self._forward(self.as_batch(batch), hooks=hooks)
+        logits = self._forward(self.as_batch(batch), "run_with_cache", hooks=hooks)
         return logits, ActivationCache(store, self.n_layers)
 
     @contextlib.contextmanager
@@ -205,7 +208,10 @@ class HookedLM:
         resolved = []
         for name, fn in fwd_hooks:
             if callable(name):
-                resolved += [(p, fn) for n, p in self.hook_points.items() if name(n)]
+                matched = [(p, fn) for n, p in self.hook_points.items() if name(n)]
+                if not matched:  # a filter that matches nothing would make the hook a silent no-op
+                    raise ValueError(_no_match("fwd_hooks", name, self.n_layers))
+                resolved += matched
             else:
                 layer_of(name, self.n_layers)  # raises listing valid names
                 resolved.append((self.hook_points[name], fn))
@@ -214,13 +220,19 @@ class HookedLM:
     def _forward(
         self,
         batch: Batch,
+        call: str,
         *,
         hooks=(),
+        inject=None,
         start: int = 0,
         stop: int | None = None,
         inputs_embeds: Tensor | None = None,
     ) -> Tensor | None:
-        """HF forward over blocks [start, stop) (stop=None: to the logits) with `hooks` installed."""
+        """HF forward over blocks [start, stop) (stop=None: to the logits) with `hooks` installed.
+
+        `inject` runs ahead of every other hook at its boundary, those of an enclosing `hooks()` too,
+        so they all see the injected stream; `call` names the public method in errors.
+        """
         self._check_batch(batch)
         hooks = list(hooks)
         if stop is not None:
@@ -228,7 +240,13 @@ class HookedLM:
         inputs = (
             {"inputs_embeds": inputs_embeds} if inputs_embeds is not None else {"input_ids": batch.input_ids}
         )
-        with skip_blocks(self.blocks[:start]), hook_scope(hooks):
+        why = f"{call}(layer={start})"
+        with (
+            _one_forward(self, call),
+            skip_blocks(self.blocks[:start], why),
+            hook_scope([inject] if inject else [], first=True),
+            hook_scope(hooks),
+        ):
             try:
                 out = self.model(
                     **inputs,
@@ -258,13 +276,48 @@ class HookedLM:
                 f"batch: {batch.shape[1]} positions exceed the model's {self.n_ctx} (valid: 1..{self.n_ctx})"
             )
 
-    def _check_resid(self, resid: Tensor, batch: Batch) -> None:
+    def _check_resid(self, resid: Tensor, batch: Batch, name: str = "resid") -> None:
         expected = (*batch.shape, self.d_model)
         if not isinstance(resid, Tensor) or tuple(resid.shape) != expected:
             got = tuple(resid.shape) if isinstance(resid, Tensor) else type(resid).__name__
-            raise ValueError(f"resid: expected shape [batch, pos, d_model] = {list(expected)}, got {got}")
+            raise ValueError(f"{name}: expected shape [batch, pos, d_model] = {list(expected)}, got {got}")
+        if not resid.is_floating_point():  # token ids or a mask passed by mistake would be cast silently
+            raise TypeError(f"{name}: expected a floating-point stream, got {resid.dtype}")
         if resid.device != self.device:
-            raise ValueError(f"resid: on device {resid.device} but model {self.name!r} is on {self.device}")
+            raise ValueError(f"{name}: on device {resid.device} but model {self.name!r} is on {self.device}")
+
+
+_in_forward = threading.local()  # {id(HF model): the HookedLM call running on this thread}
+
+
+@contextlib.contextmanager
+def _one_forward(lm: HookedLM, call: str) -> Iterator[None]:
+    """Refuse a forward of a model started from inside one of its own forwards (i.e. from a hook).
+
+    The outer call's hooks and its stop and skip points are installed on the same modules, so the
+    inner forward would fire them again (recursion), stop at the outer call's layer (None), or skip
+    the outer call's blocks: its result would be wrong whichever way it went.
+    """
+    running = _in_forward.__dict__.setdefault("calls", {})
+    key = id(lm.model)
+    if key in running:
+        raise RuntimeError(
+            f"{call}: called from inside a hook of {running[key]} on model {lm.name!r}; a model cannot "
+            f"run a forward while one of its own forwards is in progress. Call {call} before or after "
+            f"{running[key]} (or on a copy of the model)."
+        )
+    running[key] = call
+    try:
+        yield
+    finally:
+        del running[key]
+
+
+def _no_match(name: str, names_filter, n_layers: int) -> str:
+    return (
+        f"{name}: the name filter {getattr(names_filter, '__name__', names_filter)!r} matches no hook "
+        f"point, so its hook would never run; names are {hook_names(n_layers)[:2]} ... {hook_names(n_layers)[-1:]}"
+    )
 
 
 def _capture(store: dict, key) -> HookFn:
