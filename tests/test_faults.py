@@ -4,6 +4,8 @@ Each test here failed on the code before issue 14 (a wrong record, a wrong or No
 a silent cast); the reference is the HF forward or raw torch hooks where one exists.
 """
 
+import copy
+
 import pytest
 import torch
 
@@ -150,3 +152,43 @@ def test_a_name_filter_that_matches_nothing_is_an_error(llama, texts):
             pass
     with pytest.raises(ValueError, match=r"names_filter: the name filter .* matches no hook point"):
         llama.run_with_cache(texts, names_filter=never)
+
+
+# ---- item 7: a batch encoded by another tokenizer --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def big_vocab():
+    """A model whose tokenizer (vocabulary 400) differs from the suite's (300), ids of the latter all fit."""
+    tok400 = byte_bpe_tokenizer(400)
+    return stitch.load_model(tiny_model("llama", vocab_size=len(tok400)), tokenizer=tok400)
+
+
+def test_a_batch_from_another_tokenizer_is_refused(llama, big_vocab, texts):
+    foreign = llama.encode(texts)
+    assert int(foreign.input_ids.max()) < big_vocab.vocab_size  # ids fit: only the stamp can tell
+    for call in ("logits", "residuals", "run_from", "run_with_cache"):
+        with pytest.raises(ValueError, match=r"batch: encoded by another tokenizer \(fingerprint \w+\) than model"):
+            CALLS[call](big_vocab, foreign)
+    # the same texts encoded by big_vocab itself, or the same ids passed raw, are accepted
+    torch.testing.assert_close(big_vocab.logits(texts), hf_logits(big_vocab, big_vocab.encode(texts)))
+    raw = big_vocab.logits(foreign.input_ids[:1, : int(foreign.lengths()[0])])
+    assert raw.shape[:2] == (1, int(foreign.lengths()[0]))
+
+
+def test_the_fingerprint_follows_the_vocabulary_not_the_object(llama, tok, texts):
+
+
+    twin = stitch.load_model(llama.model, tokenizer=copy.deepcopy(tok))
+    assert twin.tokenizer_fingerprint == llama.tokenizer_fingerprint
+    no_bos = stitch.load_model(llama.model, tokenizer=byte_bpe_tokenizer(bos=False))  # same vocabulary
+    batch = llama.encode(texts)
+    assert batch.tokenizer_fingerprint == llama.tokenizer_fingerprint
+    torch.testing.assert_close(twin.logits(batch), no_bos.logits(batch), rtol=0, atol=0)
+    assert batch.to("cpu").tokenizer_fingerprint == batch.tokenizer_fingerprint
+
+
+def test_source_grid_splice_across_tokenizers_still_runs(llama, big_vocab, texts):
+    sp = stitch.Splice(llama, big_vocab, source_layer=1, alignment="source")
+    out = sp(texts)
+    assert out.logits.shape[:2] == out.source.shape

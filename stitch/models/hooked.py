@@ -14,6 +14,7 @@ skipped (`skip_blocks`) and the stream read, replaced or cut off at boundaries b
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 from collections.abc import Callable, Iterator, Sequence
 
@@ -22,7 +23,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from stitch.alignment.spans import token_spans_batch
-from stitch.batch import Batch, positions_from_mask
+from stitch.batch import Batch, positions_from_mask, tokenizer_fingerprint
 from stitch.checks import check_choice, check_layer, check_texts
 from stitch.models.arch import ArchSpec, arch_for, get_module
 from stitch.models.cache import ActivationCache
@@ -86,7 +87,16 @@ class HookedLM:
                     f"texts[{i}]: {len(enc.ids)} tokens exceed the model's {self.n_ctx} positions "
                     f"(valid: 1..{self.n_ctx} tokens); shorten or split the text"
                 )
-        return _pad(texts, encoded, self.pad_token_id, padding_side, self.device)
+        batch = _pad(texts, encoded, self.pad_token_id, padding_side, self.device)
+        return dataclasses.replace(batch, tokenizer_fingerprint=self.tokenizer_fingerprint)
+
+    @property
+    def tokenizer_fingerprint(self) -> str | None:
+        """The fingerprint `encode` stamps on its batches (see `stitch.batch.tokenizer_fingerprint`)."""
+        cached = self.__dict__.get("_fingerprint")
+        if cached is None or cached[0] is not self.tokenizer:  # recomputed if the tokenizer is swapped
+            cached = self.__dict__["_fingerprint"] = (self.tokenizer, tokenizer_fingerprint(self.tokenizer))
+        return cached[1]
 
     @property
     def pad_token_id(self) -> int:
@@ -259,6 +269,13 @@ class HookedLM:
         return out.logits
 
     def _check_batch(self, batch: Batch) -> None:
+        own = self.tokenizer_fingerprint
+        if batch.tokenizer_fingerprint not in (None, own) and own is not None:
+            raise ValueError(
+                f"batch: encoded by another tokenizer (fingerprint {batch.tokenizer_fingerprint}) than model "
+                f"{self.name!r}'s ({own}); its ids would mean other tokens here. Encode the texts with "
+                "this model's encode(), or pass token ids to build a batch from raw ids"
+            )
         if batch.device != self.device:
             raise ValueError(
                 f"batch: on device {batch.device} but model {self.name!r} is on {self.device}; "

@@ -145,7 +145,10 @@ class Splice(nn.Module):
         if self.alignment == "target":
             return aligned.target
         src = aligned.source
-        return dataclasses.replace(src, input_ids=torch.full_like(src.input_ids, self.B.pad_token_id))
+        placeholders = torch.full_like(src.input_ids, self.B.pad_token_id)
+        return dataclasses.replace(
+            src, input_ids=placeholders, tokenizer_fingerprint=self.B.tokenizer_fingerprint
+        )
 
     def _adapt(self, states: Tensor) -> Tensor:
         param = next(self.adapter.parameters(), None)
