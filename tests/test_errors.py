@@ -91,7 +91,10 @@ def test_token_ids_out_of_vocabulary(llama):
 
 
 def test_models_on_different_devices(llama, tok):
-    on_meta = stitch.load_model(tiny_model("llama", vocab_size=len(tok)).to("meta"), tokenizer=tok)
+    with pytest.raises(ValueError, match=r"model: its weights are on the 'meta' device"):
+        stitch.load_model(tiny_model("llama", vocab_size=len(tok)).to("meta"), tokenizer=tok)
+    # wrapped directly (load_model refuses meta weights), a meta model stands in for one on another device
+    on_meta = stitch.HookedLM(tiny_model("llama", vocab_size=len(tok)).to("meta"), tok)
     with pytest.raises(ValueError, match=r"B: model B is on meta but model A is on cpu"):
         stitch.Splice(llama, on_meta, source_layer=1)
     with pytest.raises(ValueError, match=r"batch: on device cpu but model .* is on meta"):

@@ -38,7 +38,7 @@ _MAX_HEADER = 100_000_000
 def adapter_paths(path: str | os.PathLike) -> tuple[Path, Path]:
     """(weights file, JSON config file) for a `.safetensors` path or a directory."""
     path = Path(path)
-    if path.suffix == ".safetensors":
+    if path.suffix.lower() == ".safetensors":  # "X.SAFETENSORS" is a file too, never a directory
         return path, path.with_suffix(".json")
     return path / WEIGHTS_NAME, path / CONFIG_NAME
 

@@ -21,7 +21,6 @@ import json
 import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ import safetensors.torch
 import torch
 
 from stitch.adapters import Adapter, load_adapter, save_adapter
-from stitch.files import write_atomic
+from stitch.files import make_temp_dir, write_atomic
 
 FORMAT, FORMAT_VERSION = "stitch-checkpoint", 1
 STATE_NAME, TENSORS_NAME, POINTER_NAME = "trainer_state.json", "optimizer.safetensors", "latest.json"
@@ -52,7 +51,7 @@ def save_checkpoint(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"step-{step:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=directory))
+    tmp = make_temp_dir(directory, _TMP_PREFIX)  # mkdtemp's 0700 would hide the run from its group
     try:
         save_adapter(adapter, tmp, step=step, **adapter_metadata)
         tensors, groups = _optimizer_tensors(optimizer)
@@ -75,7 +74,7 @@ def _move_into_place(tmp: Path, final: Path) -> None:
     if not final.exists():
         os.replace(tmp, final)
         return
-    old = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=final.parent))
+    old = make_temp_dir(final.parent, _TMP_PREFIX)
     os.replace(final, old / final.name)
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
