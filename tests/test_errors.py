@@ -187,7 +187,9 @@ def test_debiased_must_be_a_bool():
 
 
 def test_warmup_longer_than_the_run():
-    with pytest.raises(ValueError, match=r"warmup: 10 steps is longer than the run's 5 steps; valid warmup: 0\.\.5"):
+    with pytest.raises(
+        ValueError, match=r"warmup: 10 steps is longer than the run's 5 steps; valid warmup: 0\.\.5"
+    ):
         TrainConfig(out="runs/x", source_layer=1, steps=5, warmup=10)
     assert TrainConfig(out="runs/x", source_layer=1, steps=5, warmup=5).warmup == 5
 
@@ -259,7 +261,9 @@ def test_claimed_widths_are_checked_before_anything_is_allocated(tmp_path):
     # 10^7 x 10^7 floats would be 400 TB: building the module from the header's claim cannot even start
     path = write_raw_adapter(tmp_path / "huge.safetensors", record(d_source=10**7, d_target=10**7))
     assert path.stat().st_size < 1000
-    with pytest.raises(ValueError, match=r"tensor 'weight' has shape \(2, 2\) in the file, but a linear adapter"):
+    with pytest.raises(
+        ValueError, match=r"tensor 'weight' has shape \(2, 2\) in the file, but a linear adapter"
+    ):
         stitch.load_adapter(path)
 
 
@@ -269,9 +273,15 @@ def test_claimed_widths_are_checked_before_anything_is_allocated(tmp_path):
         ({HEADER_KEY: "[1, 2]"}, r"corrupt stitch adapter config in the header \(not a JSON object\)"),
         ({HEADER_KEY: "{not json"}, r"huge.safetensors: corrupt stitch adapter config in the header"),
         ({HEADER_KEY: json.dumps({"format": FORMAT, "format_version": 1})}, r"needs a string 'kind'"),
-        ({HEADER_KEY: json.dumps({**record(), "config": [4, 4]})}, r"needs a string 'kind' and an object 'config'"),
+        (
+            {HEADER_KEY: json.dumps({**record(), "config": [4, 4]})},
+            r"needs a string 'kind' and an object 'config'",
+        ),
         ({HEADER_KEY: json.dumps({**record(), "format_version": "1"})}, r"version '1' is not readable here"),
-        ({HEADER_KEY: json.dumps(record(kind="nope", d_source=2))}, r"does not build a 'nope' adapter: unknown"),
+        (
+            {HEADER_KEY: json.dumps(record(kind="nope", d_source=2))},
+            r"does not build a 'nope' adapter: unknown",
+        ),
         ([1], r"without a stitch adapter config"),
     ],
 )
@@ -282,13 +292,17 @@ def test_half_valid_headers_name_the_file(tmp_path, metadata, pattern):
 
 
 def test_a_tensor_without_a_shape_is_a_corrupt_header(tmp_path):
-    path = write_raw_adapter(tmp_path / "a.safetensors", record(d_source=2, d_target=2), tensors={"weight": ("x", b"\0" * 16)})
+    path = write_raw_adapter(
+        tmp_path / "a.safetensors", record(d_source=2, d_target=2), tensors={"weight": ("x", b"\0" * 16)}
+    )
     with pytest.raises(ValueError, match=r"corrupt safetensors header"):
         stitch.load_adapter(path)
 
 
 def test_short_files_are_truncated_not_pickles(tmp_path):
-    short = tmp_path / "short.safetensors"  # the first 8 bytes of a safetensors file whose header is 640 bytes
+    short = (
+        tmp_path / "short.safetensors"
+    )  # the first 8 bytes of a safetensors file whose header is 640 bytes
     short.write_bytes(struct.pack("<Q", 640))
     assert short.read_bytes()[:2] == b"\x80\x02"
     with pytest.raises(ValueError, match=r"truncated file \(8 bytes"):
@@ -304,7 +318,9 @@ def test_load_adapter_on_a_missing_device_names_it(tmp_path, device):
     if device.split(":")[0] in {d.split(":")[0] for d in available_devices()} and device != "cuda:7":
         pytest.skip(f"{device} exists here")
     path = stitch.save_adapter(stitch.adapters.Affine(4), tmp_path / "a.safetensors")
-    with pytest.raises(ValueError, match=rf"device: '{device}' (is not available here|holds shapes but no data)"):
+    with pytest.raises(
+        ValueError, match=rf"device: '{device}' (is not available here|holds shapes but no data)"
+    ):
         stitch.load_adapter(path, device=device)
 
 
@@ -322,7 +338,17 @@ def test_load_model_on_a_missing_device_names_it_and_the_available_ones(tok, dev
 def test_cli_device_error_is_one_line(tmp_path, capsys):
     texts = tmp_path / "t.txt"
     texts.write_text("hello\n")
-    argv = ["cka", "--source-model", "x", "--target-model", "x", "--texts", str(texts), "--out", str(tmp_path / "o")]
+    argv = [
+        "cka",
+        "--source-model",
+        "x",
+        "--target-model",
+        "x",
+        "--texts",
+        str(texts),
+        "--out",
+        str(tmp_path / "o"),
+    ]
     assert stitch.cli.main([*argv, "--device", "cuda:7"]) == 1
     err = capsys.readouterr().err
     assert "--device: 'cuda:7' is not available here; available devices: ['cpu'" in err
@@ -341,7 +367,9 @@ def test_a_missing_local_directory_is_named(path):
 def test_a_non_utf8_text_file_is_named(tmp_path):
     bad = tmp_path / "latin1.txt"
     bad.write_bytes("first line\ncaf\xe9\n".encode("latin-1"))
-    with pytest.raises(ValueError, match=r"--texts: '.*latin1.txt' is not UTF-8 text: byte 0xe9 at offset 14 \(line 2\)"):
+    with pytest.raises(
+        ValueError, match=r"--texts: '.*latin1.txt' is not UTF-8 text: byte 0xe9 at offset 14 \(line 2\)"
+    ):
         read_texts("texts", str(bad))
 
 

@@ -24,19 +24,25 @@ CALLS = {
 
 
 def hf_logits(model, batch):
-    inputs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids)
+    inputs = dict(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
+    )
     return model.model(**inputs).logits
 
 
 # ---- item 5: hooks on blocks a splice or run_from skips -------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["blocks.0.hook_resid_pre", "blocks.0.hook_resid_post", "blocks.1.hook_resid_pre"])
+@pytest.mark.parametrize(
+    "name", ["blocks.0.hook_resid_pre", "blocks.0.hook_resid_post", "blocks.1.hook_resid_pre"]
+)
 def test_hook_below_the_splice_layer_is_refused(llama, texts, name):
     n_hooks = hooks_left(llama)
     sp = stitch.Splice(llama, llama, source_layer=2)
     seen = []
-    with pytest.raises(RuntimeError, match=rf"hook {name}: layer \d is not computed by this forward.*run_from\(layer=2\)"):
+    with pytest.raises(
+        RuntimeError, match=rf"hook {name}: layer \d is not computed by this forward.*run_from\(layer=2\)"
+    ):
         with llama.hooks([(name, lambda r, h: seen.append(r))]):
             sp(texts)
     # A's run to layer 2 fired the hook with A's true stream; B's skipped block never recorded anything
@@ -89,7 +95,9 @@ def test_a_call_from_inside_a_hook_of_the_same_model_raises(llama, texts, outer,
             with llama.hooks([("blocks.1.hook_resid_pre", reenter)]):
                 llama.residuals(batch, [2])
         else:
-            llama.run_from(llama.residuals(batch, [1])[1], 1, batch, fwd_hooks=[("blocks.2.hook_resid_pre", reenter)])
+            llama.run_from(
+                llama.residuals(batch, [1])[1], 1, batch, fwd_hooks=[("blocks.2.hook_resid_pre", reenter)]
+            )
     assert hooks_left(llama) == n_hooks
     torch.testing.assert_close(llama.logits(batch), hf_logits(llama, batch), rtol=0, atol=0)
 
@@ -168,7 +176,9 @@ def test_a_batch_from_another_tokenizer_is_refused(llama, big_vocab, texts):
     foreign = llama.encode(texts)
     assert int(foreign.input_ids.max()) < big_vocab.vocab_size  # ids fit: only the stamp can tell
     for call in ("logits", "residuals", "run_from", "run_with_cache"):
-        with pytest.raises(ValueError, match=r"batch: encoded by another tokenizer \(fingerprint \w+\) than model"):
+        with pytest.raises(
+            ValueError, match=r"batch: encoded by another tokenizer \(fingerprint \w+\) than model"
+        ):
             CALLS[call](big_vocab, foreign)
     # the same texts encoded by big_vocab itself, or the same ids passed raw, are accepted
     torch.testing.assert_close(big_vocab.logits(texts), hf_logits(big_vocab, big_vocab.encode(texts)))
@@ -177,7 +187,6 @@ def test_a_batch_from_another_tokenizer_is_refused(llama, big_vocab, texts):
 
 
 def test_the_fingerprint_follows_the_vocabulary_not_the_object(llama, tok, texts):
-
 
     twin = stitch.load_model(llama.model, tokenizer=copy.deepcopy(tok))
     assert twin.tokenizer_fingerprint == llama.tokenizer_fingerprint
