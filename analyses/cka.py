@@ -88,6 +88,8 @@ def prepare(
     xs, ys, names=("xs", "ys"), *, debiased=False, kernel="linear", sigma_frac=1.0, allow_constant=False
 ) -> tuple[Side, Side]:
     """Validate and centre both sides once (shared if `ys is xs`); the input of `cka_from_sides`."""
+    if not isinstance(debiased, bool):  # "yes", "no" and 0.0 would all be read as a choice silently
+        raise TypeError(f"debiased: expected True or False, got {debiased!r} ({type(debiased).__name__})")
     if kernel not in KERNELS:
         raise ValueError(f"kernel: {kernel!r} is not one of {list(KERNELS)}")
     if kernel == "rbf" and not (isinstance(sigma_frac, int | float) and 0 < sigma_frac < float("inf")):

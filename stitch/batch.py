@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +23,8 @@ class Batch:
     `spans[b, t] = (start, end)` in characters of `texts[b]` (`byte_spans` in its UTF-8 bytes, which is what
     alignment compares, exact where a token ends inside a character); special tokens are zero-width and
     padding is `(-1, -1)`. `position_ids` count real tokens only, so left padding does not shift positions.
+    `tokenizer_fingerprint` identifies the tokenizer that encoded the texts (see `tokenizer_fingerprint`);
+    a model refuses a batch stamped with another tokenizer's. Batches built from raw ids carry None.
     """
 
     texts: list[str]
@@ -31,6 +35,7 @@ class Batch:
     special_mask: Bool[Tensor, "batch pos"]
     padding_side: str = "right"
     byte_spans: Int[Tensor, "batch pos 2"] | None = None  # the same spans in UTF-8 bytes (exact alignment)
+    tokenizer_fingerprint: str | None = None  # of the tokenizer that made input_ids (None: unknown)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -55,3 +60,20 @@ class Batch:
 def positions_from_mask(attention_mask: Int[Tensor, "batch pos"]) -> Int[Tensor, "batch pos"]:
     """Positions counting real tokens only (what HF `generate` does for left padding)."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def tokenizer_fingerprint(tokenizer) -> str | None:
+    """A short hash of what a tokenizer's ids mean (its vocabulary, added tokens included).
+
+    >>> tokenizer_fingerprint(A.tokenizer) == tokenizer_fingerprint(copy.deepcopy(A.tokenizer))
+    True
+
+    Two tokenizers with one vocabulary give the same ids the same meaning, so they share a fingerprint
+    even when they add different special tokens around a text. None when the vocabulary is unreadable.
+    """
+    try:
+        vocab = tokenizer.get_vocab()
+    except (AttributeError, NotImplementedError, TypeError):
+        return None
+    items = sorted((int(i), str(t)) for t, i in vocab.items())
+    return hashlib.sha256(json.dumps(items, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]

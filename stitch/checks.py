@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+
 
 def check_layer(name: str, value, n_layers: int) -> int:
     """An integer layer ℓ ∈ [0, n_layers]."""
@@ -37,3 +39,41 @@ def check_texts(texts) -> list[str]:
 def check_choice(name: str, value, choices: Sequence) -> None:
     if value not in choices:
         raise ValueError(f"{name}: {value!r} is not one of {list(choices)}")
+
+
+def available_devices() -> list[str]:
+    """The devices this process can run on: "cpu", then "cuda:0".."cuda:N-1", then "mps" if present."""
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+def check_device(name: str, device) -> torch.device:
+    """A device this machine has; "meta" (shapes without data, nothing can run there) is refused.
+
+    >>> check_device("device", "cuda:7")   # on a machine without 8 GPUs:
+    ValueError: device: 'cuda:7' is not available here; available devices: ['cpu']
+    """
+    try:
+        dev = device if isinstance(device, torch.device) else torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(
+            f"{name}: {device!r} is not a device; use 'cpu', 'cuda', 'cuda:N' or 'mps' "
+            f"(available here: {available_devices()})"
+        ) from None
+    if dev.type == "meta":
+        raise ValueError(
+            f"{name}: 'meta' holds shapes but no data, so nothing can run on it; "
+            f"available devices: {available_devices()}"
+        )
+    if dev.type == "cpu":
+        return dev
+    wanted = str(dev) if dev.index is not None else f"{dev.type}:0"
+    available = available_devices()
+    if wanted not in available and not (dev.type == "mps" and "mps" in available):
+        raise ValueError(f"{name}: {str(device)!r} is not available here; available devices: {available}")
+    return dev

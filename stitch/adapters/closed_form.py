@@ -12,6 +12,7 @@ large offsets (massive activations) lose no precision to a `XᵀX − n·μμᵀ
 
 Degenerate inputs and the documented fallbacks:
 - NaN/inf, mismatched n, empty or non-2-D inputs, integer dtypes: ValueError/TypeError naming x or y.
+- Finite values whose products overflow float64 (|values| beyond ~1e154): ValueError naming x or y.
 - x with no variance (all rows equal, e.g. zeros) or a zero cross-covariance: ValueError.
 - Rank-deficient x (rank-1, n < d_source) with `ridge=0`: a UserWarning, then the minimum-norm
   least-squares solution (pseudo-inverse on the eigenvalues of XᵀX), as `numpy.linalg.lstsq` returns.
@@ -66,6 +67,17 @@ def _check_finite(name: str, chunk: Tensor, column_mean: Tensor, offset: int) ->
     raise ValueError(f"{name} overflows float64 (|values| near 1e308); rescale it before fitting")
 
 
+def _check_moments(cxx: Tensor, cxy: Tensor, syy: Tensor) -> None:
+    # finite inputs can still square past float64's range (|x| ~ 1e160 → x² ~ 1e320 = inf); an inf
+    # here would surface as a LinAlgError from eigh/svd far from its cause
+    for name, moment in (("x", cxx), ("y", syy), ("x and y", cxy)):
+        if not torch.isfinite(moment).all():
+            raise ValueError(
+                f"{name}: products of the values overflow float64 (|values| beyond ~1e154 make "
+                "x·x exceed 1e308); rescale the states before fitting"
+            )
+
+
 class SufficientStats:
     """Streaming float64 statistics of paired states `(x, y)`: enough for every closed-form fit.
 
@@ -110,6 +122,7 @@ class SufficientStats:
         if other.n:
             self._check_widths(other.d_source, other.d_target)
             self._combine(other.n, other.mean_x, other.mean_y, other.cxx, other.cxy, other.syy, other.dtype)
+            _check_moments(self.cxx, self.cxy, self.syy)
         return self
 
     def _check_widths(self, d_source: int, d_target: int) -> None:
@@ -131,6 +144,7 @@ class SufficientStats:
         yc = yc.sub_(my) if yc.data_ptr() != y.data_ptr() else yc - my
         syy = torch.linalg.vector_norm(yc).square()
         self._combine(xc.shape[0], mx, my, xc.T @ xc, xc.T @ yc, syy, x.dtype)
+        _check_moments(self.cxx, self.cxy, self.syy)
 
     def _combine(self, n_b, mx_b, my_b, cxx_b, cxy_b, syy_b, dtype) -> None:
         if self.n == 0:

@@ -6,7 +6,7 @@
     >>> ad = load_adapter("runs/l16/adapter.safetensors")      # the same module, same dtype, exact
     >>> read_adapter_record("runs/l16/adapter.safetensors")["metadata"]["source_layer"]
 
-A path ending in `.safetensors` names the weights file and its config goes beside it as `<stem>.json`;
+A path ending in `.safetensors` (any case) names the weights file and its config goes beside it as `<stem>.json`;
 any other path is a directory holding `adapter.safetensors` and `adapter_config.json`.
 The config (kind, widths, constructor arguments, tensor shapes, metadata, library versions) is also
 embedded in the safetensors header, which is what `load_adapter` reads: the weights file alone is
@@ -27,6 +27,7 @@ import safetensors.torch
 import torch
 
 from stitch.adapters.base import Adapter, adapter_class
+from stitch.checks import check_device
 from stitch.files import write_atomic
 
 FORMAT, FORMAT_VERSION, HEADER_KEY = "stitch-adapter", 1, "stitch_adapter"
@@ -38,7 +39,7 @@ _MAX_HEADER = 100_000_000
 def adapter_paths(path: str | os.PathLike) -> tuple[Path, Path]:
     """(weights file, JSON config file) for a `.safetensors` path or a directory."""
     path = Path(path)
-    if path.suffix == ".safetensors":
+    if path.suffix.lower() == ".safetensors":  # "X.SAFETENSORS" is a file too, never a directory
         return path, path.with_suffix(".json")
     return path / WEIGHTS_NAME, path / CONFIG_NAME
 
@@ -95,27 +96,52 @@ def library_versions() -> dict[str, str]:
 
 
 def load_adapter(path: str | os.PathLike, device: str | torch.device = "cpu") -> Adapter:
-    """Rebuild the adapter saved at `path` (a `.safetensors` file or a directory), exactly as saved."""
+    """Rebuild the adapter saved at `path` (a `.safetensors` file or a directory), exactly as saved.
+
+    The header's claims are checked against each other before anything is allocated: the module is
+    built on the meta device and its shapes compared with the header's tensor shapes, so a tiny file
+    claiming huge widths is refused instead of allocating them.
+    """
+    device = check_device("device", device)
     weights, _ = adapter_paths(path)
-    record = read_adapter_record(weights)
+    header = _read_header(weights)
+    adapter = _build_on_meta(weights, _record(weights, header))
+    _check_tensors(weights, adapter, _header_shapes(weights, header))
     try:
-        adapter = adapter_class(record["kind"])(**record["config"])
-    except TypeError as err:
-        raise ValueError(
-            f"{weights}: config {record['config']} does not build a {record['kind']!r} adapter: {err}"
-        ) from None
-    try:
-        tensors = safetensors.torch.load_file(weights, device=str(device))
+        tensors = safetensors.torch.load_file(weights, device="cpu")
     except Exception as err:  # safetensors raises its own error type; name the file and the cause
         raise ValueError(f"{weights}: corrupt safetensors file: {err}") from None
-    _check_tensors(weights, adapter, tensors)
+    _check_tensors(weights, adapter, {k: tuple(v.shape) for k, v in tensors.items()})
     adapter.load_state_dict(tensors, strict=True, assign=True)  # assign keeps the saved dtype bit-exact
     return adapter.to(device)
 
 
-def _check_tensors(weights: Path, adapter: Adapter, tensors: dict[str, torch.Tensor]) -> None:
+def _build_on_meta(weights: Path, record: dict[str, Any]) -> Adapter:
+    """The saved architecture with shapes but no storage (its tensors are assigned from the file)."""
+    try:
+        cls = adapter_class(record["kind"])
+        with torch.device("meta"):
+            return cls(**record["config"])
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"{weights}: config {record['config']} does not build a {record['kind']!r} adapter: {err}"
+        ) from None
+
+
+def _header_shapes(weights: Path, header: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    shapes = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        shape = info.get("shape") if isinstance(info, dict) else None
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise ValueError(f"{weights}: corrupt safetensors header (tensor {name!r} has no valid shape)")
+        shapes[name] = tuple(shape)
+    return shapes
+
+
+def _check_tensors(weights: Path, adapter: Adapter, found: dict[str, tuple[int, ...]]) -> None:
     expected = {k: tuple(v.shape) for k, v in adapter.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in tensors.items()}
     if set(expected) != set(found):
         raise ValueError(
             f"{weights}: tensors {sorted(found)} do not match a {adapter.kind} adapter "
@@ -132,18 +158,34 @@ def _check_tensors(weights: Path, adapter: Adapter, tensors: dict[str, torch.Ten
 def read_adapter_record(path: str | os.PathLike) -> dict[str, Any]:
     """The saved config of an adapter file (kind, widths, metadata, versions) without loading weights."""
     weights, _ = adapter_paths(path)
-    header = _read_header(weights)
-    text = header.get("__metadata__", {}).get(HEADER_KEY)
+    return _record(weights, _read_header(weights))
+
+
+def _record(weights: Path, header: dict[str, Any]) -> dict[str, Any]:
+    """The stitch record in a parsed header, its structure checked (a half-valid one is corrupt)."""
+    metadata = header.get("__metadata__", {})
+    text = metadata.get(HEADER_KEY) if isinstance(metadata, dict) else None
     if text is None:
         raise ValueError(
             f"{weights}: a safetensors file without a stitch adapter config; "
             "save adapters with stitch.save_adapter"
         )
-    record = json.loads(text)
-    if record.get("format") != FORMAT or record.get("format_version", 0) > FORMAT_VERSION:
+    try:
+        record = json.loads(text) if isinstance(text, str) else None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{weights}: corrupt stitch adapter config in the header ({err})") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{weights}: corrupt stitch adapter config in the header (not a JSON object)")
+    version = record.get("format_version", 0)
+    if record.get("format") != FORMAT or not isinstance(version, int) or version > FORMAT_VERSION:
         raise ValueError(
-            f"{weights}: format {record.get('format')!r} version {record.get('format_version')}"
+            f"{weights}: format {record.get('format')!r} version {record.get('format_version')!r}"
             f" is not readable here (expected {FORMAT!r} <= {FORMAT_VERSION}); upgrade stitch"
+        )
+    if not isinstance(record.get("kind"), str) or not isinstance(record.get("config"), dict):
+        raise ValueError(
+            f"{weights}: corrupt stitch adapter config: needs a string 'kind' and an object 'config', "
+            f"got kind={record.get('kind')!r}, config={record.get('config')!r}"
         )
     return record
 
@@ -155,11 +197,12 @@ def _read_header(weights: Path) -> dict[str, Any]:
     with open(weights, "rb") as f:
         head = f.read(9)
         if size < 9:
-            _refuse_pickle(weights, head)
+            _refuse_pickle(weights, head, head[-1:])
             raise ValueError(f"{weights}: truncated file ({size} bytes; a safetensors header needs >= 9)")
         (n,) = struct.unpack("<Q", head[:8])
         if head[8:9] != b"{" or n > _MAX_HEADER:  # not safetensors; a pickle gets its own message
-            _refuse_pickle(weights, head)
+            f.seek(-1, os.SEEK_END)
+            _refuse_pickle(weights, head, f.read(1))
             raise ValueError(
                 f"{weights}: not a safetensors file (bad header); adapters are saved as safetensors"
             )
@@ -171,9 +214,12 @@ def _read_header(weights: Path) -> dict[str, Any]:
     return header
 
 
-def _refuse_pickle(weights: Path, head: bytes) -> None:
-    # a torch.save file is a zip archive ("PK") around a pickle; a bare pickle starts with PROTO 0x80 + version
-    if head.startswith(b"PK\x03\x04") or (len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5):
+def _refuse_pickle(weights: Path, head: bytes, last: bytes) -> None:
+    # A torch.save file is a zip archive ("PK") around a pickle; a bare pickle starts with PROTO 0x80 +
+    # version and ends with STOP ("."). The end matters: the first bytes of a truncated safetensors file
+    # are a header length, which can read 0x80 0x02 too.
+    bare = len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5 and last == b"."
+    if head.startswith(b"PK\x03\x04") or bare:
         raise ValueError(
             f"{weights}: this is a pickle / torch.save file; stitch never unpickles adapters "
             "(unpickling runs arbitrary code). Load it yourself from a trusted source and "

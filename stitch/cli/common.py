@@ -23,7 +23,7 @@ from typing import Any
 import stitch
 from stitch.config import Config, option
 from stitch.files import write_atomic
-from stitch.models.loading import resolve_device, resolve_dtype
+from stitch.models.loading import check_model_path, resolve_device, resolve_dtype
 
 
 def model_option(role: str):
@@ -58,7 +58,7 @@ def read_texts(name: str, path: str) -> list[str]:
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"{flag(name)}: no file at {str(path)!r}")
-    lines = file.read_text(encoding="utf-8").splitlines()
+    lines = _read_utf8(name, file).splitlines()
     if file.suffix == ".jsonl":
         texts = [_jsonl_text(name, path, i, line) for i, line in enumerate(lines, 1) if line.strip()]
     else:
@@ -66,6 +66,18 @@ def read_texts(name: str, path: str) -> list[str]:
     if not texts:
         raise ValueError(f"{flag(name)}: {str(path)!r} holds no texts (every line is blank)")
     return texts
+
+
+def _read_utf8(name: str, file: Path) -> str:
+    raw = file.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise ValueError(
+            f"{flag(name)}: {str(file)!r} is not UTF-8 text: byte 0x{raw[err.start]:02x} at offset "
+            f"{err.start} (line {line}) does not decode; re-save the file as UTF-8"
+        ) from None
 
 
 def _jsonl_text(name: str, path: str, lineno: int, line: str) -> str:
@@ -123,6 +135,7 @@ def load_tokenizer(name: str, path: str):
     """A tokenizer from a tokenizer or model directory, or a hub id; a failure names the option."""
     from transformers import AutoTokenizer
 
+    check_model_path(flag(name), path)
     try:
         return AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as err:

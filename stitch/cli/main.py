@@ -105,7 +105,7 @@ def read_yaml(command: str, path: str) -> dict[str, Any]:
         raise FileNotFoundError(f"--config: no file at {path!r}")
     with open(path, encoding="utf-8") as f:
         try:
-            data = yaml.safe_load(f)
+            data = yaml.load(f, Loader=StrictLoader)  # noqa: S506 (a SafeLoader: plain data only)
         except yaml.YAMLError as err:
             raise ValueError(f"--config: {path} is not valid YAML: {err}") from None
     data = {} if data is None else data
@@ -125,6 +125,40 @@ def read_yaml(command: str, path: str) -> dict[str, Any]:
             )
         values[name] = coerce(f"--config {path}: key {key!r}", value, hints[name], _choices(fields[name]))
     return values
+
+
+class StrictLoader(yaml.SafeLoader):
+    """Safe YAML that refuses a key given twice (the last would silently win) and nesting deeper than
+    `MAX_DEPTH` (the composer recurses: a hostile file would crash it with a RecursionError)."""
+
+    MAX_DEPTH = 64
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        if self._depth >= self.MAX_DEPTH:
+            mark = self.peek_event().start_mark
+            why = f"nesting deeper than {self.MAX_DEPTH} levels; options are flat values or lists"
+            raise yaml.composer.ComposerError(None, None, why, mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *defaults` overrides by design
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, typing.Hashable):
+                continue  # SafeLoader refuses it with its own message
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice (which value is meant?)", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def coerce(where: str, value: Any, annotation: Any, choices: tuple | None = None) -> Any:

@@ -16,6 +16,8 @@ and skipped blocks are in place, so concurrent calls on one model run one after 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import threading
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -23,7 +25,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from stitch.alignment.spans import token_spans_batch
-from stitch.batch import Batch, positions_from_mask
+from stitch.batch import Batch, positions_from_mask, tokenizer_fingerprint
 from stitch.checks import check_choice, check_layer, check_texts
 from stitch.models.arch import ArchSpec, arch_for, get_module
 from stitch.models.cache import ActivationCache
@@ -95,7 +97,16 @@ class HookedLM:
                     f"texts[{i}]: {len(enc.ids)} tokens exceed the model's {self.n_ctx} positions "
                     f"(valid: 1..{self.n_ctx} tokens); shorten or split the text"
                 )
-        return _pad(texts, encoded, self.pad_token_id, padding_side, self.device)
+        batch = _pad(texts, encoded, self.pad_token_id, padding_side, self.device)
+        return dataclasses.replace(batch, tokenizer_fingerprint=self.tokenizer_fingerprint)
+
+    @property
+    def tokenizer_fingerprint(self) -> str | None:
+        """The fingerprint `encode` stamps on its batches (see `stitch.batch.tokenizer_fingerprint`)."""
+        cached = self.__dict__.get("_fingerprint")
+        if cached is None or cached[0] is not self.tokenizer:  # recomputed if the tokenizer is swapped
+            cached = self.__dict__["_fingerprint"] = (self.tokenizer, tokenizer_fingerprint(self.tokenizer))
+        return cached[1]
 
     @property
     def pad_token_id(self) -> int:
@@ -145,7 +156,7 @@ class HookedLM:
         layers = sorted({check_layer("layers", layer, self.n_layers) for layer in layers})
         captured: dict[int, Tensor] = {}
         hooks = [(self._boundary[layer], _capture(captured, layer)) for layer in layers]
-        self._forward(batch, hooks=hooks, stop=layers[-1])
+        self._forward(batch, "residuals", hooks=hooks, stop=layers[-1])
         return captured
 
     def run_from(
@@ -167,18 +178,18 @@ class HookedLM:
             raise ValueError(
                 f"fwd_hooks: {early} are before layer {layer}, where run_from starts; they would never see the stream"
             )
-        return self._forward(batch, hooks=[inject, *user], start=layer)
+        return self._forward(batch, "run_from", hooks=user, inject=inject, start=layer)
 
     def run_from_embeds(
         self, embeds: Float[Tensor, "batch pos d_model"], batch: Batch
     ) -> Float[Tensor, "batch pos vocab"]:
         """Logits with `embeds` given to the HF model as `inputs_embeds` (the embedding-injection baseline)."""
-        self._check_resid(embeds, batch)
-        return self._forward(batch, inputs_embeds=embeds.to(self.dtype))
+        self._check_resid(embeds, batch, "embeds")
+        return self._forward(batch, "run_from_embeds", inputs_embeds=embeds.to(self.dtype))
 
     def logits(self, batch: Batch | Sequence[str]) -> Float[Tensor, "batch pos vocab"]:
         """The plain forward; equal to the HF model's logits on the same ids, mask and positions."""
-        return self._forward(self.as_batch(batch))
+        return self._forward(self.as_batch(batch), "logits")
 
     # ---- TransformerLens-style hooks ----------------------------------------------------------------
 
@@ -186,7 +197,7 @@ class HookedLM:
         self, batch: Batch | Sequence[str], fwd_hooks: Hooks = ()
     ) -> Float[Tensor, "batch pos vocab"]:
         """Forward with `fwd_hooks = [(name or name filter, fn(tensor, hook))]`; hooks removed afterwards."""
-        return self._forward(self.as_batch(batch), hooks=self._resolve(fwd_hooks))
+        return self._forward(self.as_batch(batch), "run_with_hooks", hooks=self._resolve(fwd_hooks))
 
     def run_with_cache(
         self,
@@ -199,8 +210,10 @@ class HookedLM:
         for name in () if named is None or callable(named) else named:
             layer_of(name, self.n_layers)  # a misspelt name lists the valid ones, not an empty cache
         names = [n for n in self.hook_points if _passes(names_filter, n)]
+        if callable(names_filter) and not names:
+            raise ValueError(_no_match("names_filter", names_filter, self.n_layers))
         hooks = [(self.hook_points[n], _capture(store, n)) for n in names]
-        logits = self._forward(self.as_batch(batch), hooks=hooks)
+        logits = self._forward(self.as_batch(batch), "run_with_cache", hooks=hooks)
         return logits, ActivationCache(store, self.n_layers)
 
     @contextlib.contextmanager
@@ -219,7 +232,10 @@ class HookedLM:
         resolved = []
         for name, fn in fwd_hooks:
             if callable(name):
-                resolved += [(p, fn) for n, p in self.hook_points.items() if name(n)]
+                matched = [(p, fn) for n, p in self.hook_points.items() if name(n)]
+                if not matched:  # a filter that matches nothing would make the hook a silent no-op
+                    raise ValueError(_no_match("fwd_hooks", name, self.n_layers))
+                resolved += matched
             else:
                 layer_of(name, self.n_layers)  # raises listing valid names
                 resolved.append((self.hook_points[name], fn))
@@ -228,13 +244,19 @@ class HookedLM:
     def _forward(
         self,
         batch: Batch,
+        call: str,
         *,
         hooks=(),
+        inject=None,
         start: int = 0,
         stop: int | None = None,
         inputs_embeds: Tensor | None = None,
     ) -> Tensor | None:
-        """HF forward over blocks [start, stop) (stop=None: to the logits) with `hooks` installed."""
+        """HF forward over blocks [start, stop) (stop=None: to the logits) with `hooks` installed.
+
+        `inject` runs ahead of every other hook at its boundary, those of an enclosing `hooks()` too,
+        so they all see the injected stream; `call` names the public method in errors.
+        """
         self._check_batch(batch)
         hooks = list(hooks)
         if stop is not None:
@@ -242,7 +264,14 @@ class HookedLM:
         inputs = (
             {"inputs_embeds": inputs_embeds} if inputs_embeds is not None else {"input_ids": batch.input_ids}
         )
-        with model_lock(self.model), skip_blocks(self.blocks[:start]), hook_scope(hooks):
+        why = f"{call}(layer={start})"
+        with (
+            model_lock(self.model),
+            _one_forward(self, call),
+            skip_blocks(self.blocks[:start], why),
+            hook_scope([inject] if inject else [], first=True),
+            hook_scope(hooks),
+        ):
             try:
                 out = self.model(
                     **inputs,
@@ -255,6 +284,13 @@ class HookedLM:
         return out.logits
 
     def _check_batch(self, batch: Batch) -> None:
+        own = self.tokenizer_fingerprint
+        if batch.tokenizer_fingerprint not in (None, own) and own is not None:
+            raise ValueError(
+                f"batch: encoded by another tokenizer (fingerprint {batch.tokenizer_fingerprint}) than model "
+                f"{self.name!r}'s ({own}); its ids would mean other tokens here. Encode the texts with "
+                "this model's encode(), or pass token ids to build a batch from raw ids"
+            )
         if batch.device != self.device:
             raise ValueError(
                 f"batch: on device {batch.device} but model {self.name!r} is on {self.device}; "
@@ -272,13 +308,48 @@ class HookedLM:
                 f"batch: {batch.shape[1]} positions exceed the model's {self.n_ctx} (valid: 1..{self.n_ctx})"
             )
 
-    def _check_resid(self, resid: Tensor, batch: Batch) -> None:
+    def _check_resid(self, resid: Tensor, batch: Batch, name: str = "resid") -> None:
         expected = (*batch.shape, self.d_model)
         if not isinstance(resid, Tensor) or tuple(resid.shape) != expected:
             got = tuple(resid.shape) if isinstance(resid, Tensor) else type(resid).__name__
-            raise ValueError(f"resid: expected shape [batch, pos, d_model] = {list(expected)}, got {got}")
+            raise ValueError(f"{name}: expected shape [batch, pos, d_model] = {list(expected)}, got {got}")
+        if not resid.is_floating_point():  # token ids or a mask passed by mistake would be cast silently
+            raise TypeError(f"{name}: expected a floating-point stream, got {resid.dtype}")
         if resid.device != self.device:
-            raise ValueError(f"resid: on device {resid.device} but model {self.name!r} is on {self.device}")
+            raise ValueError(f"{name}: on device {resid.device} but model {self.name!r} is on {self.device}")
+
+
+_in_forward = threading.local()  # {id(HF model): the HookedLM call running on this thread}
+
+
+@contextlib.contextmanager
+def _one_forward(lm: HookedLM, call: str) -> Iterator[None]:
+    """Refuse a forward of a model started from inside one of its own forwards (i.e. from a hook).
+
+    The outer call's hooks and its stop and skip points are installed on the same modules, so the
+    inner forward would fire them again (recursion), stop at the outer call's layer (None), or skip
+    the outer call's blocks: its result would be wrong whichever way it went.
+    """
+    running = _in_forward.__dict__.setdefault("calls", {})
+    key = id(lm.model)
+    if key in running:
+        raise RuntimeError(
+            f"{call}: called from inside a hook of {running[key]} on model {lm.name!r}; a model cannot "
+            f"run a forward while one of its own forwards is in progress. Call {call} before or after "
+            f"{running[key]} (or on a copy of the model)."
+        )
+    running[key] = call
+    try:
+        yield
+    finally:
+        del running[key]
+
+
+def _no_match(name: str, names_filter, n_layers: int) -> str:
+    return (
+        f"{name}: the name filter {getattr(names_filter, '__name__', names_filter)!r} matches no hook "
+        f"point, so its hook would never run; names are {hook_names(n_layers)[:2]} ... {hook_names(n_layers)[-1:]}"
+    )
 
 
 def _capture(store: dict, key) -> HookFn:

@@ -78,34 +78,80 @@ def _with_stream(args: tuple, kwargs: dict, new: Tensor) -> tuple[tuple, dict]:
     return args, {**kwargs, "hidden_states": new}
 
 
+_running = threading.local()  # the hooks executing on this thread, to catch a hook re-entering itself
+
+
 def _pre_hook(point: HookPoint, fn: HookFn, fired: list[int]):
     def hook(module, args, kwargs):
+        _refuse_skipped(point, module)
         fired[0] += 1
         old = _stream_arg(args, kwargs)
-        new = fn(old, point)
+        new = _call_once(point, fn, old)
         if new is None:
             return None
-        if not isinstance(new, Tensor) or new.shape != old.shape or new.device != old.device:
-            got = f"{tuple(new.shape)} on {new.device}" if isinstance(new, Tensor) else type(new).__name__
-            raise ValueError(
-                f"hook {point.name}: returned {got}; a hook must return None or a tensor of the "
-                f"stream's shape {tuple(old.shape)} on {old.device}"
-            )
+        _check_return(point, old, new)
         return _with_stream(args, kwargs, new.to(old.dtype))
 
     return hook
 
 
+def _call_once(point: HookPoint, fn: HookFn, stream: Tensor):
+    """`fn(stream, point)`, refusing a hook that fires again while it runs (its fn ran the same model)."""
+    running = _running.__dict__.setdefault("hooks", set())
+    key = (id(point), id(fn))
+    if key in running:
+        raise RuntimeError(
+            f"hook {point.name}: fired again while it was running: its function ran a forward of the "
+            "same model (a re-entrant call). Compute what the hook needs before or after the forward."
+        )
+    running.add(key)
+    try:
+        return fn(stream, point)
+    finally:
+        running.discard(key)
+
+
+def _check_return(point: HookPoint, old: Tensor, new) -> None:
+    if not isinstance(new, Tensor) or new.shape != old.shape or new.device != old.device:
+        got = f"{tuple(new.shape)} on {new.device}" if isinstance(new, Tensor) else type(new).__name__
+        raise ValueError(
+            f"hook {point.name}: returned {got}; a hook must return None or a tensor of the "
+            f"stream's shape {tuple(old.shape)} on {old.device}"
+        )
+    if not new.is_floating_point():  # an int/bool stream would be cast silently into nonsense
+        raise TypeError(
+            f"hook {point.name}: returned a {new.dtype} tensor; a hook must return None or a "
+            f"floating-point tensor (the stream is {old.dtype})"
+        )
+
+
+def _refuse_skipped(point: HookPoint, module: nn.Module) -> None:
+    # A skipped block passes its input through, so a hook there would see an earlier layer's stream.
+    skipped = module.__dict__.get("forward")
+    if isinstance(skipped, _Passthrough):
+        raise RuntimeError(
+            f"hook {point.name}: layer {point.index} is not computed by this forward ({skipped.why} "
+            f"skips blocks [0, {skipped.start})), so the hook would see the wrong stream; hook layers "
+            f">= {skipped.start} or run a full forward"
+        )
+
+
 @contextlib.contextmanager
-def hook_scope(hooks: Sequence[tuple[HookPoint, HookFn]]) -> Iterator[None]:
-    """Install `(point, fn)` pairs as forward pre-hooks; remove them all on exit, whatever happens."""
+def hook_scope(hooks: Sequence[tuple[HookPoint, HookFn]], *, first: bool = False) -> Iterator[None]:
+    """Install `(point, fn)` pairs as forward pre-hooks; remove them all on exit, whatever happens.
+
+    `first=True` puts them ahead of hooks already installed at the same points (a stream injected at
+    a boundary must be what every other hook there sees).
+    """
     handles, counters = [], []
     try:
         for point, fn in hooks:
             fired = [0]
             counters.append((point, fired))
             handles.append(
-                point.module.register_forward_pre_hook(_pre_hook(point, fn, fired), with_kwargs=True)
+                point.module.register_forward_pre_hook(
+                    _pre_hook(point, fn, fired), with_kwargs=True, prepend=first
+                )
             )
         yield
     finally:
@@ -140,14 +186,18 @@ def model_lock(model: nn.Module) -> threading.RLock:
 
 
 @contextlib.contextmanager
-def skip_blocks(blocks: Sequence[nn.Module]) -> Iterator[None]:
-    """Make `blocks` pass their residual stream through untouched, without computing anything."""
+def skip_blocks(blocks: Sequence[nn.Module], why: str = "this call") -> Iterator[None]:
+    """Make `blocks` pass their residual stream through untouched, without computing anything.
+
+    `why` names the call in the error a hook on a skipped block raises (it would see the wrong stream).
+    """
     # Write the instance dict directly: TransformerLens bridge components forward setattr to the wrapped
     # HF module, and nnsight keeps a per-instance `forward` of its own that must come back afterwards.
     saved = [block.__dict__.get("forward", _ABSENT) for block in blocks]
+    passthrough = _Passthrough(why, len(blocks))
     try:
         for block in blocks:
-            block.__dict__["forward"] = _passthrough
+            block.__dict__["forward"] = passthrough
         yield
     finally:
         for block, forward in zip(blocks, saved, strict=True):
@@ -157,5 +207,11 @@ def skip_blocks(blocks: Sequence[nn.Module]) -> Iterator[None]:
                 block.__dict__["forward"] = forward
 
 
-def _passthrough(*args, **kwargs) -> Tensor:
-    return _stream_arg(args, kwargs)
+class _Passthrough:
+    """A skipped block's forward: returns the stream it is given; remembers which call skips it."""
+
+    def __init__(self, why: str, start: int):
+        self.why, self.start = why, start
+
+    def __call__(self, *args, **kwargs) -> Tensor:
+        return _stream_arg(args, kwargs)

@@ -8,10 +8,12 @@
 from __future__ import annotations
 
 import os
+import re
 
 import torch
 from torch import nn
 
+from stitch.checks import check_device
 from stitch.models.hooked import HookedLM
 from stitch.models.interop import unwrap_model
 
@@ -51,19 +53,50 @@ def load_model(
         )
     if device is not None:
         hf_model = hf_model.to(device)
+    _check_weights_loaded(hf_model)
     return HookedLM(hf_model.eval(), tokenizer, name=name)
+
+
+def _check_weights_loaded(hf_model: nn.Module) -> None:
+    # a model built on the meta device has shapes but no weights: its first forward would crash deep in torch
+    if any(p.is_meta for p in hf_model.parameters()):
+        raise ValueError(
+            "model: its weights are on the 'meta' device (shapes only, never loaded); load the weights "
+            "or pass device='cpu' / 'cuda' to load_model"
+        )
 
 
 def _from_pretrained(path: str, tokenizer, dtype, trust_remote_code: bool):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"model: {path!r} is a file; pass a model directory, a hub id, or a loaded model")
+    check_model_path("model", path)
     kwargs = {"trust_remote_code": trust_remote_code}
-    hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto", **kwargs)
+    try:
+        hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto", **kwargs)
+    except OSError as err:
+        if os.path.isdir(path):
+            raise
+        raise OSError(f"model: {path!r} is no local directory, and as a hub id: {err}") from err
     if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer or path), **kwargs)
     return hf_model, tokenizer
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+def check_model_path(name: str, path: str) -> None:
+    """A local directory, or something shaped like a hub id ('name' or 'owner/name'); anything else that
+    does not exist is a missing directory, said so instead of the hub's "Repo id must be in the form"."""
+    if os.path.isdir(path):
+        return
+    if os.path.exists(path):
+        raise ValueError(f"{name}: {path!r} is a file; pass a model directory, a hub id, or a loaded model")
+    if not _HUB_ID.match(path) or ".." in path or path.startswith(("./", "~")):
+        raise FileNotFoundError(
+            f"{name}: no such directory {path!r} (and it is not a hub id, which has the form 'name' or "
+            "'owner/name')"
+        )
 
 
 def _unwrap(model) -> tuple[nn.Module, object]:
@@ -82,7 +115,8 @@ def _unwrap(model) -> tuple[nn.Module, object]:
 
 
 def resolve_device(device) -> torch.device | None:
-    """`"auto"` picks CUDA, then Apple MPS, then CPU; None leaves the model where it is."""
+    """`"auto"` picks CUDA, then Apple MPS, then CPU; None leaves the model where it is. A device this
+    machine lacks (or "meta") is a ValueError naming it and the available ones."""
     if device is None:
         return None
     if device == "auto":
@@ -90,12 +124,7 @@ def resolve_device(device) -> torch.device | None:
             return torch.device("cuda")
         mps = getattr(torch.backends, "mps", None)
         return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(
-            f"device: {device!r} is not a device; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
-        ) from err
+    return check_device("device", device)
 
 
 def resolve_dtype(dtype) -> torch.dtype | None:

@@ -145,7 +145,10 @@ class Splice(nn.Module):
         if self.alignment == "target":
             return aligned.target
         src = aligned.source
-        return dataclasses.replace(src, input_ids=torch.full_like(src.input_ids, self.B.pad_token_id))
+        placeholders = torch.full_like(src.input_ids, self.B.pad_token_id)
+        return dataclasses.replace(
+            src, input_ids=placeholders, tokenizer_fingerprint=self.B.tokenizer_fingerprint
+        )
 
     def _adapt(self, states: Tensor) -> Tensor:
         param = next(self.adapter.parameters(), None)
@@ -155,6 +158,9 @@ class Splice(nn.Module):
                 f"use adapter.to({str(states.device)!r})"
             )
         mapped = self.adapter(states.to(states.dtype if param is None else param.dtype))
+        if not isinstance(mapped, Tensor) or not mapped.is_floating_point():
+            got = f"a {mapped.dtype} tensor" if isinstance(mapped, Tensor) else type(mapped).__name__
+            raise TypeError(f"adapter: returned {got}; an adapter must return floating-point states for B")
         if mapped.shape[-1] != self.B.d_model:
             raise ValueError(f"adapter: output width {mapped.shape[-1]} but B's d_model is {self.B.d_model}")
         return mapped

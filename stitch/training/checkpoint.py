@@ -27,7 +27,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,7 @@ import torch
 
 from stitch.adapters import Adapter, load_adapter, save_adapter
 from stitch.adapters.io import CONFIG_NAME, WEIGHTS_NAME
-from stitch.files import write_atomic
+from stitch.files import make_temp_dir, write_atomic
 from stitch.training.manifest import (
     MANIFEST_NAME,
     check_file,
@@ -87,7 +86,7 @@ def save_checkpoint(
     record.update(param_groups=groups, python_rng=python_rng(), state=state or {})
     text = _strict_json(record, "state") + "\n"
     final = directory / f"step-{step:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=directory))
+    tmp = make_temp_dir(directory, _TMP_PREFIX)  # mkdtemp's 0700 would hide the run from its group
     try:
         save_adapter(adapter, tmp, step=step, **adapter_metadata)
         write_atomic(tmp / TENSORS_NAME, safetensors.torch.save({**tensors, **rng_tensors()}))
@@ -239,7 +238,7 @@ def _move_into_place(tmp: Path, final: Path) -> None:
     if not final.exists():
         os.replace(tmp, final)
         return
-    old = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=final.parent))
+    old = make_temp_dir(final.parent, _TMP_PREFIX)
     os.replace(final, old / final.name)
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)

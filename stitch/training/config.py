@@ -77,6 +77,8 @@ class TrainConfig(Config):
             raise ValueError(
                 f"steps, epochs: give one or the other, got steps={self.steps}, epochs={self.epochs}"
             )
+        if self.steps is not None:
+            check_warmup(self.warmup, self.steps)
         if self.init == "fit" and self.kind not in CLOSED_FORM:
             raise ValueError(
                 f"init: 'fit' needs a closed-form kind {list(CLOSED_FORM)}, got kind={self.kind!r}"
@@ -119,6 +121,14 @@ _RANGES = {
 }  # fmt: skip
 _OPTIONAL = ("target_layer", "steps", "epochs")
 _CHOICES = {"kind": TRAINABLE, "init": INITS, "alignment": ALIGNMENTS, "schedule": SCHEDULES}
+
+
+def check_warmup(warmup: int, steps: int) -> None:
+    """A warm-up no longer than the run (a longer one never reaches the peak learning rate)."""
+    if warmup > steps:
+        raise ValueError(
+            f"warmup: {warmup} steps is longer than the run's {steps} steps; valid warmup: 0..{steps}"
+        )
 
 
 def _check_number(name: str, value, kind: type, low, open_low: bool) -> None:

@@ -48,7 +48,7 @@ from stitch.models.hooked import HookedLM
 from stitch.splice.splice import Splice
 from stitch.training import distributed
 from stitch.training.checkpoint import latest_checkpoint, load_checkpoint, read_record, save_checkpoint
-from stitch.training.config import TrainConfig
+from stitch.training.config import TrainConfig, check_warmup
 from stitch.training.evaluate import eval_references, evaluate
 from stitch.training.records import NonFiniteError, nonfinite, strict_record
 
@@ -126,6 +126,7 @@ class _Run:
         self.target_layer = _target_layer(config, B.n_layers)
         self.per_epoch = _steps_per_epoch(len(texts), config, dist)
         self.total = config.steps or (config.epochs or 1) * self.per_epoch
+        check_warmup(config.warmup, self.total)  # with --epochs the run's length is known only here
         self.directory = self.out / "checkpoints"
         checkpoint = latest_checkpoint(self.directory)
         torch.manual_seed(config.seed)  # the same on every rank; checkpoints carry the state on
