@@ -78,7 +78,9 @@ def test_ridge_matches_normal_equations_with_unpenalised_bias():
     x, y = torch.randn(40, 6, generator=g, dtype=D64) + 2, torch.randn(40, 3, generator=g, dtype=D64)
     ridge, xn, yn = 0.3, x.numpy(), y.numpy()
     centred = xn - xn.mean(0)
-    lam = ridge * np.trace(centred.T @ centred) / 6  # relative: a fraction of the centred Gram's mean eigenvalue
+    lam = (
+        ridge * np.trace(centred.T @ centred) / 6
+    )  # relative: a fraction of the centred Gram's mean eigenvalue
     ref = np.linalg.solve(xn.T @ xn + lam * np.eye(6), xn.T @ yn)
     np.testing.assert_allclose(Linear.fit(x, y, ridge=ridge).matrix.detach().numpy(), ref, atol=1e-10)
     design = np.hstack([xn, np.ones((40, 1))])

@@ -205,7 +205,9 @@ def test_a_fitted_init_takes_the_fit_options(rotated, tmp_path):
     run = config(tmp_path, kind="affine", init="fit", init_texts=6, init_options=("ridge=5",), steps=1)
     assert run.fit_options() == {"ridge": ridge} and run.to_dict()["init_options"] == ("ridge=5",)
     start = train(A, B, TEXTS, run, eval_texts=TEXTS).history[0]
-    ridged, plain = (fit_adapter(A, B, TEXTS, 1, kind="affine", ridge=r, progress=False) for r in (ridge, 0.0))
+    ridged, plain = (
+        fit_adapter(A, B, TEXTS, 1, kind="affine", ridge=r, progress=False) for r in (ridge, 0.0)
+    )
     with torch.no_grad():
         expected = stitch.Splice(A, B, 1, adapter=ridged)(TEXTS).loss.item()
         unregularised = stitch.Splice(A, B, 1, adapter=plain)(TEXTS).loss.item()
@@ -221,7 +223,12 @@ def test_a_fitted_init_takes_the_fit_options(rotated, tmp_path):
         ({"init": "fit", "init_options": ("ridge=-1",)}, r"init_options: ridge: got -1; valid: a finite"),
         ({"init": "fit", "init_options": "ridge=1"}, r"init_options: expected a list of key=value"),
         (
-            {"init": "fit", "kind": "procrustes", "adapter_options": ("scale=true",), "init_options": ("scale=0",)},
+            {
+                "init": "fit",
+                "kind": "procrustes",
+                "adapter_options": ("scale=true",),
+                "init_options": ("scale=0",),
+            },
             r"init_options: \['scale'\] are already set by adapter_options",
         ),
     ],

@@ -196,7 +196,7 @@ def ridge_penalty(stats: SufficientStats, ridge: float) -> float:
     ridge = check_ridge(ridge)
     gram = stats.xx(centered=True)
     scale = gram.diagonal().sum() or stats.xx(centered=False).diagonal().sum()
-    return ridge * float(scale) / gram.shape[0]
+    return ridge * float(scale.detach()) / gram.shape[0]
 
 
 def solve_least_squares(

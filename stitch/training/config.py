@@ -108,8 +108,8 @@ class TrainConfig(Config):
     def fit_options(self) -> dict[str, Any]:
         """Keyword arguments of the `init="fit"` closed-form fit: the adapter's options plus `init_options`.
 
-            >>> TrainConfig(out="o", source_layer=2, init="fit", init_options=("ridge=1e-2",)).fit_options()
-            {'ridge': 0.01}
+        >>> TrainConfig(out="o", source_layer=2, init="fit", init_options=("ridge=1e-2",)).fit_options()
+        {'ridge': 0.01}
         """
         if self.init_options and self.init != "fit":
             raise ValueError(
