@@ -87,10 +87,6 @@ class TrainConfig(Config):
             raise ValueError(
                 f"init: 'fit' needs a closed-form kind {list(CLOSED_FORM)}, got kind={self.kind!r}"
             )
-        if isinstance(self.adapter_options, str):
-            raise TypeError(
-                f"adapter_options: expected a list of key=value strings, got {self.adapter_options!r}"
-            )
         for name in ("adapter_options", "init_options"):
             if isinstance(getattr(self, name), str):
                 raise TypeError(f"{name}: expected a list of key=value strings, got {getattr(self, name)!r}")
