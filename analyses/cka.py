@@ -2,7 +2,7 @@
 
     >>> from analyses.cka import linear_cka, rbf_cka, cka_matrix, MinibatchCKA
     >>> linear_cka(x, y)                       # x [n, d_source], y [n, d_target] -> float in [0, 1]
-    >>> linear_cka(x, y, debiased=True)        # unbiased HSIC (Song et al. 2012); needs n >= 4
+    >>> linear_cka(x, y, debiased=True)        # unbiased HSIC (Song et al. 2012); needs n >= 4 (else n >= 3)
     >>> rbf_cka(x, y, sigma_frac=0.5)          # RBF kernel, bandwidth = 0.5 x median distance
     >>> cka_matrix([a0, a1, a2], [b0, b1])     # Tensor [3, 2]; each layer's Gram is formed once
 
@@ -28,6 +28,9 @@ from analyses.samples import as_layers, check_pairing
 __all__ = ["GRAM_BYTES_LIMIT", "MinibatchCKA", "cka_matrix", "linear_cka", "rbf_cka"]
 
 KERNELS = ("linear", "rbf")
+# Fewer samples than this make CKA meaningless: at n <= 2 any kernel's centred Gram is [[a, -a], [-a, a]],
+# so CKA is 1 whatever the states; the unbiased HSIC divides by n(n - 3).
+MIN_SAMPLES = {"linear": 3, "rbf": 3, "debiased": 4}
 METHODS = ("auto", "gram", "feature")
 
 
@@ -96,7 +99,7 @@ def prepare(
         raise ValueError(
             f"sigma_frac: {sigma_frac!r}; expected a finite number > 0 (fraction of the median distance)"
         )
-    min_n = 4 if debiased else 2
+    min_n = MIN_SAMPLES["debiased" if debiased else kernel]
     opts = dict(min_n=min_n, allow_constant=allow_constant)
     mats_x = as_layers(xs, names[0], **opts)
     # The same layers on both sides (a model against itself): validated, centred and Grammed once.

@@ -6,6 +6,8 @@
     >>> rec.best_match()                                        # most similar B layer per A layer
     >>> rec = layer_similarity(A, B, texts, pairing="shared", null_permutations=200)
     >>> rec.null.above_chance()                                 # cells above the permutation null
+    >>> rec = layer_similarity(A, B, texts, control="random-init")
+    >>> rec.control, rec.excess()                               # untrained models' matrix; the excess over it
     >>> splice_cka(A, B, adapter, source_layer=8, target_layer=8, texts=texts).after
 
 Pairing decides which states of A and B count as "the same sample":
@@ -19,6 +21,7 @@ Pairing decides which states of A and B count as "the same sample":
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -26,10 +29,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from analyses.controls import check_control, control_models
 from analyses.similarity import (
     LOWER_IS_SIMILAR,
     NullResult,
     mean_cosine,
+    min_samples,
     permutation_null_matrix,
     resolve_measure,
     similarity_matrix,
@@ -53,6 +58,18 @@ class LayerSimilarity:
     source: str
     target: str
     null: NullResult | None = None
+    control: Float[Tensor, "layer_source layer_target"] | None = None  # the same matrix on control models
+    control_kind: str | None = None  # which control (`analyses.controls.CONTROLS`), e.g. "random-init"
+    control_seed: int | None = None
+
+    def excess(self) -> Float[Tensor, "layer_source layer_target"]:
+        """How much more similar than the control each cell is (sign flipped for distance-like measures)."""
+        if self.control is None:
+            raise ValueError(
+                "control: this record has none; compute it with layer_similarity(..., control='random-init')"
+            )
+        sign = -1.0 if self.measure in LOWER_IS_SIMILAR else 1.0
+        return sign * (self.matrix - self.control)
 
     def best_match(self) -> Tensor:
         """For each A layer, the index of the most similar B layer (the minimum for distance-like measures)."""
@@ -68,6 +85,9 @@ class LayerSimilarity:
             "source": self.source,
             "target": self.target,
             "null": None if self.null is None else self.null.to_dict(),
+            "control": None if self.control is None else self.control.tolist(),
+            "control_kind": self.control_kind,
+            "control_seed": self.control_seed,
         }
 
 
@@ -97,6 +117,7 @@ def layer_similarity(
     null_permutations: int = 0,
     batch_size: int = 8,
     seed: int = 0,
+    control: str | None = None,
 ) -> LayerSimilarity:
     """Every layer 0..A.n_layers of A against every layer 0..B.n_layers of B on the same texts.
 
@@ -106,19 +127,41 @@ def layer_similarity(
     `measure` is a name from `analyses.similarity.MEASURES` or a callable (x, y) -> float. With
     `null_permutations > 0`, `rec.null` holds the per-cell permutation null (see `NullResult`),
     shuffled with a generator seeded by `seed`. `batch_size` texts are run through each model at once.
+    With `control="random-init"`, `rec.control` is the same matrix (same texts, tokenizers and pairing)
+    on A and B rebuilt from their configs with random weights (seeds `seed`, `seed + 1`; see
+    `analyses.controls`), and `rec.excess()` the difference; the control models are held only while
+    their matrix is computed (peak memory: both pairs of models at once).
     """
     texts, name = _check(texts, pairing, measure, batch_size)
     if isinstance(null_permutations, bool) or not isinstance(null_permutations, int) or null_permutations < 0:
         raise ValueError(f"null_permutations: {null_permutations!r}; expected an integer >= 0 (0 = no null)")
-    layers_a, layers_b = list(range(A.n_layers + 1)), list(range(B.n_layers + 1))
-    xs, ys = paired_states(A, B, texts, layers_a, layers_b, pairing, batch_size)
-    _check_enough(xs[0].shape[0], name, len(texts), pairing)
+    if control is not None:
+        check_control(control, seed)
+    xs, ys = _all_layer_states(A, B, texts, pairing, batch_size, name)
+    n = xs[0].shape[0]
     if null_permutations:
         null = permutation_null_matrix(xs, ys, measure, null_permutations, seed)
         matrix = null.observed
     else:
         null, matrix = None, similarity_matrix(xs, ys, measure)
-    return LayerSimilarity(matrix, tuple(texts), pairing, name, xs[0].shape[0], A.name, B.name, null)
+    del xs, ys  # a control's states replace the models' own in memory, not add to them
+    rec = LayerSimilarity(matrix, tuple(texts), pairing, name, n, A.name, B.name, null)
+    return rec if control is None else _with_control(rec, A, B, control, measure, batch_size, seed)
+
+
+def _with_control(rec: LayerSimilarity, A, B, control: str, measure, batch_size: int, seed: int):
+    A0, B0 = control_models(control, A, B, seed)
+    xs, ys = _all_layer_states(A0, B0, list(rec.texts), rec.pairing, batch_size, rec.measure)
+    matrix = similarity_matrix(xs, ys, measure)
+    return dataclasses.replace(rec, control=matrix, control_kind=control, control_seed=seed)
+
+
+def _all_layer_states(A, B, texts, pairing, batch_size, name):
+    """Paired states of every layer of A and B, with enough samples for the measure (else an error)."""
+    layers_a, layers_b = list(range(A.n_layers + 1)), list(range(B.n_layers + 1))
+    xs, ys = paired_states(A, B, texts, layers_a, layers_b, pairing, batch_size)
+    _check_enough(xs[0].shape[0], name, len(texts), pairing)
+    return xs, ys
 
 
 def splice_cka(
@@ -158,7 +201,8 @@ def splice_cka(
 
 
 def _check_enough(n: int, measure: str, n_texts: int, pairing: str) -> None:
-    needed = 4 if measure == "debiased_cka" else 2
+    # below this a CKA is 1 whatever the states (n <= 2) or undefined (debiased, n < 4): an error, not a matrix
+    needed = min_samples(measure)
     if n < needed:
         hint = " or use pairing='shared' (one sample per shared boundary)" if pairing == "mean" else ""
         raise ValueError(

@@ -9,6 +9,13 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+# CKA of n <= 2 samples is 1 whatever they are (two centred points span one line); the debiased
+# estimator divides by n(n - 3)
+_WHY_MIN_N = {
+    3: " (CKA of 2 samples is trivially 1: their centred states are one line on both sides)",
+    4: " for the debiased (unbiased HSIC) estimator",
+}
+
 
 def as_samples(x, name: str, *, min_n: int = 2, allow_constant: bool = False) -> Float[Tensor, "n d"]:
     """`x` as a finite float64 [n, d] tensor with n >= `min_n`, else a ValueError naming `name`."""
@@ -24,10 +31,7 @@ def as_samples(x, name: str, *, min_n: int = 2, allow_constant: bool = False) ->
             f"{name}: expected a 2-D [n, d] tensor (samples x features, d >= 1), got shape {tuple(x.shape)}"
         )
     if x.shape[0] < min_n:
-        raise ValueError(
-            f"{name}: {x.shape[0]} samples; need n >= {min_n}"
-            + (" for the debiased (unbiased HSIC) estimator" if min_n == 4 else "")
-        )
+        raise ValueError(f"{name}: {x.shape[0]} samples; need n >= {min_n}{_WHY_MIN_N.get(min_n, '')}")
     x = x.detach().to(torch.float64)
     if not bool(torch.isfinite(x.sum(0)).all()):  # cheap screen: any NaN/inf makes its column sum non-finite
         n_bad = int((~torch.isfinite(x)).sum())

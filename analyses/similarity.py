@@ -23,7 +23,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from analyses.cka import cka_from_sides, linear_cka, prepare, rbf_cka
+from analyses.cka import MIN_SAMPLES, cka_from_sides, linear_cka, prepare, rbf_cka
 from analyses.samples import as_layers, as_samples, check_pairing
 
 Measure = Callable[[Tensor, Tensor], float]
@@ -153,6 +153,15 @@ MEASURES: dict[str, Measure] = {
 }
 LOWER_IS_SIMILAR = frozenset({"alignment", "uniformity"})
 _CKA = {"linear_cka": {}, "debiased_cka": {"debiased": True}, "rbf_cka": {"kernel": "rbf"}}
+
+
+def min_samples(measure: str) -> int:
+    """Fewest paired samples that give `measure` a meaning: 3 for linear/RBF CKA (at 2 it is always 1), 4
+    for debiased CKA (undefined below), 2 for the rest (`svcca` checks its own, larger need)."""
+    if measure not in _CKA:
+        return 2
+    options = _CKA[measure]
+    return MIN_SAMPLES["debiased" if options.get("debiased") else options.get("kernel", "linear")]
 
 
 def resolve_measure(measure: str | Measure) -> tuple[str, Measure]:

@@ -5,7 +5,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from stitch.adapters import Affine, Linear, Procrustes, SufficientStats, fit_closed_form
+from stitch.adapters import Affine, Linear, Procrustes, SufficientStats, fit_closed_form, ridge_penalty
 
 D64 = torch.float64
 
@@ -76,15 +76,62 @@ def test_affine_recovers_planted_map_and_matches_lstsq():
 def test_ridge_matches_normal_equations_with_unpenalised_bias():
     g = gen(4)
     x, y = torch.randn(40, 6, generator=g, dtype=D64) + 2, torch.randn(40, 3, generator=g, dtype=D64)
-    lam, xn, yn = 3.0, x.numpy(), y.numpy()
+    ridge, xn, yn = 0.3, x.numpy(), y.numpy()
+    centred = xn - xn.mean(0)
+    lam = (
+        ridge * np.trace(centred.T @ centred) / 6
+    )  # relative: a fraction of the centred Gram's mean eigenvalue
     ref = np.linalg.solve(xn.T @ xn + lam * np.eye(6), xn.T @ yn)
-    np.testing.assert_allclose(Linear.fit(x, y, ridge=lam).matrix.detach().numpy(), ref, atol=1e-10)
+    np.testing.assert_allclose(Linear.fit(x, y, ridge=ridge).matrix.detach().numpy(), ref, atol=1e-10)
     design = np.hstack([xn, np.ones((40, 1))])
     penalty = lam * np.diag([1.0] * 6 + [0.0])
     ref = np.linalg.solve(design.T @ design + penalty, design.T @ yn)
-    ad = Affine.fit(x, y, ridge=lam)
+    ad = Affine.fit(x, y, ridge=ridge)
     np.testing.assert_allclose(ad.matrix.detach().numpy(), ref[:-1], atol=1e-10)
     np.testing.assert_allclose(ad.bias.detach().numpy(), ref[-1], atol=1e-10)
+    assert ridge_penalty(SufficientStats().update(x, y), ridge) == pytest.approx(lam, rel=1e-12)
+
+
+def test_ridge_by_hand():
+    # Affine, x = 0..3, y = 2x: centred Sxx = 5 = tr/d, so ridge=1 gives λ = 5 and W = Sxy/(Sxx+λ) = 10/10
+    x = torch.tensor([[0.0], [1.0], [2.0], [3.0]], dtype=D64)
+    ad = Affine.fit(x, 2 * x, ridge=1.0)
+    assert ad.matrix.item() == pytest.approx(1.0, abs=1e-12)
+    assert ad.bias.item() == pytest.approx(3.0 - 1.5 * 1.0, abs=1e-12)  # mean_y - mean_x · W
+    # Linear (no bias), x = [1, 3]: uncentred XᵀX = 10 is penalised by the centred trace 2 -> W = 20/12
+    x = torch.tensor([[1.0], [3.0]], dtype=D64)
+    assert Linear.fit(x, 2 * x, ridge=1.0).matrix.item() == pytest.approx(20 / 12, abs=1e-12)
+    assert Linear.fit(x, 2 * x, ridge=0.0).matrix.item() == pytest.approx(2.0, abs=1e-12)
+
+
+def _relative_gap(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).detach().norm() / b.detach().norm())
+
+
+@pytest.mark.parametrize("cls", [Linear, Affine])
+def test_ridge_is_the_same_for_duplicated_pairs_and_rescaled_states(cls):
+    g = gen(8)
+    x = torch.randn(60, 12, generator=g, dtype=D64) * torch.logspace(-1, 1, 12, dtype=D64) + 3
+    y = x @ torch.randn(12, 5, generator=g, dtype=D64) + torch.randn(60, 5, generator=g, dtype=D64)
+    ridge = 0.1
+    base = cls.fit(x, y, ridge=ridge)
+    assert _relative_gap(base.matrix, cls.fit(x, y, ridge=0.0).matrix) > 1e-2  # ridge=0.1 does something
+    dup = cls.fit(x.repeat(10, 1), y.repeat(10, 1), ridge=ridge)
+    assert _relative_gap(dup.matrix, base.matrix) <= 1e-6
+    scaled = cls.fit(1000 * x, 1000 * y, ridge=ridge)
+    assert _relative_gap(scaled.matrix, base.matrix) <= 1e-6
+    if cls is Affine:
+        assert _relative_gap(dup.bias, base.bias) <= 1e-6
+        assert _relative_gap(scaled.bias / 1000, base.bias) <= 1e-6
+
+
+def test_ridge_zero_is_exact_least_squares():
+    g = gen(9)
+    x, y = torch.randn(50, 7, generator=g, dtype=D64) * 1e3, torch.randn(50, 4, generator=g, dtype=D64)
+    ref = np.linalg.lstsq(np.hstack([x.numpy(), np.ones((50, 1))]), y.numpy(), rcond=None)[0]
+    ad = Affine.fit(x, y, ridge=0.0)
+    np.testing.assert_allclose(ad.matrix.detach().numpy(), ref[:-1], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(ad.bias.detach().numpy(), ref[-1], rtol=1e-9, atol=1e-12)
 
 
 def stream(x, y, sizes, seed=5):

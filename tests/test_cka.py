@@ -273,6 +273,17 @@ def test_debiased_needs_four_samples():
         MinibatchCKA().update([x], [y])
 
 
+@pytest.mark.parametrize("fn", [linear_cka, rbf_cka])
+def test_two_samples_are_an_error_not_a_trivial_one(fn):
+    x, y = _pair((2, 4, 5, 0))  # any two samples: centred, each side is one line, so CKA would be 1
+    with pytest.raises(ValueError, match=r"^x: 2 samples; need n >= 3 \(CKA of 2 samples is trivially 1"):
+        fn(x, y)
+    with pytest.raises(ValueError, match=r"^xs\[0\]: 2 samples; need n >= 3"):
+        cka_matrix([x], [y])
+    x3, y3 = _pair((3, 4, 5, 0))
+    assert fn(x3, y3) < 1 - 1e-6  # n = 3 is already informative
+
+
 @pytest.mark.parametrize("fn", [linear_cka, rbf_cka, lambda x, y: linear_cka(x, y, True)])
 def test_constant_nonfinite_mismatched_and_wrong_ndim_inputs_raise(fn):
     x, y = _pair((20, 5, 6, 0))

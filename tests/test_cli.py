@@ -85,6 +85,21 @@ def test_cka_matrix_equals_the_library(pair):
     assert torch.equal(again, saved["matrix"])
 
 
+def test_cka_with_a_random_init_control(pair):
+    root, A, B = pair
+    out = root / "cka-control"
+    argv = flags(root, texts=root / "texts.txt", out=out, control="random-init", seed=2)
+    assert main(["cka", *argv]) == 0
+    expected = layer_similarity(A, B, TEXTS, control="random-init", seed=2)
+    saved = safetensors.torch.load_file(out / "similarity.safetensors")
+    torch.testing.assert_close(saved["control"], expected.control, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(saved["excess"], expected.excess(), rtol=1e-6, atol=1e-7)
+    meta = read_json(out / "similarity.json")
+    assert (meta["control_kind"], meta["control_seed"]) == ("random-init", 2) and "control" not in meta
+    report = (out / "report.html").read_text()
+    assert report.count('class="plotly-graph-div"') == 3 and "Excess over the random-init control" in report
+
+
 def test_fit_adapter_equals_the_library_and_yaml_equals_flags(pair):
     root, A, B = pair
     texts = root / "texts.txt"
@@ -183,6 +198,7 @@ def test_option_errors_name_the_option(pair, capsys):
         (["cka", *flags(root, texts="t.txt")], ["missing required option(s) --out"]),
         (["fit", "--source-layer", "x"], ["--source-layer", "invalid int value"]),
         (["cka", "--pairing", "tokens"], ["--pairing", "invalid choice"]),
+        (["cka", "--control", "shuffle"], ["--control", "invalid choice", "'random-init'"]),
     ]
     (root / "typed.yaml").write_text("source_layer: one\n")
     cases.append(

@@ -6,12 +6,15 @@ import numpy as np
 import plotly.graph_objects as go
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 import stitch
 from analyses.cka import cka_matrix, linear_cka
+from analyses.controls import control_models
 from analyses.figures.similarity import best_match_curve, similarity_heatmap
 from analyses.layer_similarity import LayerSimilarity, layer_similarity, paired_states, splice_cka
 from analyses.similarity import permutation_null_matrix
+from stitch.models import random_init
 from tests.tiny import byte_bpe_tokenizer, tiny_model
 
 ASCII = [  # one character per byte, so character spans are byte spans for the independent check
@@ -151,6 +154,70 @@ def test_bad_arguments_name_themselves(models):
         layer_similarity(A, B, ["one text only"])
     with pytest.raises(ValueError, match=r"^texts: 3 texts give 3 .* debiased_cka needs at least 4"):
         layer_similarity(A, B, ASCII[:3], measure="debiased_cka")
+    with pytest.raises(ValueError, match=r"^control: 'shuffle' is not one of \['random-init'\]"):
+        layer_similarity(A, B, ASCII, control="shuffle")
+
+
+@pytest.mark.parametrize("measure", ["linear_cka", "rbf_cka"])
+def test_two_texts_are_an_error_naming_texts_not_an_all_ones_matrix(models, measure):
+    A, B = models
+    with pytest.raises(
+        ValueError, match=rf"^texts: 2 texts give 2 paired samples .* {measure} needs at least 3"
+    ):
+        layer_similarity(A, B, ASCII[:2], measure=measure)
+    with pytest.raises(ValueError, match=r"^texts: 2 texts give 2 paired samples"):
+        splice_cka(A, B, lambda x: x, 1, 1, ASCII[:2], pairing="mean", measure=measure)
+    three = layer_similarity(A, B, ASCII[:3], measure=measure).matrix
+    assert (three < 1 - 1e-6).any()  # three texts already say something
+
+
+# ---- the random-init control ---------------------------------------------------------------------------
+
+
+def _independent_random_init(model, seed):
+    torch.manual_seed(seed)
+    hf = AutoModelForCausalLM.from_config(model.model.config)
+    return stitch.load_model(hf, tokenizer=model.tokenizer)
+
+
+def test_random_init_control_is_built_from_the_models_configs(models):
+    A, B = models
+    state = torch.random.get_rng_state()
+    A0, B0 = control_models("random-init", A, B, seed=5)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random stream is untouched
+    for model, control in ((A, A0), (B, B0)):
+        assert control.model.config.to_dict() == model.model.config.to_dict()
+        assert type(control.model) is type(model.model) and control.tokenizer is model.tokenizer
+        assert (control.n_layers, control.d_model, control.dtype) == (
+            model.n_layers,
+            model.d_model,
+            model.dtype,
+        )
+        weights, fresh = model.model.state_dict(), control.model.state_dict()
+        assert weights.keys() == fresh.keys()
+        assert not torch.equal(weights["model.embed_tokens.weight"], fresh["model.embed_tokens.weight"])
+    again = random_init(A, seed=5).model.state_dict()
+    assert all(torch.equal(v, again[k]) for k, v in A0.model.state_dict().items())  # seeded: reproducible
+    self_a, self_b = control_models("random-init", A, A, seed=5)  # a model against itself: two random inits
+    assert not torch.equal(self_a.model.model.embed_tokens.weight, self_b.model.model.embed_tokens.weight)
+
+
+@pytest.mark.parametrize("pairing", ["mean", "shared"])
+def test_control_matrix_equals_an_independent_computation_on_random_init_models(models, pairing):
+    A, B = models
+    rec = layer_similarity(A, B, ASCII, pairing=pairing, control="random-init", seed=3)
+    A0, B0 = _independent_random_init(A, 3), _independent_random_init(B, 4)
+    xs, ys = paired_states(A0, B0, ASCII, [0, 1, 2], [0, 1, 2, 3], pairing, batch_size=8)
+    assert rec.control.shape == rec.matrix.shape == (3, 4)
+    assert torch.allclose(rec.control, cka_matrix(xs, ys), atol=1e-10)
+    assert not torch.allclose(rec.control, rec.matrix, atol=1e-3)  # the models' own weights are not the control's
+    assert (rec.control_kind, rec.control_seed) == ("random-init", 3)
+    assert torch.equal(rec.excess(), rec.matrix - rec.control)
+    assert rec.to_dict()["control"] == rec.control.tolist() and rec.to_dict()["control_kind"] == "random-init"
+    plain = layer_similarity(A, B, ASCII, pairing=pairing)
+    assert torch.equal(plain.matrix, rec.matrix) and plain.control is None
+    with pytest.raises(ValueError, match=r"^control: this record has none"):
+        plain.excess()
 
 
 # ---- figures -------------------------------------------------------------------------------------------
@@ -200,6 +267,58 @@ def test_heatmap_of_a_bare_matrix_and_bad_inputs():
         similarity_heatmap(m, alpha=2)
     with pytest.raises(ValueError, match=r"^null: p-values of shape"):
         similarity_heatmap(m, null=_record_with_null().null)
+
+
+def _record_with_control():
+    rec = _record_with_null()
+    control = rec.matrix * 0.5 + 0.1
+    return LayerSimilarity(
+        rec.matrix,
+        rec.texts,
+        "mean",
+        "linear_cka",
+        40,
+        "A-model",
+        "B-model",
+        rec.null,
+        control,
+        "random-init",
+        7,
+    )
+
+
+def test_heatmap_shows_the_excess_over_the_control():
+    rec = _record_with_control()
+    fig = similarity_heatmap(rec, relative_to="control", mask_chance=False)
+    (trace,) = fig.data
+    excess = (rec.matrix - rec.control).numpy()
+    assert np.allclose(np.array(trace.z, float), excess)
+    top = np.abs(excess).max()
+    assert (trace.zmid, trace.zmin, trace.zmax) == (0, -top, top) and trace.colorscale[0][1] != "#d9d9d9"
+    custom = np.array(trace.customdata)
+    assert np.allclose(custom[..., 2], rec.matrix.numpy()) and np.allclose(
+        custom[..., 3], rec.control.numpy()
+    )
+    assert (
+        "excess %{z:.4f}" in trace.hovertemplate
+        and "random-init control %{customdata[3]" in trace.hovertemplate
+    )
+    assert trace.colorbar.title.text == "linear CKA − random-init control"
+    assert "over random-init control" in fig.layout.title.text and "seed 7" in fig.layout.title.text
+    masked = similarity_heatmap(rec, relative_to="control")  # the permutation mask still applies
+    above = rec.null.above_chance().numpy()
+    assert np.allclose(np.array(masked.data[1].z, float)[above], excess[above])
+    plain = similarity_heatmap(rec, mask_chance=False)  # by default the value itself
+    assert np.allclose(np.array(plain.data[0].z, float), rec.matrix.numpy())
+    distance = LayerSimilarity(
+        1 - rec.matrix, ("t",), "mean", "alignment", 40, "A", "B", None, 1 - rec.control
+    )
+    z = np.array(similarity_heatmap(distance, relative_to="control").data[0].z, float)
+    assert np.allclose(z, excess)  # lower is more similar: the excess keeps "positive = more alike"
+    with pytest.raises(ValueError, match=r"^relative_to: 'control' needs a record with a control matrix"):
+        similarity_heatmap(_record_with_null(), relative_to="control")
+    with pytest.raises(ValueError, match=r"^relative_to: 'null' is not one of \[None, 'control'\]"):
+        similarity_heatmap(rec, relative_to="null")
 
 
 def test_best_match_curve():

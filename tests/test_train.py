@@ -14,6 +14,7 @@ import stitch
 import stitch.training.checkpoint as ckpt
 import stitch.training.loop as train_mod
 from stitch.adapters import build_adapter
+from stitch.adapters.fit import fit_adapter
 from stitch.cli import main
 from stitch.losses import mean_cross_entropy, next_token_labels
 from stitch.testing import CORPUS, byte_bpe_tokenizer, rotated_copy, tiny_model, train_briefly
@@ -266,6 +267,45 @@ def test_a_crash_mid_save_leaves_the_previous_checkpoint(saved_checkpoint, monke
         with pytest.raises(ValueError, match=rf"keep: expected an integer >= 1 or None, got {keep}"):
             ckpt.save_checkpoint(directory, 3, adapter, optimizer, keep=keep)
     assert sorted(os.listdir(directory)) == ["latest.json", "step-00000002"]
+
+
+def test_a_fitted_init_takes_the_fit_options(rotated, tmp_path):
+    A, B, _ = rotated
+    ridge = 5.0  # relative: 5x A's mean variance per dimension, far from a no-op
+    run = config(tmp_path, kind="affine", init="fit", init_texts=6, init_options=("ridge=5",), steps=1)
+    assert run.fit_options() == {"ridge": ridge} and run.to_dict()["init_options"] == ("ridge=5",)
+    start = train(A, B, TEXTS, run, eval_texts=TEXTS).history[0]
+    ridged, plain = (
+        fit_adapter(A, B, TEXTS, 1, kind="affine", ridge=r, progress=False) for r in (ridge, 0.0)
+    )
+    with torch.no_grad():
+        expected = stitch.Splice(A, B, 1, adapter=ridged)(TEXTS).loss.item()
+        unregularised = stitch.Splice(A, B, 1, adapter=plain)(TEXTS).loss.item()
+    assert start["step"] == 0 and start["ce_spliced"] == pytest.approx(expected, abs=1e-5)
+    assert abs(expected - unregularised) > 1e-2  # the ridge reached the fit
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"init_options": ("ridge=0.1",)}, r"init_options: .* valid only with init='fit'"),
+        ({"init": "fit", "init_options": ("rank=3",)}, r"init_options: 'rank=3' .* valid keys: \['ridge'\]"),
+        ({"init": "fit", "init_options": ("ridge=-1",)}, r"init_options: ridge: got -1; valid: a finite"),
+        ({"init": "fit", "init_options": "ridge=1"}, r"init_options: expected a list of key=value"),
+        (
+            {
+                "init": "fit",
+                "kind": "procrustes",
+                "adapter_options": ("scale=true",),
+                "init_options": ("scale=0",),
+            },
+            r"init_options: \['scale'\] are already set by adapter_options",
+        ),
+    ],
+)
+def test_bad_init_options_name_the_field(overrides, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        TrainConfig(**{"out": "x", "source_layer": 0, "kind": "affine", **overrides})
 
 
 @pytest.mark.parametrize(

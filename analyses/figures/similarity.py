@@ -5,9 +5,12 @@
     >>> similarity_heatmap(rec).show()           # cells not above chance greyed out
     >>> best_match_curve(rec).write_html("best.html")
     >>> similarity_heatmap(cka_matrix(xs, ys))    # a bare [layer_x, layer_y] tensor works too
+    >>> rec = layer_similarity(A, B, texts, control="random-init")
+    >>> similarity_heatmap(rec, relative_to="control")   # the excess over the random-init control
 
 Both take a `LayerSimilarity` record (or anything with `.matrix` and optionally `.null`, `.measure`,
-`.pairing`, `.n`, `.source`, `.target`), a `NullResult`, or a matrix, and return a `go.Figure`.
+`.pairing`, `.n`, `.source`, `.target`, `.control`, `.control_kind`), a `NullResult`, or a matrix, and
+return a `go.Figure`.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from analyses.figures.layers import layer_axis
 from analyses.similarity import LOWER_IS_SIMILAR
 
 _GREY = [[0.0, "#d9d9d9"], [1.0, "#d9d9d9"]]
+RELATIVE_TO = (None, "control")
 _LABELS = {
     "linear_cka": "linear CKA",
     "debiased_cka": "debiased CKA",
@@ -43,11 +47,19 @@ class _View:
     source: str
     target: str
     subtitle: str  # pairing and sample count; each figure adds how it marks chance
+    observed: np.ndarray  # the measure itself (equal to `values` unless drawn relative to a control)
+    control: np.ndarray | None = None  # set when `values` is the excess over this control matrix
+    control_kind: str = "control"
 
     @property
     def label(self) -> str:
         """The measure as a reader writes it ("linear CKA", not "linear_cka")."""
         return _LABELS.get(self.measure, self.measure)
+
+    @property
+    def value_label(self) -> str:
+        """What the colours show: the measure, or its excess over the control."""
+        return self.label if self.control is None else f"{self.label} − {self.control_kind}"
 
     def chance_note(self, marked: str, alpha: float, n_permutations: int | None) -> str:
         if n_permutations is None:
@@ -56,7 +68,9 @@ class _View:
         return ", ".join(p for p in (self.subtitle, note) if p)
 
 
-def _view(record, null, alpha: float, source: str | None, target: str | None) -> tuple[_View, int | None]:
+def _view(
+    record, null, alpha: float, source: str | None, target: str | None, relative_to: str | None = None
+) -> tuple[_View, int | None]:
     matrix = getattr(record, "matrix", getattr(record, "observed", record))
     values = _numpy(matrix)
     if values.ndim != 2:
@@ -70,17 +84,48 @@ def _view(record, null, alpha: float, source: str | None, target: str | None) ->
     if p is not None and p.shape != values.shape:
         raise ValueError(f"null: p-values of shape {p.shape} do not match the matrix's {values.shape}")
     parts = [f"{k} = {getattr(record, k)}" for k in ("pairing", "n") if getattr(record, k, None) is not None]
+    measure = getattr(record, "measure", None) or getattr(null, "measure", None) or "similarity"
+    control = _control(record, relative_to, values.shape)
+    kind = f"{getattr(record, 'control_kind', None) or 'the'} control"
+    if control is not None:
+        seed = getattr(record, "control_seed", None)
+        parts.append(f"excess = value − {kind}" + ("" if seed is None else f" (seed {seed})"))
     view = _View(
-        values=values,
+        values=values if control is None else _excess(values, control, measure),
         above=None if p is None else p <= alpha,
         null_mean=None if null is None else _numpy(null.null_mean),
         p_value=p,
-        measure=getattr(record, "measure", None) or getattr(null, "measure", None) or "similarity",
+        measure=measure,
         source=source or getattr(record, "source", None) or "A",
         target=target or getattr(record, "target", None) or "B",
         subtitle=", ".join(parts),
+        observed=values,
+        control=control,
+        control_kind=kind,
     )
     return view, None if null is None else null.n_permutations
+
+
+def _control(record, relative_to: str | None, shape: tuple) -> np.ndarray | None:
+    if relative_to not in RELATIVE_TO:
+        raise ValueError(f"relative_to: {relative_to!r} is not one of {list(RELATIVE_TO)}")
+    if relative_to is None:
+        return None
+    control = getattr(record, "control", None)
+    if control is None:
+        raise ValueError(
+            "relative_to: 'control' needs a record with a control matrix; compute it with "
+            "layer_similarity(..., control='random-init')"
+        )
+    control = _numpy(control)
+    if control.shape != shape:
+        raise ValueError(f"record: control of shape {control.shape} does not match the matrix's {shape}")
+    return control
+
+
+def _excess(values: np.ndarray, control: np.ndarray, measure: str) -> np.ndarray:
+    # positive = more similar than the control, for distance-like measures too
+    return (control - values) if measure in LOWER_IS_SIMILAR else (values - control)
 
 
 def _numpy(x) -> np.ndarray:
@@ -91,6 +136,9 @@ def _colour(v: _View, zmax: float | None = None) -> dict:
     """Colour scale and range: similarities on a fixed [0, 1] (wider only if values leave it), so two
     heatmaps compare by eye; distance-like measures (lower = more similar) reversed on their own range."""
     lo, hi = float(np.nanmin(v.values)), float(np.nanmax(v.values))
+    if v.control is not None:  # an excess: diverging around 0 (no excess), symmetric so signs read alike
+        top = zmax if zmax is not None else max(abs(lo), abs(hi), 1e-12)
+        return {"colorscale": "RdBu_r", "zmid": 0.0, "zmin": -top, "zmax": top}
     if v.measure in LOWER_IS_SIMILAR:
         return {"colorscale": "Viridis_r", "zmin": lo, "zmax": zmax if zmax is not None else hi}
     return {"colorscale": "Viridis", "zmin": min(0.0, lo), "zmax": zmax if zmax is not None else max(1.0, hi)}
@@ -114,18 +162,28 @@ def similarity_heatmap(
     target: str | None = None,
     title: str | None = None,
     zmax: float | None = None,
+    relative_to: str | None = None,
 ) -> go.Figure:
     """Heatmap of A layers (rows, y) against B layers (columns, x) with hover values.
 
     With a null (on the record or passed), cells whose permutation p-value exceeds `alpha` are drawn
     grey when `mask_chance`; their hover still shows the value, the null mean and p. Similarities are
-    coloured on a fixed [0, 1] scale (`zmax` overrides the top).
+    coloured on a fixed [0, 1] scale (`zmax` overrides the top). `relative_to="control"` draws the
+    excess over the record's control matrix (value − control, positive = more alike than untrained
+    models; reversed for distance-like measures) on a diverging scale centred on 0, the value and the
+    control on hover.
     """
-    v, n_permutations = _view(record, null, alpha, source, target)
+    v, n_permutations = _view(record, null, alpha, source, target, relative_to)
     rows, cols = v.values.shape
-    custom = np.stack([_or_nan(v.null_mean, v.values), _or_nan(v.p_value, v.values)], axis=-1)
+    channels = [v.null_mean, v.p_value, v.observed, v.control]
+    custom = np.stack([_or_nan(c, v.values) for c in channels], axis=-1)
+    value = f"{v.label} %{{z:.4f}}"
+    if v.control is not None:
+        value = (
+            f"excess %{{z:.4f}}<br>{v.label} %{{customdata[2]:.4f}}, {v.control_kind} %{{customdata[3]:.4f}}"
+        )
     hover = (
-        f"{v.source} layer %{{y}}<br>{v.target} layer %{{x}}<br>{v.label} %{{z:.4f}}"
+        f"{v.source} layer %{{y}}<br>{v.target} layer %{{x}}<br>{value}"
         + ("<br>null mean %{customdata[0]:.4f}, p = %{customdata[1]:.3g}" if v.p_value is not None else "")
         + "<extra></extra>"
     )
@@ -142,13 +200,14 @@ def similarity_heatmap(
             **cells,
             **_colour(v, zmax),
             hoverongaps=False,
-            colorbar={"title": {"text": v.label, "side": "right"}, "thickness": 16},
-            name=v.label,
+            colorbar={"title": {"text": v.value_label, "side": "right"}, "thickness": 16},
+            name=v.value_label,
         )
     )
     subtitle = v.chance_note("grey", alpha, n_permutations if masked else None)
+    over = "" if v.control is None else f" over {v.control_kind}"
     fig.update_layout(
-        title=_title(title or f"{v.label}: {v.source} vs {v.target} by layer", subtitle),
+        title=_title(title or f"{v.label}{over}: {v.source} vs {v.target} by layer", subtitle),
         xaxis={**layer_axis(v.target, cols), "constrain": "domain", "showgrid": False},
         yaxis={**layer_axis(v.source, rows), "scaleanchor": "x", "constrain": "domain", "showgrid": False},
         template="plotly_white",

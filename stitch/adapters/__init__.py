@@ -2,7 +2,7 @@
 
 >>> from stitch import adapters
 >>> ad = adapters.Procrustes.fit(x, y)                    # closed form, one SVD
->>> ad = adapters.Affine.fit(x, y, ridge=1e-3)            # ridge least squares
+>>> ad = adapters.Affine.fit(x, y, ridge=1e-3)            # ridge least squares (ridge relative to x's variance)
 >>> stats = adapters.SufficientStats()                    # streamed, O(d²) memory
 >>> for xs, ys in pairs: stats.update(xs, ys)
 >>> ad = adapters.Procrustes.fit_stats(stats)
@@ -12,7 +12,12 @@
 """
 
 from stitch.adapters.base import ADAPTERS, Adapter, adapter_class, build_adapter, register_adapter
-from stitch.adapters.closed_form import SufficientStats, solve_least_squares, solve_procrustes
+from stitch.adapters.closed_form import (
+    SufficientStats,
+    ridge_penalty,
+    solve_least_squares,
+    solve_procrustes,
+)
 from stitch.adapters.io import load_adapter, read_adapter_record, save_adapter
 from stitch.adapters.linear import (
     CLOSED_FORM,
@@ -43,6 +48,7 @@ __all__ = [
     "load_adapter",
     "read_adapter_record",
     "register_adapter",
+    "ridge_penalty",
     "save_adapter",
     "solve_least_squares",
     "solve_procrustes",

@@ -5,6 +5,13 @@
     ...     stats.update(x, y)
     >>> W, s, b = solve_procrustes(stats, scale=True, translation=True)   # y ≈ s · x @ W + b
     >>> W, b = solve_least_squares(stats, ridge=1e-3, bias=True)          # y ≈ x @ W + b
+    >>> ridge_penalty(stats, ridge=1e-3)                                  # the λ that ridge=1e-3 adds
+
+Ridge is relative to the data, so one value means the same for 1K or 1M pairs, any width and any
+activation scale: the penalty added to XᵀX is λ = ridge · tr(XᵀX_c)/d_source, the mean eigenvalue of
+the centred Gram — `ridge` is a fraction of x's mean variance per dimension. Per pair, the fit solves
+min (1/n)‖Y − XW‖² + ridge · σ̄² ‖W‖² with σ̄² = tr(Cov x)/d_source; `ridge=1` shrinks a direction of
+average variance by half. `ridge=0` is exact least squares.
 
 Memory is O(d²) whatever the number of pairs: counts, means, the centred XᵀX and XᵀY and the centred
 sum of squares of y. Chunks are merged with Chan et al.'s pairwise update, so residual streams with
@@ -181,33 +188,55 @@ class SufficientStats:
 
 
 def check_ridge(ridge) -> float:
-    """A finite, non-negative ridge penalty λ (added to XᵀX: min ‖Y − XW‖² + λ‖W‖²)."""
+    """A finite, non-negative relative ridge (a fraction of x's mean variance; see `ridge_penalty`)."""
     number = isinstance(ridge, (int, float)) and not isinstance(ridge, bool)
     if not number or not 0 <= ridge < float("inf"):
-        raise ValueError(f"ridge must be a finite number >= 0, got {ridge!r}")
+        raise ValueError(
+            f"ridge: got {ridge!r}; valid: a finite number >= 0 (a fraction of x's mean variance "
+            "per dimension)"
+        )
     return float(ridge)
+
+
+def ridge_penalty(stats: SufficientStats, ridge: float) -> float:
+    """The absolute λ added to XᵀX for a relative `ridge`: ridge · tr(XᵀX_c) / d_source.
+
+        >>> ridge_penalty(stats, 1e-2) / stats.n     # 1% of x's mean variance per dimension
+
+    Duplicating the pairs or scaling x scales λ exactly as it scales XᵀX, so the fitted map is unchanged.
+    A fit without bias regularises the uncentred XᵀX but is scaled by the same centred trace; only for
+    x with no variance at all does it fall back to the uncentred trace.
+    """
+    ridge = check_ridge(ridge)
+    gram = stats.xx(centered=True)
+    scale = gram.diagonal().sum() or stats.xx(centered=False).diagonal().sum()
+    return ridge * float(scale.detach()) / gram.shape[0]
 
 
 def solve_least_squares(
     stats: SufficientStats, ridge: float = 0.0, bias: bool = True
 ) -> tuple[Float[Tensor, "d_source d_target"], Float[Tensor, " d_target"] | None]:
-    """Ridge least squares `y ≈ x @ W (+ b)` in float64; the bias is never penalised."""
-    ridge = check_ridge(ridge)
+    """Ridge least squares `y ≈ x @ W (+ b)` in float64; the bias is never penalised.
+
+    `ridge` is relative (λ = `ridge_penalty(stats, ridge)`, a fraction of the centred Gram's mean
+    eigenvalue); `ridge=0` gives exact (minimum-norm) least squares.
+    """
+    lam = ridge_penalty(stats, ridge)
     gram, cross = stats.xx(centered=bias), stats.xy(centered=bias)
     evals, evecs = torch.linalg.eigh(gram)
     if evals[-1] <= 0:
         what = "no variance (all rows equal, e.g. all zeros)" if bias else "all zeros"
         raise ValueError(f"x has {what} over n={stats.n} rows; there is nothing to fit a map from")
     keep = evals > evals[-1] * gram.shape[0] * _EPS64
-    if ridge == 0 and not keep.all():
+    if lam == 0 and not keep.all():
         warnings.warn(
             f"x is rank-deficient (rank {int(keep.sum())} < d_source={gram.shape[0]}, n={stats.n});"
             " returning the minimum-norm least-squares solution; pass ridge > 0 to regularise",
             UserWarning,
             stacklevel=3,
         )
-    shifted = evals.clamp(min=0) + ridge
-    inverse = 1.0 / shifted if ridge > 0 else torch.where(keep, 1.0 / shifted, torch.zeros_like(shifted))
+    shifted = evals.clamp(min=0) + lam
+    inverse = 1.0 / shifted if lam > 0 else torch.where(keep, 1.0 / shifted, torch.zeros_like(shifted))
     W = evecs @ (inverse[:, None] * (evecs.T @ cross))
     b = stats.mean_y - stats.mean_x @ W if bias else None
     return W, b

@@ -23,7 +23,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from stitch.adapters.base import Adapter, adapter_class
-from stitch.adapters.closed_form import SufficientStats, solve_least_squares, solve_procrustes  # noqa: F401
+from stitch.adapters.closed_form import (  # noqa: F401
+    SufficientStats,
+    check_ridge,
+    solve_least_squares,
+    solve_procrustes,
+)
 from stitch.adapters.linear import CLOSED_FORM, fit_closed_form
 from stitch.alignment.pairing import Pairing, pair_texts
 from stitch.checks import check_layer, check_texts
@@ -51,7 +56,9 @@ def fit_adapter(
     """A closed-form adapter from A's layer `source_layer` to B's `target_layer` (default: the same).
 
     `options` go to the fit (`ridge` for linear/affine, `scale`/`translation` for procrustes); the
-    adapter is returned in `dtype` (float32 by default, whatever the models' dtype).
+    adapter is returned in `dtype` (float32 by default, whatever the models' dtype). `ridge` is relative
+    to the paired states' scale (a fraction of x's mean variance per dimension, see
+    `stitch.adapters.closed_form.ridge_penalty`): the same value fits 1K or 1M pairs alike.
     """
     check_fit_options(kind, options)
     pair = (source_layer, source_layer if target_layer is None else target_layer)
@@ -68,15 +75,25 @@ def fit_adapter(
     return fit_closed_form(kind, stats[pair], **options).to(dtype)
 
 
-def check_fit_options(kind: str, options: dict) -> None:
-    """Refuse an unknown kind or option before any model runs (not after an hour of streaming)."""
+def fit_option_names(kind: str) -> list[str]:
+    """The options a closed-form fit of `kind` takes: `["ridge"]` for linear/affine."""
     cls = adapter_class(kind)
     if cls.kind not in CLOSED_FORM:
         raise ValueError(f"kind: {kind!r} has no closed-form fit; closed-form kinds: {list(CLOSED_FORM)}")
-    allowed = [p for p in inspect.signature(cls.fit_stats).parameters if p != "stats"]
+    return [p for p in inspect.signature(cls.fit_stats).parameters if p != "stats"]
+
+
+def check_fit_options(kind: str, options: dict) -> None:
+    """Refuse an unknown kind or option before any model runs (not after an hour of streaming)."""
+    allowed, cls = fit_option_names(kind), adapter_class(kind)
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise TypeError(f"options: {unknown} are not options of a {cls.kind} fit; valid options: {allowed}")
+    if "ridge" in options:
+        check_ridge(options["ridge"])
+    for name in ("scale", "translation"):
+        if name in options and not isinstance(options[name], bool):
+            raise TypeError(f"{name}: got {options[name]!r}; valid: true or false")
 
 
 def collect_stats(

@@ -1,14 +1,16 @@
 """Linear adapters: Identity, Linear, Affine, Projection and Procrustes, with closed-form fits.
 
     >>> ad = Procrustes.fit(x, y)                          # x [n, d_source], y [n, d_target]: one SVD
-    >>> ad = Affine.fit(x, y, ridge=1e-2)                  # ridge least squares with a bias
+    >>> ad = Affine.fit(x, y, ridge=1e-2)                  # ridge least squares with a bias (ridge: relative)
     >>> stats = SufficientStats().update(x1, y1).update(x2, y2)
     >>> ad = Affine.fit_stats(stats, ridge=0.0)            # the same fit, streamed in O(d²) memory
     >>> ad(states)                                         # [..., d_source] -> [..., d_target]
 
 Weights follow `nn.Linear`: `weight` is [d_target, d_source]; `ad.matrix` is the [d_source, d_target]
 map in the `y = x @ M` convention of the fits. Fits run in float64 and return an adapter in the dtype
-and on the device of the fitted data.
+and on the device of the fitted data. `ridge` is dimensionless: a fraction of x's mean variance per
+dimension (λ = ridge · tr(XᵀX_c)/d_source, `stitch.adapters.closed_form.ridge_penalty`), so the same
+value means the same for any number of pairs, any width and any activation scale.
 """
 
 from __future__ import annotations
@@ -81,12 +83,16 @@ class Linear(_Dense):
 
     @classmethod
     def fit(cls, x: Float[Tensor, "n d_source"], y: Float[Tensor, "n d_target"], ridge: float = 0.0):
-        """Ridge least squares `min ‖Y − XW‖² + ridge·‖W‖²` (see `stitch.adapters.closed_form` for fallbacks)."""
+        """Ridge least squares `min ‖Y − XW‖² + λ‖W‖²`, λ = ridge · tr(XᵀX_c)/d_source (relative ridge).
+
+        `ridge=1e-2` penalises at 1% of x's mean variance per dimension, whatever n, width or scale;
+        `ridge=0` is exact least squares (see `stitch.adapters.closed_form` for the fallbacks).
+        """
         return cls.fit_stats(SufficientStats().update(x, y), ridge=ridge)
 
     @classmethod
     def fit_stats(cls, stats: SufficientStats, ridge: float = 0.0):
-        """The same fit from streamed statistics."""
+        """The same fit from streamed statistics (the same relative `ridge`)."""
         W, b = solve_least_squares(stats, ridge=ridge, bias=cls.HAS_BIAS)
         return cls(stats.d_source, stats.d_target)._load_fit(stats, W, b)
 

@@ -2,12 +2,15 @@
 
     $ stitch cka --source-model meta-llama/Llama-3.1-8B --target-model meta-llama/Llama-3.2-3B \\
           --texts texts.txt --pairing shared --out runs/cka
+    $ stitch cka ... --control random-init      # and the same matrix on random-init copies of A and B
     >>> run(CkaConfig(source_model="a/", target_model="b/", texts="texts.txt", out="runs/cka"))
 
 Writes `OUT/similarity.safetensors` (tensor `matrix` [A.n_layers + 1, B.n_layers + 1], plus the
 permutation null's tensors `null_mean`, `null_std`, `z`, `p_value`, `calibrated` with
-`--null-permutations`), `OUT/similarity.json` (pairing, measure, n, model names, shape, null settings;
-also in the safetensors header), `OUT/report.html` (heatmap, best-match curve) and `OUT/config.json`.
+`--null-permutations`, and `control` and `excess` [same shape] with `--control`), `OUT/similarity.json`
+(pairing, measure, n, model names, shape, null and control settings; also in the safetensors header),
+`OUT/report.html` (heatmap, excess over the control when there is one, best-match curve) and
+`OUT/config.json`.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 
 import safetensors.torch
 
+from analyses.controls import CONTROLS, check_control
 from analyses.figures import best_match_curve, similarity_heatmap
 from analyses.layer_similarity import PAIRINGS, LayerSimilarity, layer_similarity
 from analyses.report import Section, write_report
@@ -44,8 +48,18 @@ class CkaConfig(ModelPairConfig):
     )
     measure: str = option("linear_cka", choices=tuple(MEASURES), help="similarity measure")
     null_permutations: int = option(0, help="permutations of the per-cell null (0: none)")
-    seed: int = option(0, help="seed of the permutation null")
+    control: str | None = option(
+        None,
+        choices=tuple(CONTROLS),
+        help="random-init: also compute the matrix on A and B rebuilt from their configs with random weights "
+        "(same tokenizers, texts and pairing) and report the excess over it",
+    )
+    seed: int = option(0, help="seed of the permutation null and of the control's random weights")
     batch_size: int = option(8, help="texts per forward")
+
+    def __post_init__(self):
+        if self.control is not None:  # before any model loads, whether built by the CLI or by hand
+            check_control(self.control, self.seed)
 
 
 def run(config: CkaConfig) -> LayerSimilarity:
@@ -61,6 +75,7 @@ def run(config: CkaConfig) -> LayerSimilarity:
         null_permutations=config.null_permutations,
         batch_size=config.batch_size,
         seed=config.seed,
+        control=config.control,
     )
     out = Path(config.out)
     _save_matrix(rec, out)
@@ -72,7 +87,7 @@ def run(config: CkaConfig) -> LayerSimilarity:
 
 def metadata(rec: LayerSimilarity) -> dict:
     """What the matrix means (everything of the record but its tensors and texts)."""
-    meta = {k: v for k, v in rec.to_dict().items() if k not in ("matrix", "texts", "null")}
+    meta = {k: v for k, v in rec.to_dict().items() if k not in ("matrix", "texts", "null", "control")}
     meta.update(n_texts=len(rec.texts), shape=list(rec.matrix.shape))
     if rec.null is not None:
         meta.update(null_permutations=rec.null.n_permutations, null_seed=rec.null.seed)
@@ -83,6 +98,8 @@ def _save_matrix(rec: LayerSimilarity, out: Path) -> None:
     tensors = {"matrix": rec.matrix}
     if rec.null is not None:
         tensors.update({k: getattr(rec.null, k) for k in _NULL_TENSORS})
+    if rec.control is not None:
+        tensors.update(control=rec.control, excess=rec.excess())
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}  # float64, as computed
     meta = metadata(rec)
     header = {"stitch_layer_similarity": json.dumps(meta)}
@@ -92,8 +109,10 @@ def _save_matrix(rec: LayerSimilarity, out: Path) -> None:
 
 def _save_report(rec: LayerSimilarity, out: Path, config: CkaConfig) -> None:
     note = f"{rec.n} paired samples ({rec.pairing} pairing) from {len(rec.texts)} texts in {config.texts}"
-    sections = [
-        Section("Similarity by layer", similarity_heatmap(rec), note=note),
-        Section("Best-matching target layer", best_match_curve(rec)),
-    ]
+    sections = [Section("Similarity by layer", similarity_heatmap(rec), note=note)]
+    if rec.control is not None:
+        why = f"the same matrix on {rec.control_kind} copies of both models (seed {rec.control_seed})"
+        figure = similarity_heatmap(rec, relative_to="control")
+        sections.append(Section(f"Excess over the {rec.control_kind} control", figure, note=why))
+    sections.append(Section("Best-matching target layer", best_match_curve(rec)))
     write_report(out / "report.html", sections, title=f"{rec.measure}: {rec.source} vs {rec.target}")

@@ -36,7 +36,10 @@ class FitConfig(ModelPairConfig):
     out: str = option(help="adapter path: a .safetensors file or a directory")
     target_layer: int | None = target_layer_option()
     kind: str = option("procrustes", choices=CLOSED_FORM, help="closed-form adapter kind")
-    ridge: float | None = option(None, help="ridge penalty (linear and affine only; default 0)")
+    ridge: float | None = option(
+        None,
+        help="relative ridge: a fraction of A's mean variance per dimension (linear and affine only; default 0)",
+    )
     scale: bool | None = option(None, help="fit a global scale (procrustes only; default off)")
     translation: bool | None = option(None, help="fit a translation (procrustes only; default off)")
     drop_special: bool = option(True, help="leave BOS and other special tokens out of the fit")

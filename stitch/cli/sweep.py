@@ -46,7 +46,10 @@ class SweepConfig(ModelPairConfig):
     alignment: tuple[str, ...] = option(("target",), help="grids to score on: target, source, or both")
     injection: str = option("residual", choices=tuple(INJECTIONS), help="how A's states enter B")
     kind: str = option("affine", choices=CLOSED_FORM, help="closed-form adapter kind")
-    ridge: float | None = option(None, help="ridge penalty (linear and affine only; default 0)")
+    ridge: float | None = option(
+        None,
+        help="relative ridge: a fraction of A's mean variance per dimension (linear and affine only; default 0)",
+    )
     baseline: bool = option(True, help="also score the embedding-injection baseline")
     batch_size: int = option(8, help="texts per forward")
     progress: bool = option(True, help="show progress bars")

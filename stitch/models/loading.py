@@ -133,3 +133,27 @@ def resolve_dtype(dtype) -> torch.dtype | None:
     if dtype in _DTYPES:
         return _DTYPES[dtype]
     raise ValueError(f"dtype: {dtype!r} is not supported; use a torch.dtype or one of {sorted(_DTYPES)}")
+
+
+def random_init(model: HookedLM, seed: int = 0) -> HookedLM:
+    """A model of the same architecture and config as `model`, with freshly initialised weights.
+
+        >>> R = random_init(A, seed=0)            # A's config and tokenizer, random weights, no download
+        >>> R.n_layers == A.n_layers and R.tokenizer is A.tokenizer
+
+    Built by `AutoModelForCausalLM.from_config` in `model`'s dtype and on its device, with the global RNG
+    seeded by `seed` inside a forked RNG state (the caller's random stream is left as it was); the same
+    seed gives the same weights. The control of "how alike would these architectures look untrained".
+    """
+    from transformers import AutoModelForCausalLM
+
+    if not isinstance(model, HookedLM):
+        raise TypeError(f"model: expected a HookedLM (from stitch.load_model), got {type(model).__name__}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed: got {seed!r}; valid: an integer >= 0")
+    device = model.device
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda), torch.device(device):
+        torch.manual_seed(seed)
+        hf_model = AutoModelForCausalLM.from_config(model.model.config, dtype=model.dtype)
+    return load_model(hf_model, tokenizer=model.tokenizer, name=f"{model.name} (random init, seed {seed})")

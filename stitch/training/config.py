@@ -18,6 +18,7 @@ from stitch.adapters import (
     CLOSED_FORM,
     adapter_class,
 )
+from stitch.adapters.fit import check_fit_options, fit_option_names
 from stitch.checks import check_choice
 from stitch.config import Config, option
 
@@ -49,6 +50,11 @@ class TrainConfig(Config):
         "--init-texts texts (procrustes, linear, affine)",
     )
     init_texts: int = option(256, help="training texts the closed-form init is fitted on")
+    init_options: tuple[str, ...] | None = option(
+        None,
+        help="options of the closed-form init fit as key=value, e.g. ridge=1e-2 (relative ridge: a "
+        "fraction of A's mean variance per dimension; linear and affine only)",
+    )
     alignment: str = option("target", choices=ALIGNMENTS, help="token grid B runs on (see stitch.Splice)")
     steps: int | None = option(None, help="optimizer steps (default: --epochs passes over the texts)")
     epochs: int | None = option(None, help="passes over the texts when --steps is not given (default: 1)")
@@ -83,32 +89,71 @@ class TrainConfig(Config):
             raise ValueError(
                 f"init: 'fit' needs a closed-form kind {list(CLOSED_FORM)}, got kind={self.kind!r}"
             )
-        if isinstance(self.adapter_options, str):
-            raise TypeError(
-                f"adapter_options: expected a list of key=value strings, got {self.adapter_options!r}"
-            )
-        object.__setattr__(self, "adapter_options", tuple(self.adapter_options or ()))
+        for name in ("adapter_options", "init_options"):
+            if isinstance(getattr(self, name), str):
+                raise TypeError(f"{name}: expected a list of key=value strings, got {getattr(self, name)!r}")
+            object.__setattr__(self, name, tuple(getattr(self, name) or ()))
         self.options()  # malformed or unknown adapter options fail here, before any model loads
+        self.fit_options()  # and so do the init fit's
 
     def options(self) -> dict[str, Any]:
         """`adapter_options` as keyword arguments of the adapter (values read as YAML: 64, 0.5, true)."""
         allowed = [
             p for p in inspect.signature(adapter_class(self.kind)).parameters if not p.startswith("d_")
         ]
-        options = {}
-        for item in self.adapter_options:
-            key, sep, value = str(item).partition("=")
-            if not sep or key.strip() not in allowed:
-                raise ValueError(
-                    f"adapter_options: {item!r} is not key=value with a key of a {self.kind} adapter; "
-                    f"valid keys: {allowed}"
-                )
-            options[key.strip()] = yaml.safe_load(value)
+        return _key_values("adapter_options", self.adapter_options, allowed, f"a {self.kind} adapter")
+
+    def fit_options(self) -> dict[str, Any]:
+        """Keyword arguments of the `init="fit"` closed-form fit: the adapter's options plus `init_options`.
+
+        >>> TrainConfig(out="o", source_layer=2, init="fit", init_options=("ridge=1e-2",)).fit_options()
+        {'ridge': 0.01}
+        """
+        if self.init_options and self.init != "fit":
+            raise ValueError(
+                f"init_options: got {list(self.init_options)} with init={self.init!r}; valid only with "
+                "init='fit' (they are options of the closed-form fit)"
+            )
+        if self.init != "fit":
+            return {}
+        allowed = fit_option_names(self.kind)
+        own = _key_values("init_options", self.init_options, allowed, f"the {self.kind} fit")
+        structural = {k: v for k, v in self.options().items() if k in allowed}
+        twice = sorted(set(own) & set(structural))
+        if twice:  # e.g. procrustes scale=: it shapes the adapter, so it is set once, in adapter_options
+            raise ValueError(f"init_options: {twice} are already set by adapter_options; set them once")
+        options = {**structural, **own}
+        try:
+            check_fit_options(self.kind, options)
+        except (TypeError, ValueError) as err:  # name the field the user wrote, not the fit's argument
+            raise type(err)(f"init_options: {err}") from None
         return options
 
     def run_fields(self) -> dict[str, Any]:
         """The fields that decide what a run computes (those a checkpoint must share to be resumed)."""
         return json.loads(json.dumps({k: v for k, v in self.to_dict().items() if k not in _FREE_ON_RESUME}))
+
+
+def _key_values(field: str, items: tuple[str, ...], allowed: list[str], what: str) -> dict[str, Any]:
+    options = {}
+    for item in items:
+        key, sep, value = str(item).partition("=")
+        if not sep or key.strip() not in allowed:
+            raise ValueError(
+                f"{field}: {item!r} is not key=value with a key of {what}; valid keys: {allowed}"
+            )
+        options[key.strip()] = _scalar(value)
+    return options
+
+
+def _scalar(text: str) -> Any:
+    value = yaml.safe_load(text)
+    if isinstance(value, str):  # YAML 1.1 reads 1e-2 (no dot) as a string; it is meant as a number
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 # field: (type, lowest valid value, whether the lowest value itself is excluded); None allowed where typed so

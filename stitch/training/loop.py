@@ -242,7 +242,8 @@ class _Run:
             fit_texts = self.texts[: config.init_texts]  # every rank fits the same texts: no broadcast needed
             progress = config.progress and self.dist.is_main
             layers = (config.source_layer, self.target_layer)
-            adapter = fit_adapter(A, B, fit_texts, *layers, config.kind, progress=progress, **options)
+            fit_options = config.fit_options()  # the adapter's structural options plus init_options (ridge)
+            adapter = fit_adapter(A, B, fit_texts, *layers, config.kind, progress=progress, **fit_options)
         else:
             adapter = build_adapter(config.kind, d_source=A.d_model, d_target=B.d_model, **options)
         return adapter.to(device=A.device, dtype=torch.float32)
