@@ -15,7 +15,7 @@ Pairing decides which states of A and B count as "the same sample":
   by the attention mask and so are the tokens the tokenizer inserts (BOS/EOS, `special_mask`): a BOS
   state is the same for every text and would only add a shared offset. Works across tokenizers.
 - "shared": one sample per shared boundary, a position where both tokenizations end at the same
-  byte, so both models have read exactly the same prefix (`stitch.alignment.align_batch`; special
+  byte, so both models have read exactly the same prefix (the shared class of `stitch.alignment.pairing`; special
   tokens never count). Identical tokenizers pair every real token with itself.
 """
 
@@ -39,7 +39,7 @@ from analyses.similarity import (
     resolve_measure,
     similarity_matrix,
 )
-from stitch.alignment import align_batch
+from stitch.alignment.pairing import pair_batches
 from stitch.batch import Batch
 from stitch.checks import check_choice, check_layer, check_texts
 
@@ -273,9 +273,7 @@ def _selectors(batch_a: Batch, batch_b: Batch, pairing: str, chunk: list[str], o
         weights = [_pool_weights(b, chunk, offset) for b in (batch_a, batch_b)]
         # Pool in float32 whatever the model's dtype: a bfloat16 sum over hundreds of tokens loses digits.
         return tuple((lambda states, w=w: torch.einsum("bp,bpd->bd", w, states.float())) for w in weights)
-    aligned = align_batch(batch_a, batch_b)
-    rows, cols_b = torch.nonzero(aligned.shared, as_tuple=True)
-    cols_a = aligned.target_to_source[rows, cols_b]
+    rows, cols_a, cols_b = pair_batches(batch_a, batch_b).pairs(drop_special=True, classes=["shared"])
     return (
         lambda states: states[rows.to(states.device), cols_a.to(states.device)],
         lambda states: states[rows.to(states.device), cols_b.to(states.device)],
