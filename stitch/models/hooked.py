@@ -38,6 +38,7 @@ from stitch.models.hooks import (
     model_lock,
     skip_blocks,
 )
+from stitch.models.kv import KVCache, Step, cache_keyword
 
 Hooks = Sequence[tuple["str | Callable[[str], bool]", HookFn]]
 
@@ -186,6 +187,49 @@ class HookedLM:
         """Logits with `embeds` given to the HF model as `inputs_embeds` (the embedding-injection baseline)."""
         self._check_resid(embeds, batch, "embeds")
         return self._forward(batch, "run_from_embeds", inputs_embeds=embeds.to(self.dtype))
+
+    def forward_cached(
+        self,
+        kv: KVCache,
+        step: Step,
+        *,
+        start: int = 0,
+        stop: int | None = None,
+        hooks=(),
+        inject=None,
+        inputs_embeds: Tensor | None = None,
+    ) -> Float[Tensor, "batch vocab"] | None:
+        """One cached forward of the tokens `step` adds, over blocks [start, stop); logits of its last column.
+
+        >>> kv = KVCache.empty(B, batch_size=2)
+        >>> last = B.forward_cached(kv, Step(ids, positions, valid))     # [batch, vocab]
+
+        Positions and the 4D mask come from `kv` (see `stitch.models.kv`), never from HF's cache length;
+        blocks below `start` are skipped and their cache layers stay empty. `inject` (a (point, fn) pair)
+        runs ahead of every other hook at its boundary, as in `run_from`. With `stop` the forward ends at
+        that boundary and returns None (read the stream there with `hooks`).
+        """
+        hooks = list(hooks)
+        if stop is not None:
+            hooks.append((self._boundary[stop], _raise_stop))
+        inputs = {"input_ids": step.input_ids} if inputs_embeds is None else {"inputs_embeds": inputs_embeds.to(self.dtype)}
+        inputs[cache_keyword(self.model)] = kv.cache
+        out = None
+        with (
+            model_lock(self.model),
+            _one_forward(self, "forward_cached"),
+            skip_blocks(self.blocks[:start], f"forward_cached(start={start})"),
+            hook_scope([inject] if inject else [], first=True),
+            hook_scope(hooks),
+        ):
+            try:
+                out = self.model(
+                    **inputs, attention_mask=kv.mask(step), position_ids=step.positions, use_cache=True, logits_to_keep=1
+                )
+            except _Stop:
+                pass
+        kv.commit(step)
+        return None if out is None else out.logits[:, -1]
 
     def logits(self, batch: Batch | Sequence[str]) -> Float[Tensor, "batch pos vocab"]:
         """The plain forward; equal to the HF model's logits on the same ids, mask and positions."""

@@ -54,6 +54,11 @@ def hook_names(n_layers: int) -> list[str]:
     return pre + [f"blocks.{i}.hook_resid_post" for i in range(n_layers)] + [FINAL]
 
 
+def boundary_name(layer: int, n_layers: int) -> str:
+    """The hook point whose stream is layer `layer`: `blocks.{layer}.hook_resid_pre`, or FINAL for layer L."""
+    return FINAL if layer == n_layers else f"blocks.{layer}.hook_resid_pre"
+
+
 def layer_of(name: str, n_layers: int) -> int:
     """The stitch layer a hook name sees: resid_pre of block i is layer i, resid_post is layer i + 1."""
     if name == FINAL:

@@ -4,6 +4,12 @@
     >>> m = inj.target_layer(None, source_layer=8, n_layers_b=B.n_layers)   # 8
     >>> logits = inj.run(B, mapped, batch_b, m)                            # B's blocks [m, L) only
     >>> own = inj.own_states(B, batch_b, m)                                 # what B has there itself
+    >>> last = inj.run_cached(B, mapped_step, kv, step, m)                  # the same, one cached step
+
+`run_cached` is `run` for one step of cached generation (`stitch.models.kv`): B's new tokens read the mapped
+states where this strategy writes, and their keys and values join `kv`. `write(own, mapped)` is the one place
+a strategy decides what the stream at the write point becomes (here: the mapped states); a strategy that mixes
+B's own stream in (`reads_own_stream = True`) makes generation run B's blocks below M too.
 
 - `residual`: the mapped states replace B's residual stream at layer M; B runs blocks [M, L).
 - `inputs_embeds`: the deliberately flawed baseline; the mapped states are given to B as `inputs_embeds`
@@ -22,6 +28,8 @@ from torch import Tensor
 
 from stitch.batch import Batch
 from stitch.checks import check_choice, check_layer
+from stitch.models.hooks import boundary_name
+from stitch.models.kv import KVCache, Step
 from stitch.models.states import EMBEDDINGS, model_states
 
 
@@ -29,6 +37,7 @@ class Injection:
     """One way for mapped states to enter B (see the module docstring)."""
 
     name: ClassVar[str]
+    reads_own_stream: ClassVar[bool] = False  # does `write` read B's own stream at the write point?
 
     def target_layer(self, target_layer: int | None, source_layer: int, n_layers_b: int) -> int:
         """B's splice layer M: `target_layer`, or A's source layer when None (the DESIGN default M = N)."""
@@ -42,6 +51,24 @@ class Injection:
     def run(self, B, mapped: Float[Tensor, "batch pos d_target"], batch: Batch, target_layer: int) -> Tensor:
         raise NotImplementedError
 
+    def run_cached(
+        self,
+        B,
+        mapped: Float[Tensor, "batch q d_target"],
+        kv: KVCache,
+        step: Step,
+        target_layer: int,
+        *,
+        below: bool = False,
+    ) -> Float[Tensor, "batch vocab"]:
+        """One cached step of `run`: logits of the step's last column. `below` also runs B's blocks [0, M)
+        (their keys and values are then cached too, as the "prompt" policy needs for B's own later tokens)."""
+        raise NotImplementedError
+
+    def write(self, own: Tensor, mapped: Tensor) -> Tensor:
+        """What B's stream at the write point becomes, given its own stream there and the mapped states."""
+        return mapped
+
     def own_states(self, B, batch: Batch, target_layer: int) -> Float[Tensor, "batch pos d_target"]:
         """B's own states where this injection writes (fit targets, mean-ablation, generated positions)."""
         point = self.write_point(target_layer)
@@ -53,6 +80,11 @@ class Residual(Injection):
 
     def run(self, B, mapped, batch, target_layer):
         return B.run_from(mapped, target_layer, batch)
+
+    def run_cached(self, B, mapped, kv, step, target_layer, *, below=False):
+        point = B.hook_points[boundary_name(target_layer, B.n_layers)]
+        hook = (point, lambda own, _: self.write(own, mapped.to(own.dtype)))
+        return B.forward_cached(kv, step, start=0 if below else target_layer, inject=hook)
 
 
 class InputsEmbeds(Injection):
@@ -71,6 +103,9 @@ class InputsEmbeds(Injection):
 
     def run(self, B, mapped, batch, target_layer):
         return B.run_from_embeds(mapped, batch)
+
+    def run_cached(self, B, mapped, kv, step, target_layer, *, below=False):
+        return B.forward_cached(kv, step, inputs_embeds=mapped)
 
 
 INJECTIONS: dict[str, Injection] = {}

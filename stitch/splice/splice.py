@@ -26,7 +26,7 @@ from stitch.batch import Batch
 from stitch.checks import check_choice, check_layer
 from stitch.losses import mean_cross_entropy
 from stitch.models.hooked import HookedLM
-from stitch.splice.generate import generate
+from stitch.splice.generate import GenerationOutput, config_from, generate, resolve_eos
 from stitch.splice.injection import injection_for
 
 
@@ -120,10 +120,37 @@ class Splice(nn.Module):
         return aligned.labels(self.alignment)
 
     def generate(
-        self, prompts, max_new_tokens: int = 32, policy: str = "prompt", stop_at_eos: bool = True
-    ) -> list[str]:
-        """B's greedy continuations under the splice; see `stitch.splice.generate` for the policies."""
-        return generate(self, prompts, max_new_tokens, policy, stop_at_eos)
+        self,
+        prompts,
+        max_new_tokens: int = 32,
+        policy: str = "prompt",
+        stop_at_eos: bool = True,
+        *,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop_strings=None,
+        eos_token_id=None,
+        return_ids: bool = False,
+        output_scores: bool = False,
+        streamer=None,
+        use_cache: bool = True,
+    ) -> list[str] | GenerationOutput:
+        """B's continuations under the splice: texts, or a GenerationOutput with `return_ids`/`output_scores`.
+
+        >>> sp.generate(["Hello"], max_new_tokens=8, policy="restitch", do_sample=True, top_p=0.9, seed=0)
+
+        Policies and controls: `stitch.splice.generate` and `stitch.splice.policies`.
+        """
+        config = config_from(
+            max_new_tokens, policy, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
+            seed=seed, stop_strings=stop_strings, use_cache=use_cache,
+            eos_token_id=resolve_eos(self.B.tokenizer, eos_token_id, stop_at_eos),
+        )
+        out = generate(self, prompts, config, streamer=streamer, output_scores=output_scores)
+        return out if (return_ids or output_scores) else out.texts
 
     def align(self, texts) -> Pairing:
         """Encode texts for A and B and pair the two tokenizations (identity when the tokenizer is shared)."""
@@ -149,6 +176,10 @@ class Splice(nn.Module):
         return dataclasses.replace(
             src, input_ids=placeholders, tokenizer_fingerprint=self.B.tokenizer_fingerprint
         )
+
+    def adapt(self, states: Float[Tensor, "... d_source"]) -> Float[Tensor, "... d_target"]:
+        """The adapter applied to A's states (checked: device, output width)."""
+        return self._adapt(states)
 
     def _adapt(self, states: Tensor) -> Tensor:
         param = next(self.adapter.parameters(), None)
