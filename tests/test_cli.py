@@ -189,6 +189,22 @@ def test_generate_equals_the_splice(pair, capsys):
     assert read_json(root / "gen.config.json")["policy"] == "all"
 
 
+def test_generate_sampling_flags_reach_the_splice(pair, capsys):
+    root, A, B = pair
+    adapter_path = root / "gen_adapter.safetensors"
+    assert main(["fit", *flags(root, **{"source-layer": 1, "texts": root / "texts.txt", "out": adapter_path})]) == 0
+    (root / "prompts.txt").write_text("\n".join(TEXTS[:2]) + "\n")
+    argv = flags(root, **{"source-layer": 1, "adapter": adapter_path, "prompts": root / "prompts.txt"})
+    sampling = ["--do-sample", "--top-p", "0.9", "--temperature", "0.7", "--seed", "3", "--policy", "restitch"]
+    capsys.readouterr()
+    assert main(["generate", *argv, "--max-new-tokens", "4", *sampling]) == 0
+    printed = [json.loads(line)["continuation"] for line in capsys.readouterr().out.splitlines()]
+    splice = stitch.Splice(A, B, 1, adapter=stitch.load_adapter(adapter_path))
+    assert printed == splice.generate(TEXTS[:2], 4, "restitch", do_sample=True, top_p=0.9, temperature=0.7, seed=3)
+    assert main(["generate", *argv, "--top-p", "1.5"]) == 1
+    assert "--top-p: expected a number in (0, 1], got 1.5" in capsys.readouterr().err
+
+
 def test_option_errors_name_the_option(pair, capsys):
     root, _, _ = pair
     (root / "bad.yaml").write_text("pairing: mean\nlayers: 3\n")
