@@ -4,8 +4,11 @@ import copy
 
 import pytest
 import torch
+from transformers import TextStreamer
 
+import analyses
 import stitch
+from analyses.report import Section, render_report
 from tests.tiny import byte_bpe_tokenizer, tiny_model
 from tests.tokenizers_util import sentencepiece_unigram
 
@@ -156,8 +159,6 @@ def test_scores_are_hf_style_and_greedy_picks_their_argmax(llama):
 
 
 def test_streamer_is_a_transformers_text_streamer(llama, capsys):
-    from transformers import TextStreamer
-
     sp = stitch.Splice(llama, llama, 1)
     text = sp.generate(PROMPTS[:1], 8, stop_at_eos=False, streamer=TextStreamer(llama.tokenizer, skip_prompt=True))
     assert capsys.readouterr().out == text[0] + "\n"
@@ -225,9 +226,6 @@ def test_bad_splice_layers_and_adapter_widths(llama, cross):
 
 
 def test_side_by_side_records(cross, tok):
-    import analyses
-    from analyses.report import render_report, Section
-
     A, B = cross
     records = analyses.generation.side_by_side(A, B, PROMPTS, 2, adapter=linear(A, B), max_new_tokens=5,
                                                stop_at_eos=False)
