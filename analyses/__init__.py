@@ -6,7 +6,18 @@
 >>> analyses.figures.similarity_heatmap(sim)
 """
 
-from analyses import alignment, cka, figures, generation, gram, layer_similarity, report, samples, similarity, sweep
+from analyses import (
+    alignment,
+    cka,
+    figures,
+    generation,
+    gram,
+    layer_similarity,
+    report,
+    samples,
+    similarity,
+    sweep,
+)
 
 __all__ = [
     "alignment",

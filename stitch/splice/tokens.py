@@ -108,7 +108,7 @@ class TailTokenizer:
         if any(self.special[lead:]) or not self._extend_tail(text, lead):
             self._set(token_spans(self.tokenizer, text), text)
         new = list(zip(self.ids, self.ends, strict=True))
-        return next((i for i, (a, b) in enumerate(zip(old, new)) if a != b), min(len(old), len(new)))
+        return next((i for i, (a, b) in enumerate(zip(old, new, strict=False)) if a != b), min(len(old), len(new)))
 
     def _extend_tail(self, text: str, lead: int) -> bool:
         data = text.encode("utf-8")
