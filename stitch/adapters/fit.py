@@ -11,7 +11,7 @@ feed it (the last A token ending at or before j's end). Padding and positions wi
 always dropped; BOS and other special tokens on either side are dropped by default (`drop_special`),
 because their states (attention sinks, often with massive norms) would dominate a least-squares fit.
 Memory is O(d²) per layer pair whatever the number of texts: only `SufficientStats` are kept.
-With `window` (token-conditioned kinds, `stitch.adapters.conditioned`) each A state is concatenated with B's
+With `window` (positions with no A token are then kept, with A's zero state, as the splice feeds them) (token-conditioned kinds, `stitch.adapters.conditioned`) each A state is concatenated with B's
 conditioning vector at its B position: x is `[A's state, c]` of width d_source + window·d_target + 1.
 """
 
@@ -157,7 +157,8 @@ def _accumulate(
     classes=None,
     window: int | None = None,
 ) -> None:
-    rows, src, tgt = aligned.pairs(drop_special, classes)
+    # a token-conditioned fit also learns where no A token has finished: the splice feeds it adapter(0, c) there
+    rows, src, tgt = aligned.pairs(drop_special, classes, keep_none=window is not None)
     if rows.numel() == 0:
         return
     xs = model_states(A, aligned.source, {n for n, _ in stats})
@@ -167,7 +168,7 @@ def _accumulate(
         features = condition_features(input_embeddings(B, aligned.target), aligned.since_boundary(window))
         condition = features[rows, tgt]
     for n, m in stats:
-        x = xs[n][rows, src]
+        x = xs[n][rows, src.clamp(min=0)] * (src >= 0).unsqueeze(-1)  # the zero state where A has none
         x = x if condition is None else torch.cat([x, condition.to(x.dtype)], dim=-1)
         stats[n, m].update(x, ys[m][rows, tgt])
 

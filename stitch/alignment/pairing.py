@@ -84,20 +84,22 @@ class Pairing:
         return torch.where(self.source_labels != IGNORE, self.source_next - 1, -1)
 
     def pairs(
-        self, drop_special: bool = True, classes=None
+        self, drop_special: bool = True, classes=None, keep_none: bool = False
     ) -> tuple[Int[Tensor, " n"], Int[Tensor, " n"], Int[Tensor, " n"]]:
         """(batch row, A position, B position) of every target-grid pair a splice feeds.
 
-        Padding and positions with no A token are dropped; special tokens on either side too with
-        `drop_special` (their states, attention sinks with massive norms, would dominate a fit).
+        Padding and positions with no A token are dropped (kept with A position -1 when `keep_none`: a
+        token-conditioned adapter still learns from B's own tokens there); special tokens on either side too
+        with `drop_special` (their states, attention sinks with massive norms, would dominate a fit).
         `classes` (e.g. `["shared"]`) keeps only positions of those classes.
         """
         t2s = self.feeding()
-        keep = self.target.attention_mask.bool() & (t2s >= 0)
+        keep = self.target.attention_mask.bool() & ((t2s >= 0) | keep_none)
         if classes is not None:
             keep &= torch.isin(self.classes, torch.tensor([CLASSES[c] for c in classes], device=t2s.device))
         if drop_special:
-            keep &= ~self.target.special_mask & ~self.source.special_mask.gather(1, t2s.clamp(min=0))
+            source_special = self.source.special_mask.gather(1, t2s.clamp(min=0)) & (t2s >= 0)
+            keep &= ~self.target.special_mask & ~source_special
         rows, tgt = keep.nonzero(as_tuple=True)
         return rows, t2s[rows, tgt], tgt
 
