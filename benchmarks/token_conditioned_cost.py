@@ -10,7 +10,7 @@
 2. Per-class CE on real text: the demo's real-text models are not on main, so two tiny Llama-style models
    (4 layers, width 64) are trained briefly here on Python's own documentation text (`pydoc_data.topics`,
    shipped with CPython), with byte-level BPE tokenizers trained on the same text (2000 tokens for A, 400 for
-   B: B's tokens split A's). Closed-form fits (ridge 1) on 240 chunks, scored on 60 held-out chunks at N = M = 2:
+   B: B's tokens split A's). Closed-form fits (relative ridge 1e-2) on 240 chunks, scored on 60 held-out chunks at N = M = 2:
    plain target grid, token-conditioned target grid, hybrid (B reads its own tokens; a different question),
    and the source grid.
 """
@@ -111,7 +111,7 @@ def per_class() -> list[str]:
         warnings.simplefilter("ignore", UserWarning)
         for kind in ("affine", "token_conditioned"):
             rows += layer_sweep(
-                A, B, train, held_out, pairs=[(2, 2)], kind=kind, ridge=1.0, alignment=["target", "source"],
+                A, B, train, held_out, pairs=[(2, 2)], kind=kind, ridge=1e-2, alignment=["target", "source"],
                 injection=["residual", "hybrid"], baseline=False, progress=False,
             )
     native = rows[0].classes
