@@ -10,10 +10,17 @@ on held-out texts with the one evaluator (`stitch.splice.score`), per position c
 
 Splices: explicit `pairs=[(N, M), ...]`, or A's `source_layers` (default: every layer) with B's layer matched
 by index (`match="same"`, the default when depths agree) or by relative depth (`match="relative"`,
-M = N · L_B / L_A rounded, halves up). Each splice runs on every grid in `alignment` with `injection`; with
-`baseline=True` each N also gets the embedding-injection row (an adapter of the same kind fitted from A's
+M = N · L_B / L_A rounded, halves up). Each splice runs on every grid in `alignment` with every injection in
+`injection` ("residual", "hybrid", ...) at `positions` (default: each injection's own; see `stitch.Splice`);
+with `baseline=True` each N also gets the embedding-injection row (an adapter of the same kind fitted from A's
 layer N to B's input embeddings, given to B as `inputs_embeds`). Target-grid adapters are fitted on every
-target-grid pair (what the splice feeds), source-grid adapters on the shared pairs (what it reads).
+target-grid pair (what the splice feeds) - on the shared pairs only when the splice writes only there (e.g.
+the hybrid injection) - and source-grid adapters on the shared pairs (what it reads).
+`kind="token_conditioned"` fits adapters that also read B's input embeddings of the tokens since the last
+shared boundary (`stitch.adapters.conditioned`; option `window`, default 2).
+
+    >>> layer_sweep(A, B, train, held_out, pairs=[(2, 2)], kind="token_conditioned", ridge=1e-2,
+    ...             injection=["residual", "hybrid"], alignment=["target", "source"])
 Every score is relative to the context-free reference (B's unigram on the training texts), as in
 `stitch.splice.score`; the mean-ablation CE is a diagnostic beside it.
 """
@@ -29,11 +36,12 @@ import torch
 
 from stitch.adapters import save_adapter
 from stitch.adapters.base import Adapter
-from stitch.adapters.fit import check_fit_options, collect_stats
+from stitch.adapters.fit import check_fit_options, collect_stats, condition_window
 from stitch.adapters.linear import fit_closed_form
 from stitch.checks import check_choice, check_layer, check_texts
 from stitch.models.hooked import HookedLM
 from stitch.splice.injection import INJECTIONS
+from stitch.splice.positions import Positions
 from stitch.splice.score import References, SpliceScore, score_splices
 from stitch.splice.splice import Splice
 
@@ -71,7 +79,8 @@ class SweepRecord:
 
     def to_row(self) -> dict:
         """One flat table row: how it was fitted, the headline ratio, and the spliced CE of every class."""
-        row = {k: getattr(self, k) for k in ("source_layer", "target_layer", "injection", "alignment", "kind")}
+        keys = ("source_layer", "target_layer", "injection", "positions", "alignment", "kind")
+        row = {k: getattr(self, k) for k in keys} | {"B blocks run": "[{}, {})".format(*self.blocks_run.get("B", ("?", "?")))}
         row |= {
             f"loss recovered ({self.headline})": self.loss_recovered,
             f"CE native ({self.headline})": self.ce_native,
@@ -113,7 +122,8 @@ def layer_sweep(
     match: str | None = None,
     kind: str = "affine",
     alignment: str | Sequence[str] = "target",
-    injection: str = "residual",
+    injection: str | Sequence[str] = "residual",
+    positions=None,
     baseline: bool = True,
     batch_size: int = 8,
     save_dir: str | Path | None = None,
@@ -122,13 +132,13 @@ def layer_sweep(
 ) -> list[SweepRecord]:
     """Records for every splice and grid: `injection` splices first, then the embedding-injection baselines."""
     grids = _check_grids(alignment)
-    check_choice("injection", injection, tuple(INJECTIONS))
+    injections = _check_injections(injection)
+    selection = None if positions is None else Positions.parse(positions)
     check_fit_options(kind, fit_options)
     train_texts, eval_texts = check_texts(train_texts), check_texts(eval_texts)
     layer_pairs = _layer_pairs(A, B, source_layers, pairs, match)
-    splices: list[tuple[Splice, int]] = []
-    for grid in grids:
-        splices += _fitted(A, B, train_texts, layer_pairs, grid, injection, baseline, kind, batch_size, progress, fit_options)
+    wanted = _wanted(layer_pairs, grids, injections, selection, baseline)
+    splices = _fitted(A, B, train_texts, wanted, kind, batch_size, progress, fit_options)
     references = _references(A, B, train_texts, splices, batch_size)
     scores = score_splices([sp for sp, _ in splices], eval_texts, references, batch_size=batch_size, progress=progress)
     records = [_record(sp, n_pairs, kind, score) for (sp, n_pairs), score in zip(splices, scores, strict=True)]
@@ -179,21 +189,54 @@ def _check_sources(source_layers: Sequence[int] | None, n_layers: int) -> list[i
     return [check_layer("source_layers", n, n_layers) for n in source_layers]
 
 
-def _fitted(A, B, texts, layer_pairs, grid, injection, baseline, kind, batch_size, progress, options):
-    """(Splice, number of training pairs) for every layer pair on one grid, adapters fitted in one pass."""
-    wanted = [(n, m, injection) for n, m in layer_pairs]
-    wanted += [(n, 0, "inputs_embeds") for n in dict.fromkeys(n for n, _ in layer_pairs)] if baseline else []
-    wanted = list(dict.fromkeys(wanted))
-    points = {(n, m, inj): (n, INJECTIONS[inj].write_point(m)) for n, m, inj in wanted}
-    stats = collect_stats(
-        A, B, texts, list(dict.fromkeys(points.values())), batch_size=batch_size, progress=progress,
-        classes=_FIT_CLASSES[grid],
-    )
-    out = []
-    for (n, m, inj), point in points.items():
-        adapter = fit_closed_form(kind, stats[point], **options).to(dtype=torch.float32)
-        out.append((Splice(A, B, n, m, adapter=adapter, alignment=grid, injection=inj), stats[point].n))
-    return out
+def _check_injections(injection) -> list[str]:
+    names = [injection] if isinstance(injection, str) else list(injection)
+    if not names:
+        raise ValueError(f"injection: expected one of {sorted(INJECTIONS)} or a list of them, got {injection!r}")
+    for name in names:
+        check_choice("injection", name, tuple(INJECTIONS))
+    return list(dict.fromkeys(names))
+
+
+def _wanted(layer_pairs, grids, injections, selection, baseline) -> list[dict]:
+    """Every splice to fit and score, as Splice keyword arguments; baselines after the injection rows."""
+    wanted = []
+    for grid in grids:
+        for inj in injections:
+            positions = selection or Positions.parse(INJECTIONS[inj].default_positions)
+            if grid == "source" and (not positions.every or INJECTIONS[inj].reads_own_lower):
+                continue  # B has no states of its own on the source grid: the target grid only
+            wanted += [dict(source_layer=n, target_layer=m, alignment=grid, injection=inj, positions=positions)
+                       for n, m in layer_pairs]
+        if baseline:
+            every = Positions.parse("all")
+            sources = dict.fromkeys(n for n, _ in layer_pairs)
+            wanted += [dict(source_layer=n, target_layer=0, alignment=grid, injection="inputs_embeds",
+                            positions=every) for n in sources]
+    keys = {(w["source_layer"], w["target_layer"], w["alignment"], w["injection"]): w for w in wanted}
+    return list(keys.values())
+
+
+def _fit_classes(spec: dict):
+    """The pairs an adapter is fitted on: what the splice writes (shared only, on the source grid or there)."""
+    return ("shared",) if spec["alignment"] == "source" else spec["positions"].fit_classes
+
+
+def _fitted(A, B, texts, wanted, kind, batch_size, progress, options):
+    """(Splice, number of training pairs) for every wanted splice; one pass per distinct set of fit pairs."""
+    window = condition_window(kind, options)
+    out = {}
+    for classes in dict.fromkeys(_fit_classes(w) for w in wanted):
+        group = [w for w in wanted if _fit_classes(w) == classes]
+        points = [(w["source_layer"], INJECTIONS[w["injection"]].write_point(w["target_layer"])) for w in group]
+        stats = collect_stats(
+            A, B, texts, list(dict.fromkeys(points)), batch_size=batch_size, progress=progress,
+            classes=classes, window=window,
+        )
+        for spec, point in zip(group, points, strict=True):
+            adapter = fit_closed_form(kind, stats[point], **options).to(dtype=torch.float32)
+            out[id(spec)] = (Splice(A, B, adapter=adapter, **spec), stats[point].n)
+    return [out[id(w)] for w in wanted]  # in the order asked for
 
 
 def _references(A, B, texts, splices, batch_size) -> References:
@@ -208,10 +251,11 @@ def _record(sp: Splice, n_pairs: int, kind: str, score: SpliceScore) -> SweepRec
 
 def _saved(record: SweepRecord, directory: Path) -> SweepRecord:
     """The record with its adapter written to `directory` (safetensors + JSON, atomic)."""
-    name = f"{record.injection}-{record.alignment}-N{record.source_layer}-M{record.target_layer}.safetensors"
+    where = "" if record.positions == "all" else "-" + record.positions.replace(" ", "_").replace(",", "_")
+    name = f"{record.injection}{where}-{record.alignment}-N{record.source_layer}-M{record.target_layer}.safetensors"
     path = save_adapter(
         record.adapter, directory / name, source_layer=record.source_layer, target_layer=record.target_layer,
-        injection=record.injection, alignment=record.alignment,
+        injection=record.injection, alignment=record.alignment, positions=record.positions,
     )
     return dataclasses.replace(record, adapter_path=str(path))
 

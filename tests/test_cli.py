@@ -151,6 +151,33 @@ def test_sweep_records_equal_the_library(pair):
     assert "Loss recovered by layer" in (root / "sweep" / "report.html").read_text()
 
 
+def test_hybrid_and_token_conditioned_sweeps_and_fits_equal_the_library(pair, capsys):
+    root, A, B = pair
+    texts = str(root / "texts.txt")
+    argv = flags(root, **{"train-texts": texts, "eval-texts": texts, "out": root / "hybrid", "pairs": "1:2"})
+    options = ["--injection", "hybrid", "--kind", "token_conditioned", "--window", "1", "--ridge", "0.1"]
+    assert main(["sweep", *argv, *options, "--no-baseline", "--no-progress"]) == 0
+    [record] = read_json(root / "hybrid" / "records.json")
+    [want] = layer_sweep(A, B, TEXTS, TEXTS, pairs=[(1, 2)], injection="hybrid", kind="token_conditioned",
+                         window=1, ridge=0.1, baseline=False, progress=False)
+    assert record["positions"] == want.positions == "shared" and record["blocks_run"] == {"A": [0, 1], "B": [0, 3]}
+    assert "different question" in record["answers"]
+    assert record["classes"]["shared"]["ce_spliced"] == pytest.approx(want.classes["shared"].ce_spliced, rel=1e-5)
+    assert "different question" in (root / "hybrid" / "report.html").read_text()
+
+    argv = flags(root, **{"source-layer": 1, "kind": "token_conditioned", "window": 2, "ridge": 0.1, "texts": texts})
+    assert main(["fit", *argv, "--out", str(root / "tc.safetensors"), "--no-progress"]) == 0
+    saved = stitch.load_adapter(root / "tc.safetensors")
+    expected = fit_adapter(A, B, TEXTS, 1, kind="token_conditioned", window=2, ridge=0.1, progress=False)
+    assert saved.kind == "token_conditioned" and saved.window == 2
+    torch.testing.assert_close(saved.condition_weight, expected.condition_weight, rtol=1e-5, atol=1e-6)
+
+    bad = flags(root, **{"train-texts": texts, "eval-texts": texts, "out": root / "bad", "positions": "middle"})
+    with pytest.raises(SystemExit):
+        main(["sweep", *bad])
+    assert "positions: got 'middle'" in capsys.readouterr().err
+
+
 def test_generate_equals_the_splice(pair, capsys):
     root, A, B = pair
     adapter_path = root / "gen_adapter.safetensors"

@@ -6,7 +6,8 @@
     >>> fig.write_html("sweep.html")
 
 Top panel: loss recovered at the headline class (shared positions; 1 = B's native CE, 0 = the context-free
-reference) for every injection and grid. Undefined ratios (NaN: the reference is within tolerance of B's
+reference) for every injection, position selection and grid (hybrid rows answer a different question: B
+reads its own tokens below layer M and A's states only where it writes them). Undefined ratios (NaN: the reference is within tolerance of B's
 native CE, or no label of the class) are not plotted: an ✕ on the zero line marks them, with the reason on
 hover. Bottom panel: CE of the first splice group per position class (shared, lagging, none, all), with B's
 native CE and the context-free and mean-ablation references on the headline class.
@@ -28,8 +29,13 @@ _COLORS = {
     ("residual", "source"): "#2ca02c",
     ("inputs_embeds", "target"): "#d62728",
     ("inputs_embeds", "source"): "#ff7f0e",
+    ("hybrid", "target"): "#8c564b",
 }
-_NAMES = {"residual": "residual splice", "inputs_embeds": "embedding injection"}
+_NAMES = {
+    "residual": "residual splice",
+    "inputs_embeds": "embedding injection",
+    "hybrid": "hybrid (B reads its own tokens; a different question)",
+}
 _CLASS_DASH = {"shared": "solid", "lagging": "dash", "none": "dot", "all": "dashdot"}
 
 
@@ -75,16 +81,21 @@ def _as_record(record) -> SweepRecord:
     return record if isinstance(record, SweepRecord) else SweepRecord.from_dict(record)
 
 
-def _groups(rows: list[SweepRecord]) -> dict[tuple[str, str], list[SweepRecord]]:
-    groups: dict[tuple[str, str], list[SweepRecord]] = {}
+def _groups(rows: list[SweepRecord]) -> dict[tuple[str, str, str], list[SweepRecord]]:
+    groups: dict[tuple[str, str, str], list[SweepRecord]] = {}
     for r in rows:
-        groups.setdefault((r.injection, r.alignment), []).append(r)
+        groups.setdefault((r.injection, r.positions, r.alignment), []).append(r)
     return groups
 
 
-def _label(key: tuple[str, str]) -> str:
-    injection, grid = key
-    return f"{_NAMES.get(injection, injection)}, {grid} grid"
+def _label(key: tuple[str, str, str]) -> str:
+    injection, positions, grid = key
+    where = "" if positions == "all" or (injection == "hybrid" and positions == "shared") else f" at {positions}"
+    return f"{_NAMES.get(injection, injection)}{where}, {grid} grid"
+
+
+def _color(key: tuple[str, str, str]) -> str:
+    return _COLORS.get((key[0], key[2]), "#7f7f7f")
 
 
 def _finite(value: float) -> float | None:
@@ -92,7 +103,7 @@ def _finite(value: float) -> float | None:
 
 
 def _add_recovered(fig: go.Figure, key, group: list[SweepRecord]) -> None:
-    label, color = _label(key), _COLORS.get(key, "#7f7f7f")
+    label, color = _label(key), _color(key)
     hover = [
         f"N={r.source_layer} → M={r.target_layer}, {r.n_train_pairs} training pairs, "
         f"{r.n_tokens} {r.headline} labels of {r.n_eval_tokens}"
@@ -120,7 +131,7 @@ def _add_recovered(fig: go.Figure, key, group: list[SweepRecord]) -> None:
 
 
 def _add_classes(fig: go.Figure, key, group: list[SweepRecord]) -> None:
-    label, color = _label(key), _COLORS.get(key, "#7f7f7f")
+    label, color = _label(key), _color(key)
     for name, dash in _CLASS_DASH.items():
         ys = [_finite(r.classes[name].ce_spliced) for r in group]
         if all(y is None for y in ys):

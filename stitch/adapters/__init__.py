@@ -9,9 +9,11 @@
 >>> ad = adapters.build_adapter("lowrank", d_source=3072, d_target=4096, rank=64)
 >>> adapters.save_adapter(ad, "out/adapter.safetensors", source_layer=16)
 >>> adapters.load_adapter("out/adapter.safetensors")
+>>> ad = adapters.TokenConditioned(3072, 4096, window=2)   # also reads B's embeddings since the last shared boundary
 """
 
 from stitch.adapters.base import ADAPTERS, Adapter, adapter_class, build_adapter, register_adapter
+from stitch.adapters.conditioned import TokenConditioned, TokenConditionedMLP, condition_features, is_conditioned
 from stitch.adapters.closed_form import (
     SufficientStats,
     ridge_penalty,
@@ -42,9 +44,13 @@ __all__ = [
     "Procrustes",
     "Projection",
     "SufficientStats",
+    "TokenConditioned",
+    "TokenConditionedMLP",
     "adapter_class",
     "build_adapter",
+    "condition_features",
     "fit_closed_form",
+    "is_conditioned",
     "load_adapter",
     "read_adapter_record",
     "register_adapter",

@@ -4,12 +4,15 @@
     >>> ad = fit_adapter(A, B, texts, 16, 12, kind="affine", ridge=1e-2, batch_size=4)
     >>> stats = collect_stats(A, B, texts, [(8, 8), (16, 16), (16, EMBEDDINGS)])   # one pass, many pairs
     >>> Procrustes.fit_stats(stats[(16, 16)])
+    >>> ad = fit_adapter(A, B, texts, 16, kind="token_conditioned", window=2, ridge=1e-2)
 
 Pairs follow the target grid of `stitch.Splice`: B token j is paired with the A token the splice would
 feed it (the last A token ending at or before j's end). Padding and positions with no A token are
 always dropped; BOS and other special tokens on either side are dropped by default (`drop_special`),
 because their states (attention sinks, often with massive norms) would dominate a least-squares fit.
 Memory is O(d²) per layer pair whatever the number of texts: only `SufficientStats` are kept.
+With `window` (positions with no A token are then kept, with A's zero state, as the splice feeds them) (token-conditioned kinds, `stitch.adapters.conditioned`) each A state is concatenated with B's
+conditioning vector at its B position: x is `[A's state, c]` of width d_source + window·d_target + 1.
 """
 
 from __future__ import annotations
@@ -29,11 +32,12 @@ from stitch.adapters.closed_form import (  # noqa: F401
     solve_least_squares,
     solve_procrustes,
 )
+from stitch.adapters.conditioned import condition_features
 from stitch.adapters.linear import CLOSED_FORM, fit_closed_form
 from stitch.alignment.pairing import Pairing, pair_texts
 from stitch.checks import check_layer, check_texts
 from stitch.models.hooked import HookedLM
-from stitch.models.states import EMBEDDINGS, Embeddings, model_states
+from stitch.models.states import EMBEDDINGS, Embeddings, input_embeddings, model_states
 
 LayerPair = tuple[int, "int | Embeddings"]
 
@@ -71,6 +75,7 @@ def fit_adapter(
         drop_special=drop_special,
         padding_side=padding_side,
         progress=progress,
+        window=condition_window(kind, options),
     )
     return fit_closed_form(kind, stats[pair], **options).to(dtype)
 
@@ -96,6 +101,14 @@ def check_fit_options(kind: str, options: dict) -> None:
             raise TypeError(f"{name}: got {options[name]!r}; valid: true or false")
 
 
+def condition_window(kind: str, options: dict) -> int | None:
+    """The conditioning window a fit of `kind` needs in its statistics (None: a plain adapter)."""
+    cls = adapter_class(kind)
+    if not getattr(cls, "conditioned", False):
+        return None
+    return options.get("window", inspect.signature(cls.fit_stats).parameters["window"].default)
+
+
 def collect_stats(
     A: HookedLM,
     B: HookedLM,
@@ -107,11 +120,13 @@ def collect_stats(
     padding_side: str = "right",
     progress: bool = True,
     classes=None,
+    window: int | None = None,
 ) -> dict[LayerPair, SufficientStats]:
     """Streamed statistics of paired (A layer N, B layer M) states for every `(N, M)` in `layer_pairs`.
 
     A and B each run once per batch, up to the deepest layer asked of them. `M` may be `EMBEDDINGS`.
     `classes` (e.g. `["shared"]`, what a source-grid splice reads) keeps pairs of those position classes only.
+    `window` appends B's conditioning vector to every A state (for token-conditioned fits).
     """
     pairs = _check_pairs(A, B, layer_pairs)
     texts = check_texts(texts)
@@ -121,7 +136,8 @@ def collect_stats(
     starts = range(0, len(texts), batch_size)
     for start in tqdm(starts, desc="pairing states", unit="batch", disable=not progress):
         _accumulate(
-            A, B, pair_texts(A, B, texts[start : start + batch_size], padding_side), stats, drop_special, classes
+            A, B, pair_texts(A, B, texts[start : start + batch_size], padding_side), stats, drop_special, classes,
+            window,
         )
     if next(iter(stats.values())).n == 0:
         raise ValueError(
@@ -131,6 +147,7 @@ def collect_stats(
     return stats
 
 
+@torch.no_grad()
 def _accumulate(
     A: HookedLM,
     B: HookedLM,
@@ -138,14 +155,22 @@ def _accumulate(
     stats: dict[LayerPair, SufficientStats],
     drop_special: bool,
     classes=None,
+    window: int | None = None,
 ) -> None:
-    rows, src, tgt = aligned.pairs(drop_special, classes)
+    # a token-conditioned fit also learns where no A token has finished: the splice feeds it adapter(0, c) there
+    rows, src, tgt = aligned.pairs(drop_special, classes, keep_none=window is not None)
     if rows.numel() == 0:
         return
     xs = model_states(A, aligned.source, {n for n, _ in stats})
     ys = model_states(B, aligned.target, {m for _, m in stats})
+    condition = None
+    if window is not None:
+        features = condition_features(input_embeddings(B, aligned.target), aligned.since_boundary(window))
+        condition = features[rows, tgt]
     for n, m in stats:
-        stats[n, m].update(xs[n][rows, src], ys[m][rows, tgt])
+        x = xs[n][rows, src.clamp(min=0)] * (src >= 0).unsqueeze(-1)  # the zero state where A has none
+        x = x if condition is None else torch.cat([x, condition.to(x.dtype)], dim=-1)
+        stats[n, m].update(x, ys[m][rows, tgt])
 
 
 def paired_positions(

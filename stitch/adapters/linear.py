@@ -193,7 +193,7 @@ class Procrustes(Adapter):
         return _assign(ad, stats, weight=W.T, bias=b, scale=s if scale else None)
 
 
-CLOSED_FORM = ("procrustes", "linear", "affine")
+CLOSED_FORM = ("procrustes", "linear", "affine", "token_conditioned")  # token_conditioned: stitch.adapters.conditioned
 
 
 def fit_closed_form(kind: str, stats: SufficientStats, **options: Any) -> Adapter:

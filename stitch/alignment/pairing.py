@@ -5,6 +5,8 @@ source-grid labels. Splices, fits, CKA, scoring and training all read it from he
     >>> pairing.target_to_source         # [batch, pos_t]: the A position feeding B position j, -1 if none
     >>> pairing.classes                  # [batch, pos_t]: SHARED, LAGGING, NONE (or PADDING)
     >>> pairing.source_labels            # [batch, pos_s]: B's token starting where A token t ends
+    >>> pairing.last_shared()            # [batch, pos_t]: the last shared B position at or before j (-1: none)
+    >>> pairing.since_boundary(2)        # [batch, pos_t, 2]: B tokens j, j-1 read since then (-1: none)
 
 Position classes on the target grid (B runs on its own tokens):
 - shared: B token j ends exactly where the A token feeding it ends; both models have read the same prefix;
@@ -82,22 +84,49 @@ class Pairing:
         return torch.where(self.source_labels != IGNORE, self.source_next - 1, -1)
 
     def pairs(
-        self, drop_special: bool = True, classes=None
+        self, drop_special: bool = True, classes=None, keep_none: bool = False
     ) -> tuple[Int[Tensor, " n"], Int[Tensor, " n"], Int[Tensor, " n"]]:
         """(batch row, A position, B position) of every target-grid pair a splice feeds.
 
-        Padding and positions with no A token are dropped; special tokens on either side too with
-        `drop_special` (their states, attention sinks with massive norms, would dominate a fit).
+        Padding and positions with no A token are dropped (kept with A position -1 when `keep_none`: a
+        token-conditioned adapter still learns from B's own tokens there); special tokens on either side too
+        with `drop_special` (their states, attention sinks with massive norms, would dominate a fit).
         `classes` (e.g. `["shared"]`) keeps only positions of those classes.
         """
         t2s = self.feeding()
-        keep = self.target.attention_mask.bool() & (t2s >= 0)
+        keep = self.target.attention_mask.bool() & ((t2s >= 0) | keep_none)
         if classes is not None:
             keep &= torch.isin(self.classes, torch.tensor([CLASSES[c] for c in classes], device=t2s.device))
         if drop_special:
-            keep &= ~self.target.special_mask & ~self.source.special_mask.gather(1, t2s.clamp(min=0))
+            source_special = self.source.special_mask.gather(1, t2s.clamp(min=0)) & (t2s >= 0)
+            keep &= ~self.target.special_mask & ~source_special
         rows, tgt = keep.nonzero(as_tuple=True)
         return rows, t2s[rows, tgt], tgt
+
+    def last_shared(self) -> Int[Tensor, "batch pos_t"]:
+        """For each B position j, the last B position k <= j of class SHARED (-1 when there is none).
+
+        B's tokens (k, j] are what B has read beyond the last boundary both models share: empty at a shared
+        position, the B tokens inside the current A token at a lagging one, every token so far at a "none" one.
+        """
+        pos = torch.arange(self.target.shape[1], device=self.target.device).expand(self.target.shape[0], -1)
+        return torch.where(self.classes == SHARED, pos, -1).cummax(dim=1).values
+
+    def since_boundary(self, window: int) -> Int[Tensor, "batch pos_t window"]:
+        """The last `window` B tokens read since the last shared boundary, newest first (-1: no such token).
+
+        Slot i of position j is j - i when j - i > `last_shared()[j]`, else -1; padding is -1 everywhere.
+        So every slot of a shared position is -1, and slot 0 is set exactly when j is lagging or "none".
+        """
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ValueError(f"window: expected an integer >= 1, got {window!r}")
+        target = self.target
+        pos = torch.arange(target.shape[1], device=target.device).expand(target.shape[0], -1)
+        back = pos.unsqueeze(-1) - torch.arange(window, device=target.device)
+        real = target.attention_mask.bool()
+        keep = (back > self.last_shared().unsqueeze(-1)) & (back >= 0) & real.unsqueeze(-1)
+        keep &= real.gather(1, back.clamp(min=0).flatten(1)).view(back.shape)  # left padding is no token
+        return torch.where(keep, back, -1)
 
     def class_mask(self, name: str) -> Bool[Tensor, "batch pos_t"]:
         """B positions of one class (`"shared"`, `"lagging"`, `"none"`), or every real one (`"all"`)."""

@@ -7,6 +7,8 @@
 `--out` is a `.safetensors` file (its adapter config goes beside it as `<stem>.json`, this command's
 config as `<stem>.config.json`) or a directory (`adapter.safetensors`, `adapter_config.json`,
 `config.json`). The adapter's metadata records the layers, the model names, the kind and this config.
+
+    $ stitch fit ... --kind token_conditioned --window 2 --ridge 0.01   # also reads B's tokens since the boundary
 """
 
 from __future__ import annotations
@@ -38,7 +40,11 @@ class FitConfig(ModelPairConfig):
     kind: str = option("procrustes", choices=CLOSED_FORM, help="closed-form adapter kind")
     ridge: float | None = option(
         None,
-        help="relative ridge: a fraction of A's mean variance per dimension (linear and affine only; default 0)",
+        help="relative ridge: a fraction of the fitted features' mean variance per dimension (linear, affine, "
+        "token_conditioned; default 0)",
+    )
+    window: int | None = option(
+        None, help="token_conditioned only: how many B tokens since the last shared boundary it reads (default 2)"
     )
     scale: bool | None = option(None, help="fit a global scale (procrustes only; default off)")
     translation: bool | None = option(None, help="fit a translation (procrustes only; default off)")
@@ -48,7 +54,7 @@ class FitConfig(ModelPairConfig):
 
     def fit_options(self) -> dict:
         """The options given to the fit itself (`fit_adapter` refuses those the kind does not take)."""
-        options = {"ridge": self.ridge, "scale": self.scale, "translation": self.translation}
+        options = {"ridge": self.ridge, "scale": self.scale, "translation": self.translation, "window": self.window}
         return {k: v for k, v in options.items() if v is not None}
 
 

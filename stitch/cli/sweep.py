@@ -2,6 +2,8 @@
 
     $ stitch sweep --source-model meta-llama/Llama-3.1-8B --target-model meta-llama/Llama-3.2-3B \\
           --train-texts train.txt --eval-texts eval.txt --source-layers 0 8 16 24 32 --out runs/sweep
+    $ stitch sweep ... --injection hybrid                       # B reads its own tokens; A only at shared positions
+    $ stitch sweep ... --positions shared --kind token_conditioned --window 2 --ridge 0.01
     >>> run(SweepConfig(source_model="a/", target_model="b/", train_texts="t.txt", eval_texts="e.txt", out="s/"))
 
 Writes `OUT/records.json` (one `analyses.sweep.SweepRecord.to_dict()` per splice, scores per position class),
@@ -27,6 +29,7 @@ from stitch.cli.common import (
     write_json,
 )
 from stitch.splice.injection import INJECTIONS
+from stitch.splice.positions import SELECTIONS, Positions
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,15 +47,33 @@ class SweepConfig(ModelPairConfig):
         None, help="explicit splices N:M (e.g. 8:8 16:14); instead of --source-layers/--match"
     )
     alignment: tuple[str, ...] = option(("target",), help="grids to score on: target, source, or both")
-    injection: str = option("residual", choices=tuple(INJECTIONS), help="how A's states enter B")
+    injection: str = option(
+        "residual", choices=tuple(INJECTIONS),
+        help="how A's states enter B (hybrid: B reads its own tokens below M, A's states at shared positions)",
+    )
+    positions: str | None = option(
+        None,
+        help=f"where A's states are written: {', '.join(SELECTIONS)} or token indices like 0,-1 (default: "
+        "the injection's own; B keeps its own states elsewhere and runs its lower blocks for them)",
+    )
     kind: str = option("affine", choices=CLOSED_FORM, help="closed-form adapter kind")
     ridge: float | None = option(
         None,
-        help="relative ridge: a fraction of A's mean variance per dimension (linear and affine only; default 0)",
+        help="relative ridge: a fraction of the fitted features' mean variance per dimension (linear, affine, "
+        "token_conditioned; default 0)",
     )
+    window: int | None = option(None, help="token_conditioned only: B tokens since the boundary it reads (default 2)")
     baseline: bool = option(True, help="also score the embedding-injection baseline")
     batch_size: int = option(8, help="texts per forward")
     progress: bool = option(True, help="show progress bars")
+
+    def __post_init__(self):
+        if self.positions is not None:
+            Positions.parse(self.positions)  # a bad selection fails here, before any model loads
+
+    def fit_options(self) -> dict:
+        options = {"ridge": self.ridge, "window": self.window}
+        return {k: v for k, v in options.items() if v is not None}
 
 
 def run(config: SweepConfig) -> list[SweepRecord]:
@@ -71,16 +92,18 @@ def run(config: SweepConfig) -> list[SweepRecord]:
         kind=config.kind,
         alignment=list(config.alignment),
         injection=config.injection,
+        positions=config.positions,
         save_dir=Path(config.out) / "adapters",
         baseline=config.baseline,
         batch_size=config.batch_size,
         progress=config.progress,
-        **({} if config.ridge is None else {"ridge": config.ridge}),
+        **config.fit_options(),
     )
     out = Path(config.out)
     rows = [r.to_dict() for r in records]
     write_json(out / "records.json", rows)
     note = f"fitted on {len(train)} texts ({config.train_texts}), scored on {len(held_out)} ({config.eval_texts})"
+    note += f". Injection {config.injection!r} answers: {INJECTIONS[config.injection].answers}"
     sections = [
         Section("Loss recovered by layer", sweep_figure(records), note=note),
         Section("Records", [r.to_row() for r in records]),

@@ -10,8 +10,9 @@ On the same texts and labels (nats per B label):
 - `ce_native`: B alone;
 - `ce_context_free`: B's add-one-smoothed unigram over its next-token labels in the training texts; what any
   predictor that knows nothing of the text reaches;
-- `ce_mean_ablation`: B fed its mean state where the splice writes (mean over the training pairs); a
-  diagnostic, often worse than uniform;
+- `ce_mean_ablation`: B fed its mean state where the splice writes (mean over the training pairs), at the
+  positions it writes to (B's own states elsewhere, as in the splice: e.g. the shared positions of a hybrid
+  injection); a diagnostic, often worse than uniform;
 - `loss_recovered = (ce_context_free − ce_spliced) / (ce_context_free − ce_native)`: 1 = B lost nothing, 0 = A's
   states told B nothing a unigram does not know; NaN (with a `note`) when the denominator is below
   `TOLERANCE` nats.
@@ -19,6 +20,8 @@ On the same texts and labels (nats per B label):
 Classes (`stitch.alignment.pairing`): "shared", "lagging", "none", and "all" positions. On the source grid
 every label is shared by construction, and B's native CE is taken on exactly those labels (at the B position
 one before the label's B token). Sweeps, training evaluation, the CLI, the demo and the report all score here.
+Each score records the splice's `positions`, the blocks it ran (`blocks_run`) and the question it answers
+(`answers`: the hybrid injection answers a different one from the splice).
 """
 
 from __future__ import annotations
@@ -97,6 +100,9 @@ class SpliceScore:
     classes: dict[str, ClassScore]
     reference: str = REFERENCE
     headline: str = HEADLINE
+    positions: str = "all"
+    blocks_run: dict = field(default_factory=dict)  # {"A": [0, N], "B": [first, L_B]}, half-open
+    answers: str = ""
 
     def __getattr__(self, name: str):
         # ce_spliced, loss_recovered, n_tokens, ...: the headline class's value
@@ -187,7 +193,7 @@ def score_splices(
         refs = _reference_ce(pairing, splices, references)
         states = model_states(first.A, pairing.source, {sp.source_layer for sp in splices})
         for i, sp in enumerate(splices):
-            logits = sp.target_logits(sp.map_states(states[sp.source_layer], pairing), sp.target_batch(pairing))
+            logits = sp.spliced_logits(states[sp.source_layer], pairing)
             spliced = token_cross_entropy(logits, pairing.labels(sp.alignment))
             sums[i] += _class_sums(pairing, sp, spliced, refs)
     if dist is not None:
@@ -203,17 +209,21 @@ def _reference_ce(pairing: Pairing, splices, references: References) -> dict:
     free = -references.unigram_log_probs.to(labels.device)[labels.clamp(min=0)].float()
     out = {"labels": labels, "native": token_cross_entropy(B.logits(target), labels), "free": free}
     for sp in splices:
-        point = sp.write_point
-        if ("mean", point) not in out:
-            mean = references.mean_states[point].to(device=B.device, dtype=B.dtype)
+        key = _ablation_key(sp)
+        if key not in out:  # the mean state where and how the splice writes; B's own states elsewhere
+            mean = references.mean_states[sp.write_point].to(device=B.device, dtype=B.dtype)
             constant = mean.expand(*target.shape, -1).contiguous()
-            out["mean", point] = token_cross_entropy(sp.strategy.run(B, constant, target, sp.target_layer), labels)
+            out[key] = token_cross_entropy(sp.target_logits(constant, target, sp.selected(pairing)), labels)
     return out
+
+
+def _ablation_key(sp) -> tuple:
+    return ("mean", sp.write_point, sp.injection, sp.positions.key, sp.combine.name)
 
 
 def _class_sums(pairing: Pairing, sp, spliced: Float[Tensor, "batch pos"], refs: dict) -> Tensor:
     """[class, (n, spliced, native, context-free, mean-ablation)] summed over this batch's labels."""
-    mean = refs["mean", sp.write_point]
+    mean = refs[_ablation_key(sp)]
     if sp.alignment == "source":
         rows, cols = (pairing.source_labels != IGNORE).nonzero(as_tuple=True)
         at = pairing.source_label_positions()[rows, cols]
@@ -233,7 +243,11 @@ def _class_sums(pairing: Pairing, sp, spliced: Float[Tensor, "batch pos"], refs:
 
 def _score(sp, sums: Tensor) -> SpliceScore:
     classes = {name: ClassScore.from_sums(sums[k]) for k, name in enumerate(CLASS_NAMES)}
-    return SpliceScore(sp.source_layer, sp.target_layer, sp.injection, sp.alignment, classes)
+    blocks = {model: list(span) for model, span in sp.blocks_run.items()}
+    return SpliceScore(
+        sp.source_layer, sp.target_layer, sp.injection, sp.alignment, classes,
+        positions=sp.positions.label, blocks_run=blocks, answers=sp.answers,
+    )
 
 
 def _check_splices(splices, references: References) -> None:

@@ -7,6 +7,17 @@
 A runs blocks [0, N) and nothing more; B runs blocks [M, L_B), its final norm and unembedding. With
 `injection="inputs_embeds"` the adapted states are given to B as `inputs_embeds` (the flawed baseline kept
 for comparison; equal to M = 0 for models whose embedding output is not rescaled or position-shifted).
+
+    >>> stitch.Splice(A, B, 16, positions="shared")        # A's states at shared positions, B's own elsewhere
+    >>> stitch.Splice(A, B, 16, injection="hybrid")       # B reads its own tokens below M; A only where shared
+    >>> stitch.Splice(A, B, 16, adapter=TokenConditioned(A.d_model, B.d_model))   # + B's tokens since the boundary
+    >>> sp.blocks_run                                     # {"A": (0, 16), "B": (0, L_B)} when B's own states are needed
+
+`positions` ("all", "shared", "last", token indices or a bool mask; default: the injection's own, "all" except
+for "hybrid") chooses where A's mapped states are written; the other positions keep B's own states, which needs
+B's blocks [0, M) as well (`blocks_run` says which blocks ran). A token-conditioned adapter
+(`stitch.adapters.conditioned`) also reads B's input embeddings of the B tokens read since the last shared
+boundary (the embedding module only: no block of B below M runs for them).
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from stitch.adapters import Identity
+from stitch.adapters.conditioned import condition_features, is_conditioned
 from stitch.alignment.pairing import Pairing, pair_texts
 from stitch.batch import Batch
 from stitch.checks import check_choice, check_layer
@@ -28,6 +40,9 @@ from stitch.losses import mean_cross_entropy
 from stitch.models.hooked import HookedLM
 from stitch.splice.generate import GenerationOutput, config_from, generate, resolve_eos
 from stitch.splice.injection import injection_for
+from stitch.models.states import input_embeddings
+from stitch.splice.injection import combine_for
+from stitch.splice.positions import Mask, Positions
 
 
 @dataclass
@@ -60,6 +75,8 @@ class Splice(nn.Module):
         alignment: str = "target",
         injection: str = "residual",
         padding_side: str = "right",
+        positions=None,
+        combine: str = "replace",
     ):
         super().__init__()
         for arg, model in (("A", A), ("B", B)):
@@ -78,6 +95,13 @@ class Splice(nn.Module):
         self.source_layer = check_layer("source_layer", source_layer, A.n_layers)
         self.target_layer = self.strategy.target_layer(target_layer, source_layer, B.n_layers)
         self.alignment, self.injection, self.padding_side = alignment, injection, padding_side
+        self.positions = Positions.parse(self.strategy.default_positions if positions is None else positions)
+        self.combine = combine_for(combine)
+        if alignment == "source" and (self.selective or self.strategy.reads_own_lower):
+            raise ValueError(
+                f"alignment: 'source' runs B on A's positions with placeholder ids, so B has no states of its "
+                f"own there; injection={injection!r} with positions={self.positions.label!r} needs alignment='target'"
+            )
         self.adapter = _checked_adapter(adapter, A.d_model, B.d_model)
         for model in (A, B):
             model.model.eval().requires_grad_(False)
@@ -86,6 +110,22 @@ class Splice(nn.Module):
     def write_point(self):
         """The state of B the mapped states stand in for: layer M, or `EMBEDDINGS` for `inputs_embeds`."""
         return self.strategy.write_point(self.target_layer)
+
+    @property
+    def selective(self) -> bool:
+        """Whether B's own states are kept anywhere (a position selection, or a combine other than replace)."""
+        return not self.positions.every or self.combine.name != "replace"
+
+    @property
+    def blocks_run(self) -> dict[str, tuple[int, int]]:
+        """The half-open ranges of blocks each model runs: A [0, N), B [first, L_B)."""
+        first = self.strategy.first_block(self.target_layer, self.selective)
+        return {"A": (0, self.source_layer), "B": (first, self.B.n_layers)}
+
+    @property
+    def answers(self) -> str:
+        """The question this splice answers (the hybrid injection answers a different one from the splice)."""
+        return self.strategy.answers
 
     @property
     def A(self) -> HookedLM:
@@ -98,22 +138,34 @@ class Splice(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"A={self.A.name!r}, B={self.B.name!r}, source_layer={self.source_layer}, "
-            f"target_layer={self.target_layer}, alignment={self.alignment!r}, injection={self.injection!r}"
+            f"target_layer={self.target_layer}, alignment={self.alignment!r}, injection={self.injection!r}, "
+            f"positions={self.positions.label!r}"
         )
 
     def forward(self, texts) -> SpliceOutput:
         aligned = self.align(texts)
         with torch.no_grad():
             states = self.A.residuals(aligned.source, [self.source_layer])[self.source_layer]
-        mapped = self.map_states(states, aligned)
-        logits = self.target_logits(mapped, self.target_batch(aligned))
+        logits = self.spliced_logits(states, aligned)
         return SpliceOutput(logits, self.labels(aligned), aligned.source, aligned.target)
 
-    def target_logits(
-        self, mapped: Float[Tensor, "batch pos d_target"], batch_b: Batch
+    def spliced_logits(
+        self, states: Float[Tensor, "batch pos_s d_source"], aligned: Pairing
     ) -> Float[Tensor, "batch pos vocab"]:
-        """B's logits reading `mapped` where the injection strategy writes (layer M, or `inputs_embeds`)."""
-        return self.strategy.run(self.B, mapped, batch_b, self.target_layer)
+        """B's logits from A's layer-N `states`: adapter, then the injection at the selected positions."""
+        mapped = self.map_states(states, aligned)
+        return self.target_logits(mapped, self.target_batch(aligned), self.selected(aligned))
+
+    def target_logits(
+        self, mapped: Float[Tensor, "batch pos d_target"], batch_b: Batch, selected: Mask | None = None
+    ) -> Float[Tensor, "batch pos vocab"]:
+        """B's logits reading `mapped` where the injection writes (layer M, or `inputs_embeds`), at the
+        `selected` positions (None: every position); B's own states elsewhere."""
+        return self.strategy.run(self.B, mapped, batch_b, self.target_layer, selected, self.combine)
+
+    def selected(self, aligned: Pairing) -> Mask | None:
+        """The positions of B's grid this splice writes to (None: all of them)."""
+        return self.positions.mask(aligned)
 
     def labels(self, aligned: Pairing) -> Int[Tensor, "batch pos"]:
         """What the splice is scored on: B's own next tokens (target grid) or the source-grid labels."""
@@ -159,13 +211,26 @@ class Splice(nn.Module):
     def map_states(
         self, states: Float[Tensor, "batch pos_s d_source"], aligned: Pairing
     ) -> Float[Tensor, "batch pos d_target"]:
-        """Adapter output on B's grid: target grid gathers A's aligned states; unaligned positions get adapter(0)."""
+        """Adapter output on B's grid: target grid gathers A's aligned states; unaligned positions get adapter(0).
+
+        A token-conditioned adapter maps each gathered state with B's conditioning vector at that position
+        (zero at shared positions: on the source grid and for one shared tokenization it is never needed).
+        """
         if self.alignment == "source" or aligned.target_to_source is None:
             return self._adapt(states)
         # A zero state in front stands for "no A token has finished yet" (index -1 → row 0).
+        index = (aligned.target_to_source + 1).unsqueeze(-1)
+        if is_conditioned(self.adapter):
+            gathered = F.pad(states, (0, 0, 1, 0)).gather(1, index.expand(-1, -1, states.shape[-1]))
+            return self._adapt(gathered, self.condition(aligned))
         mapped = self._adapt(F.pad(states, (0, 0, 1, 0)))
-        index = (aligned.target_to_source + 1).unsqueeze(-1).expand(-1, -1, mapped.shape[-1])
-        return mapped.gather(1, index)
+        return mapped.gather(1, index.expand(-1, -1, mapped.shape[-1]))
+
+    def condition(self, aligned: Pairing) -> Float[Tensor, "batch pos_t d_condition"]:
+        """B's conditioning vectors: its input embeddings of the B tokens read since the last shared boundary."""
+        window = getattr(self.adapter, "module", self.adapter).window
+        embeds = input_embeddings(self.B, aligned.target)
+        return condition_features(embeds, aligned.since_boundary(window))
 
     def target_batch(self, aligned: Pairing) -> Batch:
         """What B runs on: its own tokens (target grid) or A's positions with placeholder ids (source grid)."""
@@ -181,21 +246,22 @@ class Splice(nn.Module):
         """The adapter applied to A's states (checked: device, output width)."""
         return self._adapt(states)
 
-    def _adapt(self, states: Tensor) -> Tensor:
+    def _adapt(self, states: Tensor, condition: Tensor | None = None) -> Tensor:
         param = next(self.adapter.parameters(), None)
         if param is not None and param.device != states.device:
             raise ValueError(
                 f"adapter: on device {param.device} but the models are on {states.device}; "
                 f"use adapter.to({str(states.device)!r})"
             )
-        mapped = self.adapter(states.to(states.dtype if param is None else param.dtype))
+        dtype = states.dtype if param is None else param.dtype
+        inputs = (states.to(dtype),) if condition is None else (states.to(dtype), condition.to(dtype))
+        mapped = self.adapter(*inputs)
         if not isinstance(mapped, Tensor) or not mapped.is_floating_point():
             got = f"a {mapped.dtype} tensor" if isinstance(mapped, Tensor) else type(mapped).__name__
             raise TypeError(f"adapter: returned {got}; an adapter must return floating-point states for B")
         if mapped.shape[-1] != self.B.d_model:
             raise ValueError(f"adapter: output width {mapped.shape[-1]} but B's d_model is {self.B.d_model}")
         return mapped
-
 
 
 def _checked_adapter(adapter: nn.Module | None, d_source: int, d_target: int) -> nn.Module:
