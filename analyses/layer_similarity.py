@@ -9,6 +9,14 @@
     >>> rec = layer_similarity(A, B, texts, control="random-init")
     >>> rec.control, rec.excess()                               # untrained models' matrix; the excess over it
     >>> splice_cka(A, B, adapter, source_layer=8, target_layer=8, texts=texts).after
+    >>> layer_similarity(A, B, corpus, measure="minibatch_cka", batch_size=32, max_length=4096)  # streamed
+
+Memory: every measure but "minibatch_cka" keeps all paired samples (float32, on CPU) until the end, so it
+grows with the number of texts. `measure="minibatch_cka"` streams instead (Nguyen et al. 2021, see
+`analyses.cka.MinibatchCKA`): each batch of `batch_size` texts is reduced to [layer_A, layer_B]
+accumulators and dropped, so memory stays flat over any number of texts (batches with fewer than 4
+samples are merged into the next). `max_length=n` cuts longer texts into chunks of at most n tokens for
+both tokenizers (the same characters for A and B, see `stitch.chunks`); each chunk counts as a text.
 
 Pairing decides which states of A and B count as "the same sample":
 - "mean": one sample per text, the mean of its residual stream over real tokens. Padding is excluded
@@ -29,6 +37,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from analyses.cka import MinibatchCKA
 from analyses.controls import check_control, control_models
 from analyses.similarity import (
     LOWER_IS_SIMILAR,
@@ -42,6 +51,7 @@ from analyses.similarity import (
 from stitch.alignment.pairing import pair_batches
 from stitch.batch import Batch
 from stitch.checks import check_choice, check_layer, check_texts
+from stitch.chunks import corpus_texts
 
 PAIRINGS = ("mean", "shared")
 
@@ -118,6 +128,7 @@ def layer_similarity(
     batch_size: int = 8,
     seed: int = 0,
     control: str | None = None,
+    max_length: int | None = None,
 ) -> LayerSimilarity:
     """Every layer 0..A.n_layers of A against every layer 0..B.n_layers of B on the same texts.
 
@@ -132,11 +143,19 @@ def layer_similarity(
     `analyses.controls`), and `rec.excess()` the difference; the control models are held only while
     their matrix is computed (peak memory: both pairs of models at once).
     """
-    texts, name = _check(texts, pairing, measure, batch_size)
     if isinstance(null_permutations, bool) or not isinstance(null_permutations, int) or null_permutations < 0:
         raise ValueError(f"null_permutations: {null_permutations!r}; expected an integer >= 0 (0 = no null)")
     if control is not None:
         check_control(control, seed)
+    if measure == STREAMED:
+        texts = _chunked(A, B, _check(texts, pairing, "linear_cka", batch_size)[0], max_length)
+        rec = _streamed(A, B, texts, pairing, batch_size, null_permutations)
+        if control is None:
+            return rec
+        matrix = _streamed(*control_models(control, A, B, seed), texts, pairing, batch_size, 0).matrix
+        return dataclasses.replace(rec, control=matrix, control_kind=control, control_seed=seed)
+    texts, name = _check(texts, pairing, measure, batch_size)
+    texts = _chunked(A, B, texts, max_length)
     xs, ys = _all_layer_states(A, B, texts, pairing, batch_size, name)
     n = xs[0].shape[0]
     if null_permutations:
@@ -174,6 +193,7 @@ def splice_cka(
     pairing: str = "shared",
     measure="linear_cka",
     batch_size: int = 8,
+    max_length: int | None = None,
 ) -> SpliceSimilarity:
     """Similarity of A's states to B's at a splice, raw ("before") and through `adapter` ("after").
 
@@ -181,6 +201,7 @@ def splice_cka(
     >>> s.before, s.after, s.cosine_after
     """
     texts, name = _check(texts, pairing, measure, batch_size)
+    texts = _chunked(A, B, texts, max_length)
     source_layer = check_layer("source_layer", source_layer, A.n_layers)
     target_layer = check_layer("target_layer", target_layer, B.n_layers)
     raw, adapted, ys = paired_states(
@@ -236,6 +257,22 @@ def paired_states(
     """
     same = B is A and layers_b == layers_a  # self-similarity: one forward, and CKA shares the Grams
     xs, adapted, ys = [], [], []
+    for x, a, y in paired_batches(A, B, texts, layers_a, layers_b, pairing, batch_size, adapter):
+        xs.append(x)
+        adapted.append(a)
+        ys.append(y)
+    xs = _concat(xs)
+    _check_any_shared(xs[0].shape[0])
+    ys = xs if same else _concat(ys)
+    return (xs, ys) if adapter is None else (xs, _concat(adapted), ys)
+
+
+def paired_batches(A, B, texts, layers_a, layers_b, pairing, batch_size, adapter=None):
+    """Per batch of `batch_size` texts: (xs, adapter(xs) or None, ys), lists of [samples, d] float32 on CPU.
+
+    Only one batch's states are alive at a time; `ys is xs` when B is A at the same layers.
+    """
+    same = B is A and layers_b == layers_a
     for start in range(0, len(texts), batch_size):
         chunk = texts[start : start + batch_size]
         batch_a = A.encode(chunk)
@@ -244,19 +281,55 @@ def paired_states(
             res_a = A.residuals(batch_a, layers=layers_a)
             res_b = res_a if same else B.residuals(batch_b, layers=layers_b)
             pick_a, pick_b = _selectors(batch_a, batch_b, pairing, chunk, start)
-            xs.append([_cpu(pick_a(res_a[layer])) for layer in layers_a])
-            if adapter is not None:
-                adapted.append([_cpu(pick_a(adapter(res_a[layer]))) for layer in layers_a])
-            if not same:
-                ys.append([_cpu(pick_b(res_b[layer])) for layer in layers_b])
-    xs = _concat(xs)
-    if xs[0].shape[0] == 0:
+            xs = [_cpu(pick_a(res_a[layer])) for layer in layers_a]
+            adapted = None if adapter is None else [_cpu(pick_a(adapter(res_a[layer]))) for layer in layers_a]
+            ys = xs if same else [_cpu(pick_b(res_b[layer])) for layer in layers_b]
+        del res_a, res_b  # before the next batch runs: one batch of states at a time
+        yield xs, adapted, ys
+
+
+STREAMED = "minibatch_cka"
+
+
+def _streamed(A, B, texts, pairing, batch_size, null_permutations) -> LayerSimilarity:
+    """`layer_similarity` with measure="minibatch_cka": one batch of samples in memory at a time."""
+    if null_permutations:
+        raise ValueError(
+            f"null_permutations: {null_permutations}; a permutation null needs every sample at once, which "
+            "measure='minibatch_cka' never keeps; use measure='linear_cka' for a null"
+        )
+    # One batch is held back, so that a batch of fewer than 4 samples (too few for the unbiased HSIC
+    # of a minibatch) joins its neighbour instead of being dropped.
+    mb, held, n = MinibatchCKA(), None, 0
+    layers_a, layers_b = list(range(A.n_layers + 1)), list(range(B.n_layers + 1))
+    for xs, _, ys in paired_batches(A, B, texts, layers_a, layers_b, pairing, batch_size):
+        n += xs[0].shape[0]
+        if held is not None and min(xs[0].shape[0], held[0][0].shape[0]) < 4:
+            xs, ys = _merged(held[0], xs), _merged(held[1], ys)
+        elif held is not None:
+            mb.update(*held)
+        held = (xs, ys)
+    _check_any_shared(n)
+    pending = held
+    _check_enough(pending[0][0].shape[0] if mb.n_batches == 0 else 4, "debiased_cka", len(texts), pairing)
+    mb.update(*pending)
+    return LayerSimilarity(mb.compute(), tuple(texts), pairing, STREAMED, n, A.name, B.name)
+
+
+def _merged(first: list[Tensor], second: list[Tensor]) -> list[Tensor]:
+    return [torch.cat(pair) for pair in zip(first, second, strict=True)]
+
+
+def _chunked(A, B, texts: list[str], max_length: int | None) -> list[str]:
+    return corpus_texts([A.tokenizer, B.tokenizer], texts, max_length)
+
+
+def _check_any_shared(n: int) -> None:
+    if n == 0:
         raise ValueError(
             "texts: no shared boundaries between the two tokenizations (no position where both "
             "models have read exactly the same text); use pairing='mean'"
         )
-    ys = xs if same else _concat(ys)
-    return (xs, ys) if adapter is None else (xs, _concat(adapted), ys)
 
 
 def _cpu(states: Tensor) -> Tensor:

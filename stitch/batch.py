@@ -57,6 +57,33 @@ class Batch:
         return self.attention_mask.sum(-1)
 
 
+_PAD_VALUES = {"input_ids": 0, "attention_mask": 0, "position_ids": 0, "spans": -1, "special_mask": True, "byte_spans": -1}
+
+
+def concat_batches(batches: list[Batch]) -> Batch:
+    """The rows of several batches (one padding side, one tokenizer) as one, padded to the widest.
+
+    >>> concat_batches([A.encode(texts[:8]), A.encode(texts[8:])]).shape   # (len(texts), widest)
+    """
+    first = batches[0]
+    width = max(b.shape[1] for b in batches)
+    fields = {}
+    for name in first.tensors():
+        parts = [_pad_width(getattr(b, name), width, _PAD_VALUES[name], first.padding_side) for b in batches]
+        fields[name] = torch.cat([p.to(parts[0].device) for p in parts])
+    texts = [t for b in batches for t in b.texts]
+    return dataclasses.replace(first, texts=texts, **fields)
+
+
+def _pad_width(t: Tensor, width: int, value, side: str) -> Tensor:
+    extra = width - t.shape[1]
+    if extra == 0:
+        return t
+    shape = (t.shape[0], extra, *t.shape[2:])
+    pad = torch.full(shape, value, dtype=t.dtype, device=t.device)
+    return torch.cat([pad, t] if side == "left" else [t, pad], dim=1)
+
+
 def positions_from_mask(attention_mask: Int[Tensor, "batch pos"]) -> Int[Tensor, "batch pos"]:
     """Positions counting real tokens only (what HF `generate` does for left padding)."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

@@ -77,3 +77,9 @@ def check_device(name: str, device) -> torch.device:
     if wanted not in available and not (dev.type == "mps" and "mps" in available):
         raise ValueError(f"{name}: {str(device)!r} is not available here; available devices: {available}")
     return dev
+
+
+def check_batch_size(batch_size) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
+    return batch_size

@@ -28,7 +28,8 @@ def next_token_labels(batch: Batch) -> Int[Tensor, "batch pos"]:
 def token_cross_entropy(
     logits: Float[Tensor, "batch pos vocab"], labels: Int[Tensor, "batch pos"]
 ) -> Float[Tensor, "batch pos"]:
-    """Per-token cross-entropy in float32, 0 where the label is masked."""
+    """Per-token cross-entropy in float32, 0 where the label is masked (on the logits' device)."""
+    labels = labels.to(logits.device)  # a model sharded by device_map puts its logits on its last device
     flat = F.cross_entropy(
         logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="none"
     )

@@ -181,3 +181,25 @@ def train_briefly(model, tokenizer, texts, steps: int = 15, lr: float = 3e-2):
         mean_cross_entropy(logits, next_token_labels(batch)).backward()
         opt.step()
     return model.eval().requires_grad_(False)
+
+
+def peak_torch_cpu_bytes(fn) -> tuple[int, object]:
+    """(peak bytes held by torch CPU tensors above the start, fn's result) while `fn()` runs.
+
+    >>> peak, _ = peak_torch_cpu_bytes(lambda: layer_similarity(A, B, texts, measure="minibatch_cka"))
+
+    Read from the profiler's allocation events (torch's own accounting, not the process RSS), so what
+    Python or other threads allocate does not blur it.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        result = fn()
+    events = sorted(
+        (e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
+    )
+    current = peak = 0
+    for _, nbytes in events:
+        current += nbytes
+        peak = max(peak, current)
+    return peak, result

@@ -109,13 +109,13 @@ def test_models_on_different_devices(llama, tok):
         stitch.load_model(tiny_model("llama", vocab_size=len(tok)).to("meta"), tokenizer=tok)
     # wrapped directly (load_model refuses meta weights), a meta model stands in for one on another device
     on_meta = stitch.HookedLM(tiny_model("llama", vocab_size=len(tok)).to("meta"), tok)
-    with pytest.raises(ValueError, match=r"B: model B is on meta but model A is on cpu"):
-        stitch.Splice(llama, on_meta, source_layer=1)
+    sp = stitch.Splice(llama, on_meta, source_layer=1)  # models on different devices are allowed (issue 17)
+    assert sp.write_device == torch.device("meta")
     with pytest.raises(ValueError, match=r"batch: on device cpu but model .* is on meta"):
         on_meta.logits(llama.encode(["text"]))
 
-    meta_adapter = stitch.adapters.Affine(32).to("meta")  # sp.to(device) moves the adapter, not the models
-    with pytest.raises(ValueError, match=r"adapter: on device meta but the models are on cpu"):
+    meta_adapter = stitch.adapters.Affine(32).to("meta")  # no data: Splice cannot move it to B's side
+    with pytest.raises(ValueError, match=r"adapter: on device meta but B's layer 1 is on cpu"):
         stitch.Splice(llama, llama, source_layer=1, adapter=meta_adapter)(["text"])
 
 

@@ -13,6 +13,10 @@ because their states (attention sinks, often with massive norms) would dominate 
 Memory is O(d²) per layer pair whatever the number of texts: only `SufficientStats` are kept.
 With `window` (positions with no A token are then kept, with A's zero state, as the splice feeds them) (token-conditioned kinds, `stitch.adapters.conditioned`) each A state is concatenated with B's
 conditioning vector at its B position: x is `[A's state, c]` of width d_source + window·d_target + 1.
+The models run `batch_size` texts at a time. `max_length=n` cuts longer texts into chunks of at most n
+tokens for both tokenizers (the same characters for A and B, see `stitch.chunks`); each chunk counts as a
+text. A and B may be on different devices: the paired rows of A's states cross to B's device, where the
+statistics accumulate.
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ from stitch.adapters.conditioned import condition_features
 from stitch.adapters.linear import CLOSED_FORM, fit_closed_form
 from stitch.alignment.pairing import Pairing, pair_texts
 from stitch.checks import check_layer, check_texts
+from stitch.chunks import corpus_texts
 from stitch.models.hooked import HookedLM
+from stitch.models.placement import transfer
 from stitch.models.states import EMBEDDINGS, Embeddings, input_embeddings, model_states
 
 LayerPair = tuple[int, "int | Embeddings"]
@@ -55,6 +61,7 @@ def fit_adapter(
     padding_side: str = "right",
     progress: bool = True,
     dtype: torch.dtype = torch.float32,
+    max_length: int | None = None,
     **options,
 ) -> Adapter:
     """A closed-form adapter from A's layer `source_layer` to B's `target_layer` (default: the same).
@@ -76,6 +83,7 @@ def fit_adapter(
         padding_side=padding_side,
         progress=progress,
         window=condition_window(kind, options),
+        max_length=max_length,
     )
     return fit_closed_form(kind, stats[pair], **options).to(dtype)
 
@@ -121,6 +129,7 @@ def collect_stats(
     progress: bool = True,
     classes=None,
     window: int | None = None,
+    max_length: int | None = None,
 ) -> dict[LayerPair, SufficientStats]:
     """Streamed statistics of paired (A layer N, B layer M) states for every `(N, M)` in `layer_pairs`.
 
@@ -129,7 +138,7 @@ def collect_stats(
     `window` appends B's conditioning vector to every A state (for token-conditioned fits).
     """
     pairs = _check_pairs(A, B, layer_pairs)
-    texts = check_texts(texts)
+    texts = corpus_texts([A.tokenizer, B.tokenizer], check_texts(texts), max_length)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
     stats = {pair: SufficientStats() for pair in pairs}
@@ -168,9 +177,12 @@ def _accumulate(
         features = condition_features(input_embeddings(B, aligned.target), aligned.since_boundary(window))
         condition = features[rows, tgt]
     for n, m in stats:
-        x = xs[n][rows, src.clamp(min=0)] * (src >= 0).unsqueeze(-1)  # the zero state where A has none
-        x = x if condition is None else torch.cat([x, condition.to(x.dtype)], dim=-1)
-        stats[n, m].update(x, ys[m][rows, tgt])
+        y = ys[m][rows.to(ys[m].device), tgt.to(ys[m].device)]
+        src_a = src.to(xs[n].device)
+        x = xs[n][rows.to(xs[n].device), src_a.clamp(min=0)] * (src_a >= 0).unsqueeze(-1)  # zero where A has none
+        x = transfer(x, y.device)  # only the paired rows cross (A and B on two devices)
+        x = x if condition is None else torch.cat([x, condition.to(device=x.device, dtype=x.dtype)], dim=-1)
+        stats[n, m].update(x, y)
 
 
 def paired_positions(

@@ -63,7 +63,7 @@ class Pairing:
         """SHARED / LAGGING / NONE per B position (PADDING at padding); see the module docstring."""
         t2s = self.feeding()
         valid = self.target.attention_mask.bool()
-        source_end = _ends(self.source).gather(1, t2s.clamp(min=0))
+        source_end = _ends(self.source).to(t2s.device).gather(1, t2s.clamp(min=0))
         lagging = source_end < _ends(self.target)
         cls = torch.where(t2s < 0, NONE, torch.where(lagging, LAGGING, SHARED))
         return torch.where(valid, cls, PADDING)
@@ -98,7 +98,7 @@ class Pairing:
         if classes is not None:
             keep &= torch.isin(self.classes, torch.tensor([CLASSES[c] for c in classes], device=t2s.device))
         if drop_special:
-            source_special = self.source.special_mask.gather(1, t2s.clamp(min=0)) & (t2s >= 0)
+            source_special = self.source.special_mask.to(t2s.device).gather(1, t2s.clamp(min=0)) & (t2s >= 0)
             keep &= ~self.target.special_mask & ~source_special
         rows, tgt = keep.nonzero(as_tuple=True)
         return rows, t2s[rows, tgt], tgt
@@ -143,16 +143,17 @@ def pair_texts(A, B, texts, padding_side: str = "right") -> Pairing:
     texts = check_texts(texts)
     source = A.encode(texts, padding_side=padding_side)
     if A.tokenizer is B.tokenizer:
-        labels = next_token_labels(source)
-        nxt = torch.where(labels != IGNORE, torch.arange(source.shape[1], device=source.device) + 1, -1)
-        return Pairing(source, source, None, labels, nxt)
+        target = source if B.device == source.device else source.to(B.device)  # token ids cross, not states
+        labels = next_token_labels(target)
+        nxt = torch.where(labels != IGNORE, torch.arange(target.shape[1], device=target.device) + 1, -1)
+        return Pairing(source, target, None, labels, nxt)
     return pair_batches(source, B.encode(texts, padding_side=padding_side))
 
 
 def pair_batches(source: Batch, target: Batch) -> Pairing:
-    """The pairing of two encodings of the same texts."""
-    al = align_batch(source, target)
-    device = source.device
+    """The pairing of two encodings of the same texts; index tensors live on B's (the target's) device."""
+    al = align_batch(source if source.device == target.device else source.to(target.device), target)
+    device = target.device
     return Pairing(
         source, target, al.target_to_source.to(device), al.source_labels.to(device), al.source_next.to(device)
     )

@@ -9,6 +9,11 @@
 
 Nothing is reimplemented: every call is the HF forward, with blocks outside the requested range
 skipped (`skip_blocks`) and the stream read, replaced or cut off at boundaries by scoped pre-hooks.
+Analysis calls (`residuals`, `logits`, `run_with_cache`) run under `torch.no_grad()`; `run_from` builds a
+graph only through a stream that requires grad (weights frozen for that call); `run_with_hooks` keeps the
+caller's grad mode. `requires_grad` flags are never changed. A model sharded with `device_map` takes its
+inputs on `device` (the embedding's), its stream at layer ℓ on `device_of(ℓ)`, and gives logits on
+`output_device`.
 Thread-safe: every call (and every `hooks()` scope) holds the HF model's re-entrant lock while its hooks
 and skipped blocks are in place, so concurrent calls on one model run one after another.
 """
@@ -27,6 +32,7 @@ from torch import Tensor, nn
 from stitch.alignment.spans import token_spans_batch
 from stitch.batch import Batch, positions_from_mask, tokenizer_fingerprint
 from stitch.checks import check_choice, check_layer, check_texts
+from stitch.chunks import OVERFLOW, check_max_length, fit_to_length
 from stitch.models.arch import ArchSpec, arch_for, get_module
 from stitch.models.cache import ActivationCache
 from stitch.models.hooks import (
@@ -39,6 +45,7 @@ from stitch.models.hooks import (
     skip_blocks,
 )
 from stitch.models.kv import KVCache, Step, cache_keyword
+from stitch.models.placement import frozen_weights, module_device, transfer
 
 Hooks = Sequence[tuple["str | Callable[[str], bool]", HookFn]]
 
@@ -72,7 +79,18 @@ class HookedLM:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go: the embedding's device (the only device, unless sharded with `device_map`)."""
+        return module_device(get_module(self.model, self.spec.embed))
+
+    def device_of(self, layer: int) -> torch.device:
+        """Where the stream enters layer `layer`: block `layer`'s device (layer L: the final norm's)."""
+        layer = check_layer("layer", layer, self.n_layers)
+        return module_device(self._boundary[layer].module)
+
+    @property
+    def output_device(self) -> torch.device:
+        """Where the logits come out: the unembedding's device."""
+        return module_device(get_module(self.model, self.spec.unembed))
 
     @property
     def dtype(self) -> torch.dtype:
@@ -86,18 +104,34 @@ class HookedLM:
     # ---- tokenization -------------------------------------------------------------------------------
 
     def encode(
-        self, texts: str | Sequence[str], *, padding_side: str = "right", add_special_tokens: bool = True
+        self,
+        texts: str | Sequence[str],
+        *,
+        padding_side: str = "right",
+        add_special_tokens: bool = True,
+        max_length: int | None = None,
+        overflow: str = "error",
+        stride: int = 0,
     ) -> Batch:
-        """Tokenize and pad texts, keeping the character span of every token (special tokens zero-width)."""
+        """Tokenize and pad texts, keeping the character span of every token (special tokens zero-width).
+
+        A text longer than `max_length` tokens (default: the model's context) is refused (`overflow="error"`),
+        cut to its first `max_length` tokens ("truncate"), or cut into several texts that fit ("chunk", each
+        chunk after the first repeating `stride` tokens of context; see `stitch.chunks`): then the batch has
+        one row per chunk and `batch.texts` holds the chunks.
+        """
         texts = check_texts(texts)
         check_choice("padding_side", padding_side, ("right", "left"))
+        check_choice("overflow", overflow, OVERFLOW)
+        limit = max_length if max_length is not None else self.n_ctx
+        if max_length is not None or stride:
+            check_max_length(max_length if max_length is not None else self.n_ctx or 0, stride)
         encoded = token_spans_batch(self.tokenizer, texts, add_special_tokens)
-        for i, enc in enumerate(encoded):
-            if self.n_ctx is not None and len(enc.ids) > self.n_ctx:
-                raise ValueError(
-                    f"texts[{i}]: {len(enc.ids)} tokens exceed the model's {self.n_ctx} positions "
-                    f"(valid: 1..{self.n_ctx} tokens); shorten or split the text"
-                )
+        if limit is not None:
+            texts, encoded = fit_to_length(
+                self.tokenizer, texts, encoded, limit, overflow, stride, add_special_tokens,
+                None if max_length is not None else f"the model's {limit} positions",
+            )
         batch = _pad(texts, encoded, self.pad_token_id, padding_side, self.device)
         return dataclasses.replace(batch, tokenizer_fingerprint=self.tokenizer_fingerprint)
 
@@ -168,10 +202,16 @@ class HookedLM:
         *,
         fwd_hooks: Hooks = (),
     ) -> Float[Tensor, "batch pos vocab"]:
-        """Logits from the stream `resid` at `layer`: blocks [layer, L), final norm and unembedding only."""
+        """Logits from the stream `resid` at `layer`: blocks [layer, L), final norm and unembedding only.
+
+        `resid` may be on any device (it is moved to `device_of(layer)`). A graph is built only when
+        `resid` requires grad, and then only through it: the weights are frozen for this call.
+        """
         batch = self.as_batch(batch)
         layer = check_layer("layer", layer, self.n_layers)
         self._check_resid(resid, batch)
+        if resid.device != self.device_of(layer):  # a sharded model: the stream enters on block `layer`'s device
+            resid = transfer(resid, self.device_of(layer))
         inject = (self._boundary[layer], lambda _, hook: resid.to(self.dtype))
         user = self._resolve(fwd_hooks)
         early = sorted({p.name for p, _ in user if p.index < layer})
@@ -179,14 +219,16 @@ class HookedLM:
             raise ValueError(
                 f"fwd_hooks: {early} are before layer {layer}, where run_from starts; they would never see the stream"
             )
-        return self._forward(batch, "run_from", hooks=user, inject=inject, start=layer)
+        return self._forward(batch, "run_from", hooks=user, inject=inject, start=layer, grad=resid)
 
     def run_from_embeds(
         self, embeds: Float[Tensor, "batch pos d_model"], batch: Batch
     ) -> Float[Tensor, "batch pos vocab"]:
         """Logits with `embeds` given to the HF model as `inputs_embeds` (the embedding-injection baseline)."""
         self._check_resid(embeds, batch, "embeds")
-        return self._forward(batch, "run_from_embeds", inputs_embeds=embeds.to(self.dtype))
+        if embeds.device != self.device:
+            embeds = transfer(embeds, self.device)
+        return self._forward(batch, "run_from_embeds", inputs_embeds=embeds.to(self.dtype), grad=embeds)
 
     def forward_cached(
         self,
@@ -241,7 +283,9 @@ class HookedLM:
         self, batch: Batch | Sequence[str], fwd_hooks: Hooks = ()
     ) -> Float[Tensor, "batch pos vocab"]:
         """Forward with `fwd_hooks = [(name or name filter, fn(tensor, hook))]`; hooks removed afterwards."""
-        return self._forward(self.as_batch(batch), "run_with_hooks", hooks=self._resolve(fwd_hooks))
+        return self._forward(
+            self.as_batch(batch), "run_with_hooks", hooks=self._resolve(fwd_hooks), grad=_USER_GRAD
+        )
 
     def run_with_cache(
         self,
@@ -295,11 +339,14 @@ class HookedLM:
         start: int = 0,
         stop: int | None = None,
         inputs_embeds: Tensor | None = None,
+        grad=None,
     ) -> Tensor | None:
         """HF forward over blocks [start, stop) (stop=None: to the logits) with `hooks` installed.
 
         `inject` runs ahead of every other hook at its boundary, those of an enclosing `hooks()` too,
-        so they all see the injected stream; `call` names the public method in errors.
+        so they all see the injected stream; `call` names the public method in errors. `grad` is the
+        injected stream: a graph is built through it alone (weights frozen for the call) when it requires
+        grad; otherwise, and for every call without a stream, the forward runs under `no_grad`.
         """
         self._check_batch(batch)
         hooks = list(hooks)
@@ -312,6 +359,7 @@ class HookedLM:
         with (
             model_lock(self.model),
             _one_forward(self, call),
+            _grad_mode(self.model, grad),
             skip_blocks(self.blocks[:start], why),
             hook_scope([inject] if inject else [], first=True),
             hook_scope(hooks),
@@ -359,8 +407,18 @@ class HookedLM:
             raise ValueError(f"{name}: expected shape [batch, pos, d_model] = {list(expected)}, got {got}")
         if not resid.is_floating_point():  # token ids or a mask passed by mistake would be cast silently
             raise TypeError(f"{name}: expected a floating-point stream, got {resid.dtype}")
-        if resid.device != self.device:
-            raise ValueError(f"{name}: on device {resid.device} but model {self.name!r} is on {self.device}")
+
+
+_USER_GRAD = object()  # run_with_hooks: the caller's grad mode, as a plain HF forward would have
+
+
+def _grad_mode(model: nn.Module, stream) -> contextlib.AbstractContextManager:
+    """no_grad, unless the injected stream needs a graph (then only through it) or the caller decides."""
+    if stream is _USER_GRAD:
+        return contextlib.nullcontext()
+    if isinstance(stream, Tensor) and stream.requires_grad and torch.is_grad_enabled():
+        return frozen_weights(model)
+    return torch.no_grad()
 
 
 _in_forward = threading.local()  # {id(HF model): the HookedLM call running on this thread}

@@ -94,7 +94,7 @@ def _pre_hook(point: HookPoint, fn: HookFn, fired: list[int]):
         new = _call_once(point, fn, old)
         if new is None:
             return None
-        _check_return(point, old, new)
+        _check_return(point, old, new, module)
         return _with_stream(args, kwargs, new.to(old.dtype))
 
     return hook
@@ -116,8 +116,11 @@ def _call_once(point: HookPoint, fn: HookFn, stream: Tensor):
         running.discard(key)
 
 
-def _check_return(point: HookPoint, old: Tensor, new) -> None:
-    if not isinstance(new, Tensor) or new.shape != old.shape or new.device != old.device:
+def _check_return(point: HookPoint, old: Tensor, new, module: nn.Module) -> None:
+    # On a model sharded with device_map, the stream reaching block ℓ may still be on block ℓ-1's device
+    # (accelerate moves it inside the block's forward): the block's own device is as good as the stream's.
+    moved = isinstance(new, Tensor) and new.device != old.device and new.device != _device(module)
+    if not isinstance(new, Tensor) or new.shape != old.shape or moved:
         got = f"{tuple(new.shape)} on {new.device}" if isinstance(new, Tensor) else type(new).__name__
         raise ValueError(
             f"hook {point.name}: returned {got}; a hook must return None or a tensor of the "
@@ -128,6 +131,11 @@ def _check_return(point: HookPoint, old: Tensor, new) -> None:
             f"hook {point.name}: returned a {new.dtype} tensor; a hook must return None or a "
             f"floating-point tensor (the stream is {old.dtype})"
         )
+
+
+def _device(module: nn.Module):
+    param = next(module.parameters(), None)
+    return None if param is None else param.device
 
 
 def _refuse_skipped(point: HookPoint, module: nn.Module) -> None:

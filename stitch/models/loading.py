@@ -1,8 +1,20 @@
 """`load_model`: a HookedLM from a hub id, a local directory, or an already-loaded HF model.
 
->>> A = stitch.load_model("meta-llama/Llama-3.1-8B", dtype=torch.bfloat16, device="auto")
->>> B = stitch.load_model("/models/mistral-7b-v0.3")             # local directory
->>> C = stitch.load_model(hf_model, tokenizer=tok)                 # loaded objects, no copy
+>>> A = stitch.load_model("meta-llama/Llama-3.1-8B", dtype=torch.bfloat16, device="cuda:0")
+>>> B = stitch.load_model("mistralai/Mistral-7B-v0.3", dtype="auto", device_map="auto")  # sharded
+>>> C = stitch.load_model("/models/mistral-7b-v0.3", revision="main", attn_implementation="sdpa")
+>>> D = stitch.load_model(hf_model, tokenizer=tok)                 # loaded objects, no copy
+
+Hub ids and directories load the way `AutoModelForCausalLM.from_pretrained` does, straight onto their
+device: `device` becomes `device_map={"": device}` (never a CPU copy moved afterwards), `device_map` (e.g.
+"auto", which shards over the GPUs with accelerate) is passed as is, and so is every other keyword
+(`revision`, `attn_implementation`, `low_cpu_mem_usage`, `quantization_config`, ...). `dtype="auto"` keeps
+the checkpoint's dtype (the default for hub ids; for a loaded model it leaves the weights as they are).
+
+`requires_grad` flags are never changed: stitch's analysis calls run under `torch.no_grad()` themselves,
+and a splice builds a graph only through the stream it injects, with the weights frozen for that call
+alone (see `HookedLM`). Freeze a model yourself (`A.model.requires_grad_(False)`) if other code of yours
+runs it with gradients on.
 """
 
 from __future__ import annotations
@@ -33,28 +45,69 @@ def load_model(
     *,
     dtype=None,
     device=None,
+    device_map=None,
     name: str | None = None,
     trust_remote_code: bool = False,
+    **from_pretrained_kwargs,
 ) -> HookedLM:
-    """Wrap `model` (hub id, local directory, HF model, or a TransformerLens/nnsight wrapper of one)."""
+    """Wrap `model` (hub id, local directory, HF model, or a TransformerLens/nnsight wrapper of one).
+
+    `from_pretrained_kwargs` (`revision`, `attn_implementation`, `low_cpu_mem_usage`, ...) go to
+    `from_pretrained` (and `revision` / `trust_remote_code` to the tokenizer's too).
+    """
+    if device is not None and device_map is not None:
+        raise ValueError(
+            f"device, device_map: got both ({device!r}, {device_map!r}); pass device for one device or "
+            "device_map to shard (device_map='auto' spreads the blocks over the available GPUs)"
+        )
     device = resolve_device(device)
     dtype = resolve_dtype(dtype)
     if isinstance(model, (str, os.PathLike)):
-        hf_model, tokenizer = _from_pretrained(str(model), tokenizer, dtype, trust_remote_code)
+        placement = device_map if device_map is not None else None if device is None else {"": device}
+        hf_model, tokenizer = _from_pretrained(
+            str(model), tokenizer, dtype, placement, trust_remote_code, from_pretrained_kwargs
+        )
         name = name or str(model)
     else:
-        hf_model, wrapped_tokenizer = _unwrap(model)
-        tokenizer = tokenizer if tokenizer is not None else wrapped_tokenizer
-        if dtype is not None:
-            hf_model = hf_model.to(dtype)
+        hf_model, tokenizer = _loaded(model, tokenizer, dtype, device, device_map, from_pretrained_kwargs)
     if tokenizer is None:
         raise ValueError(
             "tokenizer: required when `model` is a loaded module without one; pass tokenizer=..."
         )
-    if device is not None:
-        hf_model = hf_model.to(device)
     _check_weights_loaded(hf_model)
     return HookedLM(hf_model.eval(), tokenizer, name=name)
+
+
+def _loaded(model, tokenizer, dtype, device, device_map, extra: dict):
+    """An already-loaded model, cast and placed as asked (in place: weights are never copied)."""
+    if extra:
+        raise TypeError(
+            f"{sorted(extra)}: from_pretrained options apply to hub ids and model directories only; "
+            f"`model` is an already-loaded {type(model).__name__}"
+        )
+    hf_model, wrapped_tokenizer = _unwrap(model)
+    if dtype not in (None, "auto"):
+        hf_model = hf_model.to(dtype)
+    if device is not None:
+        hf_model = hf_model.to(device)
+    if device_map is not None:
+        hf_model = _dispatch(hf_model, device_map)
+    return hf_model, tokenizer if tokenizer is not None else wrapped_tokenizer
+
+
+def _dispatch(hf_model: nn.Module, device_map) -> nn.Module:
+    """Shard a loaded model with accelerate, as `from_pretrained(device_map=...)` would have."""
+    import accelerate
+
+    if device_map == "auto":
+        no_split = getattr(hf_model, "_no_split_modules", None) or []
+        device_map = accelerate.infer_auto_device_map(hf_model, no_split_module_classes=no_split)
+    if not isinstance(device_map, dict):
+        raise ValueError(
+            f"device_map: got {device_map!r}; valid: 'auto' or a dict {{module name: device}} "
+            "(for one device, pass device= instead)"
+        )
+    return accelerate.dispatch_model(hf_model, device_map=device_map)
 
 
 def _check_weights_loaded(hf_model: nn.Module) -> None:
@@ -66,19 +119,24 @@ def _check_weights_loaded(hf_model: nn.Module) -> None:
         )
 
 
-def _from_pretrained(path: str, tokenizer, dtype, trust_remote_code: bool):
+def _from_pretrained(path: str, tokenizer, dtype, device_map, trust_remote_code: bool, extra: dict):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     check_model_path("model", path)
-    kwargs = {"trust_remote_code": trust_remote_code}
+    shared = {"trust_remote_code": trust_remote_code}
+    if extra.get("revision") is not None:  # the tokenizer of the same commit as the weights
+        shared["revision"] = extra["revision"]
+    kwargs = {**extra, **shared, "dtype": dtype or "auto"}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
     try:
-        hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto", **kwargs)
+        hf_model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as err:
         if os.path.isdir(path):
             raise
         raise OSError(f"model: {path!r} is no local directory, and as a hub id: {err}") from err
     if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
-        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer or path), **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer or path), **shared)
     return hf_model, tokenizer
 
 
@@ -127,12 +185,15 @@ def resolve_device(device) -> torch.device | None:
     return check_device("device", device)
 
 
-def resolve_dtype(dtype) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
+def resolve_dtype(dtype) -> torch.dtype | str | None:
+    """A torch dtype from a dtype or its name; "auto" (the checkpoint's own dtype) and None pass through."""
+    if dtype is None or dtype == "auto" or isinstance(dtype, torch.dtype):
         return dtype
     if dtype in _DTYPES:
         return _DTYPES[dtype]
-    raise ValueError(f"dtype: {dtype!r} is not supported; use a torch.dtype or one of {sorted(_DTYPES)}")
+    raise ValueError(
+        f"dtype: {dtype!r} is not supported; use a torch.dtype, 'auto' or one of {sorted(_DTYPES)}"
+    )
 
 
 def random_init(model: HookedLM, seed: int = 0) -> HookedLM:

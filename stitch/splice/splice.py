@@ -18,12 +18,25 @@ for "hybrid") chooses where A's mapped states are written; the other positions k
 B's blocks [0, M) as well (`blocks_run` says which blocks ran). A token-conditioned adapter
 (`stitch.adapters.conditioned`) also reads B's input embeddings of the B tokens read since the last shared
 boundary (the embedding module only: no block of B below M runs for them).
+
+Devices: A and B may live on different devices, or be sharded with `device_map`. The adapter runs on B's
+side: the Splice moves it (in place, dtype kept) to the device where B's stream enters layer M
+(`B.device_of(M)`; B's embedding device for `inputs_embeds`), and A's layer-N states cross once per call,
+to that device in the adapter's dtype (`stitch.models.placement.record_moves` shows every move). A bf16
+A spliced into an fp32 B with an fp32 adapter stays fp32 after A. `sp.to(device)` moves A, B and the
+adapter (a sharded model is refused: it has no single device); `sp.to(dtype)` casts the adapter only.
+
+Gradients: the models' `requires_grad` flags are never changed. A runs under `no_grad`; B builds a graph
+only through the injected stream, with its weights frozen for the duration of that call, so
+`out.loss.backward()` reaches the adapter and nothing else. `sp(texts, batch_size=8)` runs the texts in
+batches of 8 and returns one output (padded to the longest batch).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -34,14 +47,14 @@ from torch import Tensor, nn
 from stitch.adapters import Identity
 from stitch.adapters.conditioned import condition_features, is_conditioned
 from stitch.alignment.pairing import Pairing, pair_texts
-from stitch.batch import Batch
-from stitch.checks import check_choice, check_layer
-from stitch.losses import mean_cross_entropy
+from stitch.batch import Batch, concat_batches
+from stitch.checks import check_batch_size, check_choice, check_layer, check_texts
+from stitch.losses import IGNORE, mean_cross_entropy
 from stitch.models.hooked import HookedLM
+from stitch.models.placement import adapter_on, move_model, transfer
+from stitch.models.states import input_embeddings, is_embeddings
 from stitch.splice.generate import GenerationOutput, config_from, generate, resolve_eos
-from stitch.splice.injection import injection_for
-from stitch.models.states import input_embeddings
-from stitch.splice.injection import combine_for
+from stitch.splice.injection import combine_for, injection_for
 from stitch.splice.positions import Mask, Positions
 
 
@@ -87,10 +100,6 @@ class Splice(nn.Module):
         check_choice("alignment", alignment, ("target", "source"))
         self.strategy = injection_for(injection)
         check_choice("padding_side", padding_side, ("right", "left"))
-        if A.device != B.device:
-            raise ValueError(
-                f"B: model B is on {B.device} but model A is on {A.device}; put both on one device"
-            )
         self._models = (A, B)  # a tuple, so neither model is registered: parameters() are the adapter's only
         self.source_layer = check_layer("source_layer", source_layer, A.n_layers)
         self.target_layer = self.strategy.target_layer(target_layer, source_layer, B.n_layers)
@@ -102,9 +111,9 @@ class Splice(nn.Module):
                 f"alignment: 'source' runs B on A's positions with placeholder ids, so B has no states of its "
                 f"own there; injection={injection!r} with positions={self.positions.label!r} needs alignment='target'"
             )
-        self.adapter = _checked_adapter(adapter, A.d_model, B.d_model)
+        self.adapter = adapter_on(_checked_adapter(adapter, A.d_model, B.d_model), self.write_device)
         for model in (A, B):
-            model.model.eval().requires_grad_(False)
+            model.model.eval()  # dropout off; requires_grad flags are left as the caller set them
 
     @property
     def write_point(self):
@@ -128,6 +137,12 @@ class Splice(nn.Module):
         return self.strategy.answers
 
     @property
+    def write_device(self) -> torch.device:
+        """Where the adapter runs and A's states are moved: B's device at layer M (embeddings for inputs_embeds)."""
+        point = self.write_point
+        return self.B.device if is_embeddings(point) else self.B.device_of(point)
+
+    @property
     def A(self) -> HookedLM:
         return self._models[0]
 
@@ -142,12 +157,41 @@ class Splice(nn.Module):
             f"positions={self.positions.label!r}"
         )
 
-    def forward(self, texts) -> SpliceOutput:
+    def forward(self, texts, batch_size: int | None = None) -> SpliceOutput:
+        """B's logits under the splice on `texts`; with `batch_size`, run in batches and merged."""
+        if batch_size is not None:
+            texts = check_texts(texts)
+            check_batch_size(batch_size)
+            if len(texts) > batch_size:
+                chunks = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
+                return merge_outputs([self.forward(chunk) for chunk in chunks], self.padding_side)
         aligned = self.align(texts)
-        with torch.no_grad():
-            states = self.A.residuals(aligned.source, [self.source_layer])[self.source_layer]
+        states = self.A.residuals(aligned.source, [self.source_layer])[self.source_layer]  # no_grad inside
         logits = self.spliced_logits(states, aligned)
-        return SpliceOutput(logits, self.labels(aligned), aligned.source, aligned.target)
+        labels = self.labels(aligned).to(logits.device)  # B's output device, on a sharded B
+        return SpliceOutput(logits, labels, aligned.source, aligned.target)
+
+    def to(self, *args, **kwargs) -> Splice:
+        """Move A, B and the adapter to a device (`sp.to("cuda:1")`); a dtype casts the adapter only.
+
+        Models sharded with `device_map` have no single device and are refused; what moved is logged
+        (logger "stitch.splice").
+        """
+        device, dtype, _, _ = torch._C._nn._parse_to(*args, **kwargs)
+        moved = []
+        if device is not None:
+            models = [("A and B", self.A)] if self.A.model is self.B.model else [("A", self.A), ("B", self.B)]
+            for arg, model in models:
+                moved += move_model(arg, model, device)
+        super().to(*args, **kwargs)
+        _log.info("Splice.to: moved %s", ", ".join([*moved, f"adapter (dtype {dtype})" if dtype else "adapter"]))
+        return self
+
+    def cuda(self, device=None) -> Splice:
+        return self.to(torch.device("cuda", device) if isinstance(device, int) else device or "cuda")
+
+    def cpu(self) -> Splice:
+        return self.to("cpu")
 
     def spliced_logits(
         self, states: Float[Tensor, "batch pos_s d_source"], aligned: Pairing
@@ -189,20 +233,37 @@ class Splice(nn.Module):
         output_scores: bool = False,
         streamer=None,
         use_cache: bool = True,
+        batch_size: int | None = None,
     ) -> list[str] | GenerationOutput:
         """B's continuations under the splice: texts, or a GenerationOutput with `return_ids`/`output_scores`.
 
         >>> sp.generate(["Hello"], max_new_tokens=8, policy="restitch", do_sample=True, top_p=0.9, seed=0)
+        >>> sp.generate(prompts, max_new_tokens=32, batch_size=8)     # 8 prompts at a time, one list back
 
-        Policies and controls: `stitch.splice.generate` and `stitch.splice.policies`.
+        Policies and controls: `stitch.splice.generate` and `stitch.splice.policies`. With `batch_size`,
+        each batch is generated on its own (a sampling `seed` restarts per batch); per-step `scores` need
+        all prompts in one batch.
         """
         config = config_from(
             max_new_tokens, policy, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
             seed=seed, stop_strings=stop_strings, use_cache=use_cache,
             eos_token_id=resolve_eos(self.B.tokenizer, eos_token_id, stop_at_eos),
         )
-        out = generate(self, prompts, config, streamer=streamer, output_scores=output_scores)
+        out = self._generate_batched(prompts, config, batch_size, streamer, output_scores)
         return out if (return_ids or output_scores) else out.texts
+
+    def _generate_batched(self, prompts, config, batch_size, streamer, output_scores) -> GenerationOutput:
+        prompts = check_texts(prompts)
+        if batch_size is None or len(prompts) <= check_batch_size(batch_size):
+            return generate(self, prompts, config, streamer=streamer, output_scores=output_scores)
+        if output_scores or streamer is not None:
+            raise ValueError(
+                f"batch_size: {batch_size} splits {len(prompts)} prompts into batches, but output_scores and "
+                "streamer report per step over all prompts at once; drop batch_size or pass both alone"
+            )
+        outs = [generate(self, prompts[i : i + batch_size], config) for i in range(0, len(prompts), batch_size)]
+        fields = ("texts", "token_ids", "prompt_ids", "stopped")
+        return GenerationOutput(*([x for out in outs for x in getattr(out, f)] for f in fields))
 
     def align(self, texts) -> Pairing:
         """Encode texts for A and B and pair the two tokenizations (identity when the tokenizer is shared)."""
@@ -216,10 +277,12 @@ class Splice(nn.Module):
         A token-conditioned adapter maps each gathered state with B's conditioning vector at that position
         (zero at shared positions: on the source grid and for one shared tokenization it is never needed).
         """
+        # The one move of A's states: to B's side, in the adapter's dtype (the adapter runs there).
+        states = transfer(states, self.write_device, self._adapter_dtype(states))
         if self.alignment == "source" or aligned.target_to_source is None:
             return self._adapt(states)
         # A zero state in front stands for "no A token has finished yet" (index -1 → row 0).
-        index = (aligned.target_to_source + 1).unsqueeze(-1)
+        index = (aligned.target_to_source.to(states.device) + 1).unsqueeze(-1)
         if is_conditioned(self.adapter):
             gathered = F.pad(states, (0, 0, 1, 0)).gather(1, index.expand(-1, -1, states.shape[-1]))
             return self._adapt(gathered, self.condition(aligned))
@@ -243,18 +306,22 @@ class Splice(nn.Module):
         )
 
     def adapt(self, states: Float[Tensor, "... d_source"]) -> Float[Tensor, "... d_target"]:
-        """The adapter applied to A's states (checked: device, output width)."""
-        return self._adapt(states)
+        """The adapter applied to A's states (moved to B's side first; checked: device, output width)."""
+        return self._adapt(transfer(states, self.write_device, self._adapter_dtype(states)))
+
+    def _adapter_dtype(self, states: Tensor) -> torch.dtype:
+        param = next(self.adapter.parameters(), None)
+        return states.dtype if param is None else param.dtype
 
     def _adapt(self, states: Tensor, condition: Tensor | None = None) -> Tensor:
         param = next(self.adapter.parameters(), None)
         if param is not None and param.device != states.device:
             raise ValueError(
-                f"adapter: on device {param.device} but the models are on {states.device}; "
-                f"use adapter.to({str(states.device)!r})"
+                f"adapter: on device {param.device} but B's layer {self.write_point} is on {states.device}, "
+                f"where the adapter runs; use adapter.to({str(states.device)!r}) or sp.to(...)"
             )
         dtype = states.dtype if param is None else param.dtype
-        inputs = (states.to(dtype),) if condition is None else (states.to(dtype), condition.to(dtype))
+        inputs = (states.to(dtype),) if condition is None else (states.to(dtype), condition.to(states.device, dtype))
         mapped = self.adapter(*inputs)
         if not isinstance(mapped, Tensor) or not mapped.is_floating_point():
             got = f"a {mapped.dtype} tensor" if isinstance(mapped, Tensor) else type(mapped).__name__
@@ -262,6 +329,25 @@ class Splice(nn.Module):
         if mapped.shape[-1] != self.B.d_model:
             raise ValueError(f"adapter: output width {mapped.shape[-1]} but B's d_model is {self.B.d_model}")
         return mapped
+
+
+_log = logging.getLogger("stitch.splice")
+
+
+def merge_outputs(outputs: list[SpliceOutput], padding_side: str) -> SpliceOutput:
+    """One output from per-batch outputs: logits, labels and batches padded to the widest batch."""
+    width = max(out.logits.shape[1] for out in outputs)
+    logits = torch.cat([_pad_to(o.logits, width, 0.0, padding_side) for o in outputs])
+    labels = torch.cat([_pad_to(o.labels, width, IGNORE, padding_side) for o in outputs])
+    return SpliceOutput(
+        logits, labels, concat_batches([o.source for o in outputs]), concat_batches([o.target for o in outputs])
+    )
+
+
+def _pad_to(t: Tensor, width: int, value, side: str) -> Tensor:
+    extra = width - t.shape[1]
+    pad = [0, 0] * (t.dim() - 2) + ([extra, 0] if side == "left" else [0, extra])
+    return F.pad(t, pad, value=value)
 
 
 def _checked_adapter(adapter: nn.Module | None, d_source: int, d_target: int) -> nn.Module:

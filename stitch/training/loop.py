@@ -246,7 +246,8 @@ class _Run:
             adapter = fit_adapter(A, B, fit_texts, *layers, config.kind, progress=progress, **fit_options)
         else:
             adapter = build_adapter(config.kind, d_source=A.d_model, d_target=B.d_model, **options)
-        return adapter.to(device=A.device, dtype=torch.float32)
+        # on B's side, where the Splice runs it (B's device at layer M, for a sharded B too)
+        return adapter.to(device=B.device_of(self.target_layer), dtype=torch.float32)
 
     def _resume(self, path: Path) -> int:
         if not self.config.resume:
