@@ -35,9 +35,7 @@ batches of 8 and returns one output (padded to the longest batch).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -47,32 +45,15 @@ from torch import Tensor, nn
 from stitch.adapters import Identity
 from stitch.adapters.conditioned import condition_features, is_conditioned
 from stitch.alignment.pairing import Pairing, pair_texts
-from stitch.batch import Batch, concat_batches
+from stitch.batch import Batch
 from stitch.checks import check_batch_size, check_choice, check_layer, check_texts
-from stitch.losses import IGNORE, mean_cross_entropy
 from stitch.models.hooked import HookedLM
 from stitch.models.placement import adapter_on, move_model, transfer
 from stitch.models.states import input_embeddings, is_embeddings
 from stitch.splice.generate import GenerationOutput, config_from, generate, resolve_eos
 from stitch.splice.injection import combine_for, injection_for
+from stitch.splice.output import SpliceOutput, merge_outputs
 from stitch.splice.positions import Mask, Positions
-
-
-@dataclass
-class SpliceOutput:
-    """B's logits under the splice, the labels they are scored on, and the mean loss over those labels.
-
-    The loss is computed when first read, so a batch without any label (one-token texts) still has logits.
-    """
-
-    logits: Float[Tensor, "batch pos vocab"]
-    labels: Int[Tensor, "batch pos"]
-    source: Batch
-    target: Batch
-
-    @functools.cached_property
-    def loss(self) -> Tensor:
-        return mean_cross_entropy(self.logits, self.labels)
 
 
 class Splice(nn.Module):
@@ -332,22 +313,6 @@ class Splice(nn.Module):
 
 
 _log = logging.getLogger("stitch.splice")
-
-
-def merge_outputs(outputs: list[SpliceOutput], padding_side: str) -> SpliceOutput:
-    """One output from per-batch outputs: logits, labels and batches padded to the widest batch."""
-    width = max(out.logits.shape[1] for out in outputs)
-    logits = torch.cat([_pad_to(o.logits, width, 0.0, padding_side) for o in outputs])
-    labels = torch.cat([_pad_to(o.labels, width, IGNORE, padding_side) for o in outputs])
-    return SpliceOutput(
-        logits, labels, concat_batches([o.source for o in outputs]), concat_batches([o.target for o in outputs])
-    )
-
-
-def _pad_to(t: Tensor, width: int, value, side: str) -> Tensor:
-    extra = width - t.shape[1]
-    pad = [0, 0] * (t.dim() - 2) + ([extra, 0] if side == "left" else [0, extra])
-    return F.pad(t, pad, value=value)
 
 
 def _checked_adapter(adapter: nn.Module | None, d_source: int, d_target: int) -> nn.Module:
