@@ -39,6 +39,7 @@ from stitch.adapters.base import Adapter
 from stitch.adapters.fit import check_fit_options, collect_stats, condition_window
 from stitch.adapters.linear import fit_closed_form
 from stitch.checks import check_choice, check_layer, check_texts
+from stitch.chunks import corpus_texts
 from stitch.models.hooked import HookedLM
 from stitch.splice.injection import INJECTIONS
 from stitch.splice.positions import Positions
@@ -128,14 +129,20 @@ def layer_sweep(
     batch_size: int = 8,
     save_dir: str | Path | None = None,
     progress: bool = True,
+    max_length: int | None = None,
     **fit_options,
 ) -> list[SweepRecord]:
-    """Records for every splice and grid: `injection` splices first, then the embedding-injection baselines."""
+    """Records for every splice and grid: `injection` splices first, then the embedding-injection baselines.
+
+    `max_length=n` cuts longer texts (training and held-out) into chunks of at most n tokens for both models.
+    """
     grids = _check_grids(alignment)
     injections = _check_injections(injection)
     selection = None if positions is None else Positions.parse(positions)
     check_fit_options(kind, fit_options)
-    train_texts, eval_texts = check_texts(train_texts), check_texts(eval_texts)
+    tokenizers = [A.tokenizer, B.tokenizer]
+    train_texts = corpus_texts(tokenizers, check_texts(train_texts), max_length)
+    eval_texts = corpus_texts(tokenizers, check_texts(eval_texts), max_length)
     layer_pairs = _layer_pairs(A, B, source_layers, pairs, match)
     wanted = _wanted(layer_pairs, grids, injections, selection, baseline)
     splices = _fitted(A, B, train_texts, wanted, kind, batch_size, progress, fit_options)

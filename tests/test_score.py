@@ -192,3 +192,18 @@ def test_bad_evaluator_arguments(lagging_pair):
     self_a = stitch.Splice(A, A, 1)  # A has no BOS: a one-character text has no next-token label
     with pytest.raises(ValueError, match="texts: no next-token label in 1 texts"):
         score_splices([self_a], ["a"], References.build(A, A, TRAIN, [1]), progress=False)
+
+
+def test_long_texts_are_scored_as_their_chunks(lagging_pair):
+    """max_length: a long text is scored exactly as its chunks, each scored as a text of its own."""
+    from stitch.chunks import chunk_texts
+
+    A, B = lagging_pair
+    long_text = " ".join(HELD_OUT * 6)
+    sp = stitch.Splice(A, B, 2, 2, adapter=stitch.adapters.Projection(A.d_model, B.d_model))
+    refs = References.build(A, B, TRAIN, [2])
+    chunks = [c.text for c in chunk_texts([long_text], [A.tokenizer, B.tokenizer], max_length=40)]
+    assert len(chunks) > 3 and "".join(chunks) == long_text
+    [chunked] = score_splices([sp], [long_text], refs, max_length=40, progress=False)
+    [separate] = score_splices([sp], chunks, refs, progress=False)
+    assert chunked == separate

@@ -13,12 +13,17 @@
 """
 
 from stitch.adapters.base import ADAPTERS, Adapter, adapter_class, build_adapter, register_adapter
-from stitch.adapters.conditioned import TokenConditioned, TokenConditionedMLP, condition_features, is_conditioned
 from stitch.adapters.closed_form import (
     SufficientStats,
     ridge_penalty,
     solve_least_squares,
     solve_procrustes,
+)
+from stitch.adapters.conditioned import (
+    TokenConditioned,
+    TokenConditionedMLP,
+    condition_features,
+    is_conditioned,
 )
 from stitch.adapters.io import load_adapter, read_adapter_record, save_adapter
 from stitch.adapters.linear import (

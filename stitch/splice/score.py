@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from stitch.alignment.pairing import CLASSES, Pairing, pair_texts
 from stitch.checks import check_texts
+from stitch.chunks import corpus_texts
 from stitch.losses import IGNORE, next_token_labels, token_cross_entropy
 from stitch.models.states import model_states
 from stitch.training import distributed
@@ -136,10 +137,14 @@ class References:
     @torch.no_grad()
     def build(
         cls, A, B, texts, write_points, *, batch_size: int = 8, padding_side: str = "right",
-        dist: distributed.Dist | None = None, progress: bool = False,
+        dist: distributed.Dist | None = None, progress: bool = False, max_length: int | None = None,
     ) -> References:
-        """One pass of B over `texts` (A only tokenizes): unigram counts and mean states at `write_points`."""
-        texts, points = check_texts(texts), list(dict.fromkeys(write_points))
+        """One pass of B over `texts` (A only tokenizes): unigram counts and mean states at `write_points`.
+
+        `max_length=n` cuts longer texts into chunks of at most n tokens for both models (`stitch.chunks`).
+        """
+        texts = corpus_texts([A.tokenizer, B.tokenizer], check_texts(texts), max_length)
+        points = list(dict.fromkeys(write_points))
         counts = torch.zeros(B.vocab_size, dtype=torch.float64)
         sums = {p: torch.zeros(B.d_model, dtype=torch.float64) for p in points}
         n_pairs = torch.zeros(1, dtype=torch.float64)
@@ -176,16 +181,17 @@ def label_counts(batch, vocab_size: int) -> Float[Tensor, " vocab"]:
 @torch.no_grad()
 def score_splices(
     splices: Sequence, texts, references: References, *, batch_size: int = 8,
-    dist: distributed.Dist | None = None, progress: bool = True,
+    dist: distributed.Dist | None = None, progress: bool = True, max_length: int | None = None,
 ) -> list[SpliceScore]:
     """Score splices that share A, B and padding side on held-out `texts`, in one pass over the texts.
 
     A runs once per batch (to the deepest source layer), B natively once, B mean-ablated once per write point.
-    Under torchrun each rank scores its share of the texts and the sums are all-reduced.
+    Under torchrun each rank scores its share of the texts and the sums are all-reduced. `max_length=n`
+    scores longer texts as chunks of at most n tokens, cut at the same characters for A and B.
     """
     _check_splices(splices, references)
-    texts = check_texts(texts)
     first = splices[0]
+    texts = corpus_texts([first.A.tokenizer, first.B.tokenizer], check_texts(texts), max_length)
     sums = torch.zeros(len(splices), len(CLASS_NAMES), len(_SUMS), dtype=torch.float64)
     mine = texts if dist is None else distributed.shard(texts, dist)
     for chunk in tqdm(_chunks(mine, batch_size), desc="scoring splices", unit="batch", disable=not progress):
