@@ -30,6 +30,7 @@ from stitch.adapters.linear import (
     Projection,
     fit_closed_form,
 )
+from stitch.adapters.group import AdapterGroup
 from stitch.adapters.nonlinear import MLP, LowRank
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "CLOSED_FORM",
     "MLP",
     "Adapter",
+    "AdapterGroup",
     "Affine",
     "Identity",
     "Linear",
