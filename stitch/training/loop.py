@@ -266,8 +266,7 @@ class _Run:
                 tqdm.write(f"step {self.step}{f' {key}' if several else ''}: {values}")
         state = self._guide()
         if state.best_step == self.step and self.dist.is_main:
-            evals = [r for r in self.history if r["split"] == "eval" and r["step"] == self.step]
-            self.pairs.save(self.out / "best", self._adapter_metadata(), step=self.step, eval=evals[-1])
+            self.pairs.save(self.out / "best", self._adapter_metadata(), self._evals_at(self.step), step=self.step)
         if state.stop:
             self._log({"split": "early_stop", "step": self.step, "best_step": state.best_step,
                        "metric": config.early_stopping_metric, "best": state.best_value, "waited": state.waited})  # fmt: skip
@@ -277,6 +276,12 @@ class _Run:
     def _guide(self):
         weights = dict(zip(self.pairs.keys, self.pairs.weights, strict=True))
         return self.rule.replay(evaluations(self.history, self.config.early_stopping_metric, weights))
+
+    def _evals_at(self, step: int) -> list[dict[str, Any]]:
+        """The eval records of `step`, one per layer pair in pair order (the last of each, if repeated)."""
+        records = {r.get("pair", ""): r for r in self.history if r["split"] == "eval" and r["step"] == step}
+        several = len(self.pairs.layers) > 1
+        return [records[k if several else ""] for k in self.pairs.keys if (k if several else "") in records]
 
     def _stopped(self) -> bool:
         return any(r["split"] == "early_stop" for r in self.history)
@@ -328,9 +333,8 @@ class _Run:
             self._evaluate()
         best = self._guide().best_step if self.eval_texts is not None else None
         if self.dist.is_main:
-            evals = [r for r in self.history if r["split"] == "eval" and r["step"] == self.step]
-            last = evals[-1] if evals else None
-            self.pairs.save(self.out, self._adapter_metadata(), step=self.step, eval=last, best_step=best)
+            evals = self._evals_at(self.step) or None
+            self.pairs.save(self.out, self._adapter_metadata(), evals, step=self.step, best_step=best)
             self._write_metrics()
         distributed.barrier(self.dist)  # every rank returns once the artifacts exist
         adapters = dict(zip(self.pairs.keys, self.pairs.adapters, strict=True))

@@ -62,15 +62,18 @@ class LayerPairs:
     def parameters(self) -> list[torch.nn.Parameter]:
         return list(self.group.parameters())
 
-    def save(self, out: Path, metadata: dict[str, Any], **extra: Any) -> list[Path]:
-        """Write the adapter(s) of the run under `out` (see the module docstring)."""
+    def save(self, out: Path, metadata: dict[str, Any], evals: list[dict] | None = None, **extra: Any) -> list[Path]:
+        """Write the adapter(s) of the run under `out` (see the module docstring) with each pair's last
+        evaluation in `evals` (in pair order)."""
+        evals = evals or [None] * len(self.layers)
         if self.single:
-            pairs = {"layer_pairs": self.keys} if len(self.layers) > 1 else {}
-            return [save_adapter(self.adapters[0], out, **metadata, **pairs, **extra)]
+            several = len(self.layers) > 1
+            pairs = {"layer_pairs": self.keys, "eval": evals} if several else {"eval": evals[0]}
+            return [save_adapter(self.adapters[0], out, **{**metadata, **pairs, **extra})]
         paths = []
-        for (n, m), adapter in zip(self.layers, self.adapters, strict=True):
-            layers = {"source_layer": n, "target_layer": m}
-            paths.append(save_adapter(adapter, out / "pairs" / f"{n}-{m}", **metadata, **layers, **extra))
+        for (n, m), adapter, record in zip(self.layers, self.adapters, evals, strict=True):
+            layers = {"source_layer": n, "target_layer": m, "eval": record}
+            paths.append(save_adapter(adapter, out / "pairs" / f"{n}-{m}", **{**metadata, **layers, **extra}))
         return paths
 
 
