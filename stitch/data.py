@@ -6,7 +6,7 @@
     >>> chunks = chunk_texts(texts, A, max_tokens=512, stride=64)       # long texts cut, 64 tokens overlap
     >>> packed = pack_texts(texts, A, max_tokens=512)                   # short texts joined up to 512
 
-Chunks are cut at A's token boundaries (character spans from `A.encode`), so a chunk re-tokenizes to about
+Chunks are cut at A's token boundaries (character spans from A's tokenizer, `stitch.alignment.spans`), so a chunk re-tokenizes to about
 `max_tokens` tokens (a boundary can merge differently once cut). `name` in errors is the option that gave the
 value (`--texts` on the command line).
 """
@@ -17,6 +17,8 @@ import importlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
+
+from stitch.alignment.spans import token_spans_batch
 
 HF_PREFIX = "hf:"
 
@@ -127,9 +129,9 @@ def pack_texts(texts: Sequence[str], model, max_tokens: int, separator: str = "\
 
 
 def _token_spans(model, text: str) -> list[tuple[int, int]]:
-    batch = model.encode([text])
-    real = ~batch.special_mask[0] & batch.attention_mask[0].bool()
-    return [tuple(span) for span in batch.spans[0][real].tolist()]
+    # the tokenizer alone: a text to be cut is longer than the model's context by design
+    [enc] = token_spans_batch(model.tokenizer, [text], False)
+    return [tuple(span) for span, special in zip(enc.spans, enc.special, strict=True) if not special]
 
 
 def _check_window(max_tokens: int, stride: int) -> None:
