@@ -145,19 +145,19 @@ def test_a_non_finite_step_stops_the_run_and_keeps_the_last_good_checkpoint(
     rotated, tmp_path, monkeypatch, poison
 ):
     A, B, _ = rotated
-    calls, real = [], train_mod.backward
+    calls, real = [], train_mod.step_backward
 
-    def nan_at_fourth_step(sp, texts, dist):
+    def nan_at_fourth_step(terms, views, dist, precision=None):
         calls.append(1)
-        loss, tokens = real(sp, texts, dist)
+        record = real(terms, views, dist, precision)
         if len(calls) < 4:
-            return loss, tokens
+            return record
         if poison == "gradient":  # a finite loss whose backward overflowed
-            next(sp.adapter.parameters()).grad.view(-1)[0] = float("inf")
-            return loss, tokens
-        return float("nan"), tokens
+            next(views[0][0].splice.adapter.parameters()).grad.view(-1)[0] = float("inf")
+            return record
+        return {**record, "loss": float("nan")}
 
-    monkeypatch.setattr(train_mod, "backward", nan_at_fourth_step)
+    monkeypatch.setattr(train_mod, "step_backward", nan_at_fourth_step)
     options = dict(steps=8, checkpoint_every=1, keep_checkpoints=2, log_every=1)
     with pytest.raises(
         train_mod.NonFiniteError,
