@@ -50,7 +50,9 @@ def seeds_step(A, B, adapter, opt, texts, objective):
     mapped = adapter(source)
     if objective == "mse":
         with torch.no_grad():
-            target = B.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[LAYER]
+            target = B.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[
+                LAYER
+            ]
         real = mask.bool()
         loss = (mapped[real] - target[real]).pow(2).mean()
     else:
@@ -87,7 +89,7 @@ def timed(fn) -> tuple[float, float]:
 
 def main() -> None:
     A, B = models()
-    labels = sum(int((B.encode(TEXTS[i : i + 8]).attention_mask.sum() - 8)) for i in (0, 8)) / 2
+    labels = sum(int(B.encode(TEXTS[i : i + 8]).attention_mask.sum() - 8) for i in (0, 8)) / 2
     lines = [f"A, B: Llama-style, 8 layers, width 256; splice {LAYER} -> {LAYER}; batch 8 texts, ~{labels:.0f} labels/step",
              f"{'objective':<8} {'loop':<28} {'tokens/s':>9} {'x seeds':>8} {'peak MB':>8}"]  # fmt: skip
     for name in ("ce", "mse"):
@@ -104,10 +106,14 @@ def main() -> None:
             sp = stitch.Splice(A, B, LAYER, adapter=adapter)
             pick = lambda s: list(range(8 * (s % 2), 8 * (s % 2) + 8))  # noqa: E731
             if label.startswith("(a)"):
-                loops[label] = lambda s, a=adapter, o=opt: seeds_step(A, B, a, o, [TEXTS[i] for i in pick(s)], name)
+                loops[label] = lambda s, a=adapter, o=opt, p=pick, n=name: seeds_step(
+                    A, B, a, o, [TEXTS[i] for i in p(s)], n
+                )
             else:
                 inputs = LiveInputs(A, B, TEXTS, [LAYER], targets) if "(b)" in label else CachedInputs(store)
-                loops[label] = lambda s, sp=sp, i=inputs, o=opt: stitch_step(sp, i, o, terms, pick(s))
+                loops[label] = lambda s, sp=sp, i=inputs, o=opt, t=terms, p=pick: stitch_step(
+                    sp, i, o, t, p(s)
+                )
         best = {k: (float("inf"), 0.0) for k in loops}
         for _ in range(REPEATS):
             for k, fn in loops.items():

@@ -30,7 +30,9 @@ def read_texts(path: str, text_field: str = "text", name: str = "texts") -> list
         raise FileNotFoundError(f"{name}: no file at {str(path)!r}")
     lines = _read_utf8(name, file).splitlines()
     if file.suffix == ".jsonl":
-        texts = [_jsonl_text(name, path, i, line, text_field) for i, line in enumerate(lines, 1) if line.strip()]
+        texts = [
+            _jsonl_text(name, path, i, line, text_field) for i, line in enumerate(lines, 1) if line.strip()
+        ]
     else:
         texts = [line for line in lines if line.strip()]
     if not texts:
@@ -57,7 +59,9 @@ def _jsonl_text(name: str, path, lineno: int, line: str, field: str) -> str:
         raise ValueError(f"{name}: {path}, line {lineno}: not JSON ({err})") from None
     text = record.get(field) if isinstance(record, dict) else None
     if not isinstance(text, str) or not text:
-        raise ValueError(f'{name}: {path}, line {lineno}: expected an object with a non-empty "{field}" string')
+        raise ValueError(
+            f'{name}: {path}, line {lineno}: expected an object with a non-empty "{field}" string'
+        )
     return text
 
 
@@ -75,7 +79,9 @@ def _hub_texts(spec: str, field: str, split: str, limit: int | None, name: str) 
     try:
         datasets = importlib.import_module("datasets")
     except ImportError:
-        raise ImportError(f"{name}: {HF_PREFIX}{spec} needs the `datasets` package; pip install datasets") from None
+        raise ImportError(
+            f"{name}: {HF_PREFIX}{spec} needs the `datasets` package; pip install datasets"
+        ) from None
     dataset_name, _, config = spec.partition(":")
     try:
         data = datasets.load_dataset(dataset_name, config or None, split=split, streaming=limit is not None)

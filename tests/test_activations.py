@@ -8,7 +8,13 @@ import torch
 
 import stitch
 from analyses.cka import linear_cka
-from stitch.activations import StaleStoreError, cached_activations, collect_activations, open_store, store_identity
+from stitch.activations import (
+    StaleStoreError,
+    cached_activations,
+    collect_activations,
+    open_store,
+    store_identity,
+)
 from stitch.adapters.fit import fit_adapter, fit_from_store
 from stitch.alignment.pairing import pair_texts
 from stitch.testing import CORPUS, byte_bpe_tokenizer, tiny_model
@@ -28,10 +34,16 @@ def models():
 def test_a_stored_batch_is_what_the_models_give(models, tmp_path, on_disk):
     A, B = models
     path = tmp_path / "store" if on_disk else None
-    store = collect_activations(A, B, TEXTS, [1, 2], [2], native_logits=True, path=path, batch_size=4, shard_texts=4)
+    store = collect_activations(
+        A, B, TEXTS, [1, 2], [2], native_logits=True, path=path, batch_size=4, shard_texts=4
+    )
     if on_disk:
-        assert sorted(p.name for p in path.iterdir()) == ["manifest.json", "shard-00000.safetensors",
-                                                          "shard-00001.safetensors", "texts.json"]
+        assert sorted(p.name for p in path.iterdir()) == [
+            "manifest.json",
+            "shard-00000.safetensors",
+            "shard-00001.safetensors",
+            "texts.json",
+        ]
         store = open_store(path)
     picked = [5, 0, 3]
     got = store.batch(picked)
@@ -42,8 +54,12 @@ def test_a_stored_batch_is_what_the_models_give(models, tmp_path, on_disk):
     assert torch.equal(got.pairing.target_to_source, want.target_to_source)
     assert torch.equal(got.pairing.source_labels, want.source_labels)
     real_a, real_b = want.source.attention_mask.bool(), want.target.attention_mask.bool()
-    torch.testing.assert_close(got.source[1][real_a], A.residuals(want.source, [1])[1][real_a], atol=1e-6, rtol=0)
-    torch.testing.assert_close(got.target[2][real_b], B.residuals(want.target, [2])[2][real_b], atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        got.source[1][real_a], A.residuals(want.source, [1])[1][real_a], atol=1e-6, rtol=0
+    )
+    torch.testing.assert_close(
+        got.target[2][real_b], B.residuals(want.target, [2])[2][real_b], atol=1e-6, rtol=0
+    )
     torch.testing.assert_close(got.logits[real_b], B.logits(want.target)[real_b], atol=1e-5, rtol=0)
 
 
@@ -87,4 +103,8 @@ def test_fits_and_cka_read_a_store(models, tmp_path):
     xa, yb = A.residuals(pairing.source, [1])[1][rows, src], B.residuals(pairing.target, [2])[2][rows, tgt]
     assert linear_cka(x, y) == pytest.approx(linear_cka(xa.detach(), yb.detach()), abs=1e-6)
     manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
-    assert manifest["source_layers"] == [1] and manifest["target_layers"] == [2] and manifest["n_texts"] == len(TEXTS)
+    assert (
+        manifest["source_layers"] == [1]
+        and manifest["target_layers"] == [2]
+        and manifest["n_texts"] == len(TEXTS)
+    )

@@ -6,9 +6,9 @@ import json
 import pytest
 
 import stitch
+from stitch.alignment.spans import token_spans_batch
 from stitch.cli import main
 from stitch.cli.train import TrainCommandConfig
-from stitch.alignment.spans import token_spans_batch
 from stitch.data import chunk_texts, load_texts, pack_texts
 from stitch.testing import CORPUS, byte_bpe_tokenizer, rotated_copy, tiny_model
 
@@ -71,7 +71,9 @@ def test_stitch_train_with_objectives_layer_pairs_and_cache(tmp_path):
     assert main(argv) == 0
     run = tmp_path / "run"
     assert (run / "pairs" / "1-1" / "adapter.safetensors").is_file() and (run / "pairs" / "2-1").is_dir()
-    assert (run / "best" / "pairs" / "1-1" / "adapter.safetensors").is_file() and (run / "training.html").is_file()
+    assert (run / "best" / "pairs" / "1-1" / "adapter.safetensors").is_file() and (
+        run / "training.html"
+    ).is_file()
     assert (tmp_path / "cache" / "manifest.json").is_file()
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert {"1:1/ce", "2:1/cosine"} <= set(next(r for r in records if r["split"] == "train"))

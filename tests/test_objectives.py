@@ -74,8 +74,12 @@ def test_mse_and_cosine_against_b_own_states(view, positions):
     mse = sum(((x[i] - y[i]) ** 2).sum().item() / x.shape[1] for i in range(len(x)))
     cos = sum(1 - (x[i] @ y[i]).item() / (x[i].norm() * y[i].norm()).item() for i in range(len(x)))
     assert parse_objective(f"mse:positions={positions}").count(v) == len(x) > 0
-    assert parse_objective(f"mse:positions={positions}").loss_sum(v, Dist()).item() == pytest.approx(mse, rel=1e-5)
-    assert parse_objective(f"cosine:positions={positions}").loss_sum(v, Dist()).item() == pytest.approx(cos, rel=1e-4)
+    assert parse_objective(f"mse:positions={positions}").loss_sum(v, Dist()).item() == pytest.approx(
+        mse, rel=1e-5
+    )
+    assert parse_objective(f"cosine:positions={positions}").loss_sum(v, Dist()).item() == pytest.approx(
+        cos, rel=1e-4
+    )
 
 
 def hand_infonce(x, y, tau):
@@ -111,7 +115,9 @@ def test_infonce_never_counts_the_own_positive_or_a_repeat_as_a_negative(view):
     xn, yn = F.normalize(x, dim=-1), F.normalize(y, dim=-1)
     logits = xn @ yn.T / 0.5
     logits[0, -1] = logits[-1, 0] = -math.inf  # the repeat's positive, masked in both rows
-    assert got == pytest.approx(F.cross_entropy(logits, torch.arange(len(x)), reduction="sum").item(), rel=1e-5)
+    assert got == pytest.approx(
+        F.cross_entropy(logits, torch.arange(len(x)), reduction="sum").item(), rel=1e-5
+    )
     eye = torch.eye(6)
     perfect = type("Perfect", (), {"pair_states": lambda self, positions: (eye, eye)})()
     # anchors equal to their distinct positives: ~0, where an anchor counted as its own negative gives log 2

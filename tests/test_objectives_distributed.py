@@ -15,8 +15,8 @@ import torch.multiprocessing as mp
 import stitch
 from stitch.training import distributed
 from stitch.training.distributed import Dist
-from stitch.training.losses import InfoNCE, SoftContrastive
 from stitch.training.loop import TrainConfig, train
+from stitch.training.losses import InfoNCE, SoftContrastive
 from tests.test_distributed import DEADLINE, TEXTS, free_port, models
 
 SIZES = (3, 7)  # uneven rows per rank
@@ -38,7 +38,9 @@ class Rows:
 
 
 def weight():
-    return torch.nn.Parameter(torch.eye(8) + 0.1 * torch.randn(8, 8, generator=torch.Generator().manual_seed(3)))
+    return torch.nn.Parameter(
+        torch.eye(8) + 0.1 * torch.randn(8, 8, generator=torch.Generator().manual_seed(3))
+    )
 
 
 def run_config(out, **extra):
@@ -83,7 +85,9 @@ def two_ranks(tmp_path_factory):
     pytest.fail(f"2-rank run did not finish within {DEADLINE} s, twice")
 
 
-@pytest.mark.parametrize("objective", [InfoNCE(temperature=0.2), SoftContrastive(temperature=0.2, target_temperature=0.3)])
+@pytest.mark.parametrize(
+    "objective", [InfoNCE(temperature=0.2), SoftContrastive(temperature=0.2, target_temperature=0.3)]
+)
 def test_the_gradient_through_the_all_gather_is_the_full_batch_gradient(two_ranks, objective):
     x, y = (torch.cat(parts) for parts in zip(*(rows(r, n) for r, n in enumerate(SIZES)), strict=True))
     w = weight()

@@ -28,7 +28,9 @@ def models():
 
 
 def config(out, **overrides):
-    base = dict(out=str(out), source_layer=1, kind="affine", lr=1e-2, batch_size=2, progress=False, log_every=1)
+    base = dict(
+        out=str(out), source_layer=1, kind="affine", lr=1e-2, batch_size=2, progress=False, log_every=1
+    )
     return TrainConfig(**{**base, **overrides})
 
 
@@ -92,7 +94,9 @@ def test_early_stopping_stops_where_the_patience_rule_says(models, tmp_path):
     assert record["step"] == result.best_step
     spliced = stitch.Splice(A, B, 1, adapter=saved)(TEXTS[:3]).loss.item()
     assert spliced == pytest.approx(evals[best]["ce_spliced"], abs=1e-5)
-    assert result.history[-1]["split"] == "early_stop" or any(r["split"] == "early_stop" for r in result.history)
+    assert result.history[-1]["split"] == "early_stop" or any(
+        r["split"] == "early_stop" for r in result.history
+    )
     again = train(A, B, TEXTS, run, eval_texts=TEXTS[:3])  # resuming a stopped run does not train on
     assert again.step == result.step
 
@@ -104,11 +108,15 @@ def test_three_layer_pairs_write_three_adapters_and_per_pair_records(models, tmp
     result = train(A, B, TEXTS, run, eval_texts=TEXTS[:2], similarity=linear_cka)
     for n, m in ((1, 1), (2, 2), (3, 2)):
         saved = stitch.load_adapter(tmp_path / "multi" / "pairs" / f"{n}-{m}")
-        meta = json.loads((tmp_path / "multi" / "pairs" / f"{n}-{m}" / "adapter_config.json").read_text())["metadata"]
+        meta = json.loads((tmp_path / "multi" / "pairs" / f"{n}-{m}" / "adapter_config.json").read_text())[
+            "metadata"
+        ]
         assert (meta["source_layer"], meta["target_layer"]) == (n, m)
         same_adapter(result.adapters[f"{n}:{m}"], saved, atol=0)
     evals = [r for r in result.history if r["split"] == "eval"]
-    assert sorted((r["step"], r["pair"]) for r in evals) == sorted((s, p) for s in (0, 2) for p in ("1:1", "2:2", "3:2"))
+    assert sorted((r["step"], r["pair"]) for r in evals) == sorted(
+        (s, p) for s in (0, 2) for p in ("1:1", "2:2", "3:2")
+    )
     assert all({"cka_before", "cka_after", "cosine_after"} <= set(r) for r in evals)
     train_record = next(r for r in result.history if r["split"] == "train")
     assert {"1:1/ce", "2:2/mse", "3:2/ce"} <= set(train_record)
@@ -118,7 +126,9 @@ def test_three_layer_pairs_write_three_adapters_and_per_pair_records(models, tmp
     assert train_record["grad_norm"] > 0 and train_record["tokens_per_s"] > 0
     shared = train(A, B, TEXTS, config(tmp_path / "shared", source_layer=None, layer_pairs=("1", "2"),
                                        shared_adapter=True, steps=1))  # fmt: skip
-    assert (tmp_path / "shared" / "adapter.safetensors").is_file() and not (tmp_path / "shared" / "pairs").exists()
+    assert (tmp_path / "shared" / "adapter.safetensors").is_file() and not (
+        tmp_path / "shared" / "pairs"
+    ).exists()
     assert shared.adapters["1:1"] is shared.adapters["2:2"]
 
 
@@ -184,7 +194,11 @@ def test_cuda_autocast_paths_with_recorders(monkeypatch):
             calls.append("update")
 
     monkeypatch.setattr(precision_mod.torch.amp, "GradScaler", Scaler)
-    monkeypatch.setattr(precision_mod.torch, "autocast", lambda device_type, dtype: calls.append((device_type, dtype)) or torch.enable_grad())
+    monkeypatch.setattr(
+        precision_mod.torch,
+        "autocast",
+        lambda device_type, dtype: calls.append((device_type, dtype)) or torch.enable_grad(),
+    )
     for name, dtype, scaled in (("bf16", torch.bfloat16, False), ("fp16", torch.float16, True)):
         calls.clear()
         p = precision_mod.precision_for(name, torch.device("cuda", 0))

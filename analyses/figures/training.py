@@ -34,7 +34,9 @@ def training_curves(history: list[dict]) -> go.Figure:
     keys = sorted({k for r in train for k, v in r.items() if k not in _SKIP and isinstance(v, int | float)})
     for key in keys:
         points = [(r["step"], r[key]) for r in train if r.get(key) is not None]
-        fig.add_trace(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points], name=key, mode="lines"), 1, 1)
+        fig.add_trace(
+            go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points], name=key, mode="lines"), 1, 1
+        )
     evals = [r for r in history if r.get("split") == "eval"]
     for pair in sorted({r.get("pair", "") for r in evals}):
         mine = [r for r in evals if r.get("pair", "") == pair]
@@ -59,7 +61,9 @@ def _best_step(evals: list[dict]) -> int | None:
 def training_sections(run_dir) -> list[Section]:
     """The sections `stitch report RUN_DIR` shows for a training run: the curves and the eval records."""
     history = read_history(run_dir)
-    table = [{k: v for k, v in r.items() if not isinstance(v, dict)} for r in history if r.get("split") == "eval"]
+    table = [
+        {k: v for k, v in r.items() if not isinstance(v, dict)} for r in history if r.get("split") == "eval"
+    ]
     sections = [Section("Training curves", training_curves(history), note=f"run directory: {run_dir}")]
     if table:
         sections.append(Section("Held-out evaluations (headline class)", table))

@@ -1,10 +1,10 @@
 """Activations computed once and reused: A's states at source layers and B's targets, in memory or on disk.
 
-    >>> from stitch.activations import collect_activations, open_store
-    >>> store = collect_activations(A, B, texts, source_layers=[8, 16], target_layers=[8, 16], path="runs/cache")
+>>> from stitch.activations import collect_activations, open_store
+>>> store = collect_activations(A, B, texts, source_layers=[8, 16], target_layers=[8, 16], path="runs/cache")
 """
 
-from stitch.activations.collect import collect_activations, cached_activations
+from stitch.activations.collect import cached_activations, collect_activations
 from stitch.activations.store import (
     ActivationStore,
     StaleStoreError,

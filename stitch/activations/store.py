@@ -178,14 +178,18 @@ def open_store(path: str | os.PathLike, expect: dict[str, Any] | None = None) ->
     """The store at `path`, its shards verified against the manifest, and checked against `expect`."""
     directory = Path(path)
     if not (directory / MANIFEST).is_file():
-        raise StaleStoreError(f"activation store {directory}: no {MANIFEST} (not a store, or an unfinished one)")
+        raise StaleStoreError(
+            f"activation store {directory}: no {MANIFEST} (not a store, or an unfinished one)"
+        )
     manifest = json.loads((directory / MANIFEST).read_text())
     store = ActivationStore(manifest, [], [], directory)
     if expect is not None:
         store.check(expect)
     texts = json.loads((directory / "texts.json").read_text())
     if texts_sha256(texts) != manifest["texts_sha256"]:
-        raise StaleStoreError(f"activation store {directory}: texts.json does not match the manifest's SHA-256")
+        raise StaleStoreError(
+            f"activation store {directory}: texts.json does not match the manifest's SHA-256"
+        )
     for entry in manifest["shards"]:
         store._rows.extend(_read_shard(directory, entry))
     store.texts = texts
@@ -196,12 +200,17 @@ def _read_shard(directory: Path, entry: dict[str, Any]) -> list[dict[str, Tensor
     file = directory / entry["file"]
     data = file.read_bytes() if file.is_file() else b""
     if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-        raise StaleStoreError(f"activation store {directory}: {entry['file']} is missing or changed since it was written")
+        raise StaleStoreError(
+            f"activation store {directory}: {entry['file']} is missing or changed since it was written"
+        )
     tensors = safetensors.torch.load(data)
     lengths = {side: tensors.pop(f"lengths.{side}").tolist() for side in ("source", "target")}
     starts = {side: [sum(lengths[side][:i]) for i in range(len(lengths[side]))] for side in lengths}
     return [
-        {key: t[starts[_side(key)][i] : starts[_side(key)][i] + lengths[_side(key)][i]] for key, t in tensors.items()}
+        {
+            key: t[starts[_side(key)][i] : starts[_side(key)][i] + lengths[_side(key)][i]]
+            for key, t in tensors.items()
+        }
         for i in range(entry["rows"])
     ]
 

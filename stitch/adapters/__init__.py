@@ -20,6 +20,7 @@ from stitch.adapters.closed_form import (
     solve_least_squares,
     solve_procrustes,
 )
+from stitch.adapters.group import AdapterGroup
 from stitch.adapters.io import load_adapter, read_adapter_record, save_adapter
 from stitch.adapters.linear import (
     CLOSED_FORM,
@@ -30,7 +31,6 @@ from stitch.adapters.linear import (
     Projection,
     fit_closed_form,
 )
-from stitch.adapters.group import AdapterGroup
 from stitch.adapters.nonlinear import MLP, LowRank
 
 __all__ = [

@@ -17,7 +17,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 # metric: whether higher is better
-METRICS = {"ce_spliced": False, "loss_recovered": True, "cosine_after": True}  # held-out only, never the training loss
+METRICS = {
+    "ce_spliced": False,
+    "loss_recovered": True,
+    "cosine_after": True,
+}  # held-out only, never the training loss
 
 
 @dataclass(frozen=True)

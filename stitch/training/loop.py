@@ -49,12 +49,12 @@ from stitch.training import distributed
 from stitch.training.checkpoint import latest_checkpoint, load_checkpoint, read_record, save_checkpoint
 from stitch.training.config import TrainConfig, check_warmup
 from stitch.training.evaluate import eval_references, evaluate
+from stitch.training.guide import EarlyStopping, evaluations
 from stitch.training.inputs import training_inputs
 from stitch.training.pairs import LayerPairs
 from stitch.training.precision import precision_for
 from stitch.training.probes import PairProbe, Similarity
 from stitch.training.records import NonFiniteError, nonfinite, strict_record
-from stitch.training.guide import EarlyStopping, evaluations
 from stitch.training.sinks import open_sinks
 from stitch.training.step import PairView, Term, step_backward
 

@@ -62,7 +62,9 @@ class LayerPairs:
     def parameters(self) -> list[torch.nn.Parameter]:
         return list(self.group.parameters())
 
-    def save(self, out: Path, metadata: dict[str, Any], evals: list[dict] | None = None, **extra: Any) -> list[Path]:
+    def save(
+        self, out: Path, metadata: dict[str, Any], evals: list[dict] | None = None, **extra: Any
+    ) -> list[Path]:
         """Write the adapter(s) of the run under `out` (see the module docstring) with each pair's last
         evaluation in `evals` (in pair order)."""
         evals = evals or [None] * len(self.layers)
