@@ -52,6 +52,7 @@ def test_a_stored_batch_is_what_the_models_give(models, tmp_path, on_disk):
         for key, value in getattr(want, side).tensors().items():
             assert torch.equal(getattr(getattr(got.pairing, side), key), value), (side, key)
     assert torch.equal(got.pairing.target_to_source, want.target_to_source)
+    assert got.pairing.target.tokenizer_fingerprint == want.target.tokenizer_fingerprint is not None
     assert torch.equal(got.pairing.source_labels, want.source_labels)
     real_a, real_b = want.source.attention_mask.bool(), want.target.attention_mask.bool()
     torch.testing.assert_close(

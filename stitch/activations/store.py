@@ -80,9 +80,10 @@ class ActivationStore:
         rows = [self._rows[i] for i in indices]
         texts = [self.texts[i] for i in indices]
         pad = self.manifest["pad_ids"]
-        source = _batch(rows, "source", texts, pad["source"])
+        stamps = {side: self.manifest[f"{side}_model"].get("tokenizer") for side in ("source", "target")}
+        source = _batch(rows, "source", texts, pad["source"], stamps["source"])
         identical = self.manifest["pairing"]["identical"]
-        target = source if identical else _batch(rows, "target", texts, pad["target"])
+        target = source if identical else _batch(rows, "target", texts, pad["target"], stamps["target"])
         t2s = None if identical else _stack(rows, "target_to_source")
         pairing = Pairing(source, target, t2s, _stack(rows, "source_labels"), _stack(rows, "source_next"))
         stored = StoredBatch(
@@ -155,6 +156,7 @@ def model_identity(model) -> dict[str, Any]:
         "revision": getattr(config, "_commit_hash", None),
         "config_sha256": hashlib.sha256(config.to_json_string(use_diff=False).encode()).hexdigest(),
         "weights_sha256": weights.hexdigest(),
+        "tokenizer": model.tokenizer_fingerprint,
     }
 
 
@@ -259,7 +261,7 @@ def _stack(rows: list[dict[str, Tensor]], key: str) -> Tensor:
     return out
 
 
-def _batch(rows, side: str, texts: list[str], pad_id: int) -> Batch:
+def _batch(rows, side: str, texts: list[str], pad_id: int, fingerprint: str | None) -> Batch:
     # the target of an identical pairing is the source: its rows hold source keys only
     ids = _stack(rows, f"{side}.input_ids")
     lengths = torch.tensor([row[f"{side}.input_ids"].shape[0] for row in rows])
@@ -268,7 +270,7 @@ def _batch(rows, side: str, texts: list[str], pad_id: int) -> Batch:
     byte_key = f"{side}.byte_spans"
     byte_spans = _stack(rows, byte_key) if byte_key in rows[0] else None
     spans, special = _stack(rows, f"{side}.spans"), _stack(rows, f"{side}.special_mask")
-    return Batch(texts, ids, mask, positions_from_mask(mask), spans, special, "right", byte_spans)
+    return Batch(texts, ids, mask, positions_from_mask(mask), spans, special, "right", byte_spans, fingerprint)
 
 
 def _to(stored: StoredBatch, device) -> StoredBatch:
