@@ -111,8 +111,8 @@ def test_bad_positions_are_named_errors(llama, texts):
     sp = stitch.Splice(llama, llama, 1, positions=torch.ones(1, 2, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"positions: mask of shape \(1, 2\)"):
         sp(texts)
-    with pytest.raises(ValueError, match="combine: 'sum'"):
-        stitch.Splice(llama, llama, 1, combine="sum")
+    with pytest.raises(ValueError, match="combine: .max."):
+        stitch.Splice(llama, llama, 1, combine="max")
 
 
 def test_a_user_mask_writes_exactly_there(tok):
@@ -126,13 +126,6 @@ def test_a_user_mask_writes_exactly_there(tok):
     native = B.logits(text)
     torch.testing.assert_close(out.logits[0, :3], native[0, :3], rtol=0, atol=1e-5)  # causal: before 3 unchanged
     assert (out.logits[0, 3:] - native[0, 3:]).abs().max() > 1e-3
-
-
-def test_generation_refuses_what_its_cached_steps_cannot_do(llama):
-    for options in (dict(injection="hybrid"), dict(positions="shared"),
-                    dict(adapter=stitch.adapters.TokenConditioned(llama.d_model))):
-        with pytest.raises(ValueError, match="not supported yet"):
-            stitch.Splice(llama, llama, 2, **options).generate(["The quick"], max_new_tokens=2)
 
 
 def test_cross_tokenizer_hybrid_keeps_b_at_positions_it_does_not_write():

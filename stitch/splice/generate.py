@@ -26,7 +26,6 @@ import torch
 from torch import Tensor
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from stitch.adapters.conditioned import is_conditioned
 from stitch.checks import check_texts
 from stitch.config import Config
 from stitch.splice.policies import POLICIES, policy_for
@@ -103,7 +102,6 @@ def generate(splice, prompts, config: GenerationConfig, *, streamer=None, output
     prompts = check_texts(prompts)
     if splice.alignment != "target":
         raise ValueError("alignment: generation needs alignment='target' (B predicts its own next tokens)")
-    _check_generable(splice)
     rows = Rows.start(splice.B, prompts)
     _check_room(splice.B, rows, config.max_new_tokens)
     policy = policy_for(config.policy)(splice, rows)
@@ -122,22 +120,6 @@ def generate(splice, prompts, config: GenerationConfig, *, streamer=None, output
     if streamer is not None:
         streamer.end()
     return _output(run, output_scores)
-
-
-def _check_generable(splice) -> None:
-    """Position selections, the hybrid injection and token-conditioned adapters are scored, not generated yet:
-    the cached steps have no per-step selection or conditioning, so they would silently do something else."""
-    if splice.selective or splice.strategy.reads_own_lower:
-        raise ValueError(
-            f"positions: generation under positions={splice.positions.label!r} / injection={splice.injection!r} is "
-            "not supported yet (B's own states at unselected positions); use positions='all' with residual or "
-            "inputs_embeds, and score the selective splice with stitch.splice.score"
-        )
-    if is_conditioned(splice.adapter):
-        raise ValueError(
-            "adapter: generation with a token-conditioned adapter is not supported yet (the cached steps do not "
-            "build its conditioning); score it with stitch.splice.score"
-        )
 
 
 def _choose(run: _Run, logits: Tensor, keep: bool) -> Tensor:

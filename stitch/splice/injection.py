@@ -1,17 +1,18 @@
-"""How A's states enter B: one strategy class per way, one registry; and how they combine with B's own.
+"""How A's states enter B: one strategy class per way, one registry.
 
     >>> inj = injection_for("residual")
     >>> m = inj.target_layer(None, source_layer=8, n_layers_b=B.n_layers)   # 8
     >>> logits = inj.run(B, mapped, batch_b, m)                            # B's blocks [m, L) only
-    >>> logits = inj.run(B, mapped, batch_b, m, selected=mask)             # B's own states where mask is False
+    >>> logits = inj.run(B, mapped, batch_b, m, Write(COMBINES["sum"], mask))   # own + mapped where mask
     >>> inj.first_block(m, selective=True)                                  # 0: B's lower blocks ran too
     >>> own = inj.own_states(B, batch_b, m)                                 # what B has there itself
-    >>> last = inj.run_cached(B, mapped_step, kv, step, m)                  # the same, one cached step
+    >>> last = inj.run_cached(B, mapped_step, kv, step, m, write)           # the same, one cached step
 
-`run_cached` is `run` for one step of cached generation (`stitch.models.kv`): B's new tokens read the mapped
-states where this strategy writes, and their keys and values join `kv`. `write(own, mapped)` is the one place
-a strategy decides what the stream at the write point becomes (here: the mapped states); a strategy that mixes
-B's own stream in (`reads_own_stream = True`) makes generation run B's blocks below M too.
+What the stream at the write point becomes is a `Write` (`stitch.splice.combine`): a `Combine` (`replace`,
+`sum`, `mean`) at the selected positions (None: all), B's own stream elsewhere. It is the one mechanism every
+forward uses: a splice forward (`run`), one step of cached generation (`run_cached`, `stitch.models.kv`:
+B's new tokens read the written states and their keys and values join `kv`), the from-scratch reference
+and activation communication. A write that reads B's own stream (`Write.reads_own`) needs B's blocks [0, M).
 
 - `residual`: the mapped states replace B's residual stream at layer M; B runs blocks [M, L).
 - `inputs_embeds`: the deliberately flawed baseline; the mapped states are given to B as `inputs_embeds`
@@ -21,11 +22,8 @@ B's own stream in (`reads_own_stream = True`) makes generation run B's blocks be
   splice: can B *use* A's context where both models have read the same text, while B reads its own tokens
   below M everywhere. Records carry `answers` to say so.
 
-Position selection (`stitch.splice.positions`): with `selected` (a bool mask on B's grid) the mapped states are
-combined with B's own states at the selected positions only; elsewhere B keeps its own. B's own states at layer
-M need its blocks [0, M), so a selective residual splice runs all of B (`first_block` says where B started).
-How mapped and own states combine at the selected positions is a `Combine` strategy: `replace` today; a
-`sum` or `mean` (activation communication) is one more class and a `register_combine`.
+Position selection (`stitch.splice.positions`) gives the `Write`'s mask; B's own states at layer M need its
+blocks [0, M), so a selective residual splice runs all of B (`first_block` says where B started).
 
 A new way is one subclass plus `register_injection`; `Splice`, the evaluator, fits and generation look the
 strategy up by name and never branch on it.
@@ -35,8 +33,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Float
 from torch import Tensor
 
 from stitch.batch import Batch
@@ -44,53 +41,12 @@ from stitch.checks import check_choice, check_layer
 from stitch.models.hooks import boundary_name
 from stitch.models.kv import KVCache, Step
 from stitch.models.states import EMBEDDINGS, input_embeddings, model_states
-
-Mask = Bool[Tensor, "batch pos"]
-
-
-class Combine:
-    """How mapped states meet B's own at the selected positions (B's own states are kept elsewhere)."""
-
-    name: ClassVar[str]
-
-    def apply(self, own: Tensor, mapped: Tensor, selected: Mask | None) -> Tensor:
-        combined = self.combine(own, mapped.to(own.dtype))
-        return combined if selected is None else torch.where(selected.unsqueeze(-1), combined, own)
-
-    def combine(self, own: Tensor, mapped: Tensor) -> Tensor:
-        raise NotImplementedError
-
-
-class Replace(Combine):
-    """The mapped state stands in for B's own (what a splice does)."""
-
-    name = "replace"
-
-    def combine(self, own, mapped):
-        return mapped
-
-
-COMBINES: dict[str, Combine] = {}
-
-
-def register_combine(strategy: Combine) -> Combine:
-    COMBINES[strategy.name] = strategy
-    return strategy
-
-
-register_combine(Replace())
-
-
-def combine_for(name: str) -> Combine:
-    check_choice("combine", name, tuple(COMBINES))
-    return COMBINES[name]
-
+from stitch.splice.combine import COMBINES, EVERYWHERE, Combine, Write, combine_for, register_combine
 
 class Injection:
     """One way for mapped states to enter B (see the module docstring)."""
 
     name: ClassVar[str]
-    reads_own_stream: ClassVar[bool] = False  # does `write` read B's own stream at the write point?
     default_positions: ClassVar[str] = "all"
     reads_own_lower: ClassVar[bool] = False  # B runs its blocks [0, M) on its own tokens whatever the selection
     answers: ClassVar[str] = ""
@@ -110,17 +66,17 @@ class Injection:
 
     def run(
         self, B, mapped: Float[Tensor, "batch pos d_target"], batch: Batch, target_layer: int,
-        selected: Mask | None = None, combine: Combine = COMBINES["replace"],
+        write: Write = EVERYWHERE,
     ) -> Float[Tensor, "batch pos vocab"]:
-        """B's logits with `mapped` written where `selected` (None: everywhere), B's own states elsewhere."""
-        if selected is None and isinstance(combine, Replace) and not self.reads_own_lower:
+        """B's logits with its stream at the write point made `write(own, mapped)`."""
+        if not write.reads_own and not self.reads_own_lower:
             return self.run_mapped(B, mapped, batch, target_layer)
-        return self.run_combined(B, mapped, batch, target_layer, selected, combine)
+        return self.run_combined(B, mapped, batch, target_layer, write)
 
     def run_mapped(self, B, mapped, batch: Batch, target_layer: int) -> Tensor:
         raise NotImplementedError
 
-    def run_combined(self, B, mapped, batch: Batch, target_layer: int, selected, combine: Combine) -> Tensor:
+    def run_combined(self, B, mapped, batch: Batch, target_layer: int, write: Write) -> Tensor:
         raise NotImplementedError
 
     def run_cached(
@@ -130,16 +86,15 @@ class Injection:
         kv: KVCache,
         step: Step,
         target_layer: int,
+        write: Write = EVERYWHERE,
         *,
         below: bool = False,
     ) -> Float[Tensor, "batch vocab"]:
-        """One cached step of `run`: logits of the step's last column. `below` also runs B's blocks [0, M)
-        (their keys and values are then cached too, as the "prompt" policy needs for B's own later tokens)."""
-        raise NotImplementedError
+        """One cached step of `run` (`write.selected` is on the step's grid): logits of its last column.
 
-    def write(self, own: Tensor, mapped: Tensor) -> Tensor:
-        """What B's stream at the write point becomes, given its own stream there and the mapped states."""
-        return mapped
+        `below` also runs B's blocks [0, M) (their keys and values are cached too, as later tokens of B's own
+        need); a write that reads B's own stream runs them whatever `below` says."""
+        raise NotImplementedError
 
     def own_states(self, B, batch: Batch, target_layer: int) -> Float[Tensor, "batch pos d_target"]:
         """B's own states where this injection writes (fit targets, mean-ablation, generated positions)."""
@@ -154,14 +109,14 @@ class Residual(Injection):
     def run_mapped(self, B, mapped, batch, target_layer):
         return B.run_from(mapped, target_layer, batch)
 
-    def run_cached(self, B, mapped, kv, step, target_layer, *, below=False):
+    def run_cached(self, B, mapped, kv, step, target_layer, write=EVERYWHERE, *, below=False):
         point = B.hook_points[boundary_name(target_layer, B.n_layers)]
-        hook = (point, lambda own, _: self.write(own, mapped.to(own.dtype)))
-        return B.forward_cached(kv, step, start=0 if below else target_layer, inject=hook)
+        start = 0 if below or write.reads_own or self.reads_own_lower else target_layer
+        return B.forward_cached(kv, step, start=start, inject=(point, lambda own, _: write(own, mapped)))
 
-    def run_combined(self, B, mapped, batch, target_layer, selected, combine):
-        # one forward of all of B: its own stream up to M, combined with the mapped states there
-        hook = (boundary_name(target_layer, B.n_layers), lambda own, _: combine.apply(own, mapped, selected))
+    def run_combined(self, B, mapped, batch, target_layer, write):
+        # one forward of all of B: its own stream up to M, written over there
+        hook = (boundary_name(target_layer, B.n_layers), lambda own, _: write(own, mapped))
         return B.run_with_hooks(batch, fwd_hooks=[hook])
 
 
@@ -196,12 +151,13 @@ class InputsEmbeds(Injection):
     def run_mapped(self, B, mapped, batch, target_layer):
         return B.run_from_embeds(mapped, batch)
 
-    def run_cached(self, B, mapped, kv, step, target_layer, *, below=False):
-        return B.forward_cached(kv, step, inputs_embeds=mapped)
-
-    def run_combined(self, B, mapped, batch, target_layer, selected, combine):
+    def run_cached(self, B, mapped, kv, step, target_layer, write=EVERYWHERE, *, below=False):
         # B's own embeddings come from its embedding module alone: no block runs for them
-        return B.run_from_embeds(combine.apply(input_embeddings(B, batch), mapped, selected), batch)
+        embeds = write(B.model.get_input_embeddings()(step.input_ids), mapped) if write.reads_own else mapped
+        return B.forward_cached(kv, step, inputs_embeds=embeds)
+
+    def run_combined(self, B, mapped, batch, target_layer, write):
+        return B.run_from_embeds(write(input_embeddings(B, batch), mapped), batch)
 
 
 INJECTIONS: dict[str, Injection] = {}
@@ -220,3 +176,9 @@ def injection_for(name: str) -> Injection:
     """The registered strategy called `name`; an unknown name lists the valid ones."""
     check_choice("injection", name, tuple(INJECTIONS))
     return INJECTIONS[name]
+
+
+__all__ = [
+    "COMBINES", "EVERYWHERE", "INJECTIONS", "Combine", "Injection", "Write", "combine_for", "injection_for",
+    "register_combine", "register_injection",
+]

@@ -25,9 +25,12 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from stitch.adapters.conditioned import is_conditioned
 from stitch.alignment.pairing import Pairing
+from stitch.batch import Batch
 from stitch.checks import check_choice
 from stitch.models.kv import KVCache
+from stitch.splice.combine import EVERYWHERE, Write
 from stitch.splice.rows import Rows, SourceTokens, left_batch, prompt_columns
 
 
@@ -58,29 +61,38 @@ class Prompt(Policy):
         super().__init__(splice, rows)
         self.pairing: Pairing = rows.prompt_pairing(self.A)
 
-    def _prompt_mapped(self) -> Tensor:
-        source = self.pairing.source
-        states = self.A.residuals(source, [self.splice.source_layer])[self.splice.source_layer]
-        return self.splice.map_states(states, self.pairing)
+    def prompt_write(self) -> tuple[Tensor, Write]:
+        """The mapped states on B's prompt grid and the `Write` that puts them there (the splice's)."""
+        states = self.A.residuals(self.pairing.source, [self.splice.source_layer])[self.splice.source_layer]
+        return self.splice.map_states(states, self.pairing), self.splice.write(self.splice.selected(self.pairing))
 
     def start(self) -> Tensor:
         self.kv = KVCache.empty(self.B, len(self.rows))
-        step = self.rows.prompt_step(self.pairing.target)
+        mapped, write = self.prompt_write()
+        step = self.rows.prompt_step(self.rows.target)
         strategy, m = self.splice.strategy, self.splice.target_layer
-        return strategy.run_cached(self.B, self._prompt_mapped(), self.kv, step, m, below=True)
+        return strategy.run_cached(self.B, mapped, self.kv, step, m, write, below=True)
 
     def advance(self) -> Tensor:
         return self.B.forward_cached(self.kv, self.rows.last_token_step())
 
     def reference(self) -> Tensor:
         batch = left_batch(self.B, self.rows.b_ids())
+        mapped, write = self.prompt_write()
         strategy, m = self.splice.strategy, self.splice.target_layer
-        own = strategy.own_states(self.B, batch, m)
-        mapped = self._prompt_mapped().to(own.dtype)
-        rows, cols, prompt_cols = prompt_columns(batch, self.pairing.target)
-        mixed = own.clone()
-        mixed[rows, cols] = strategy.write(own[rows, cols], mapped[rows, prompt_cols])
-        return strategy.run(self.B, mixed, batch, m)[:, -1]
+        full, full_write = on_full_grid(batch, self.rows.target, mapped, write)
+        return strategy.run(self.B, full, batch, m, full_write)[:, -1]
+
+
+def on_full_grid(batch: Batch, prompt: Batch, mapped: Tensor, write: Write) -> tuple[Tensor, Write]:
+    """(mapped, write) for a from-scratch forward of `batch`: the prompt's write at its columns, B's own
+    stream at every generated position."""
+    rows, cols, prompt_cols = prompt_columns(batch, prompt)
+    full = mapped.new_zeros(*batch.shape, mapped.shape[-1])
+    full[rows, cols] = mapped[rows, prompt_cols]
+    selected = torch.zeros(batch.shape, dtype=torch.bool, device=mapped.device)
+    selected[rows, cols] = True if write.selected is None else write.selected[rows, prompt_cols]
+    return full, Write(write.combine, selected)
 
 
 class Restitch(Policy):
@@ -90,36 +102,75 @@ class Restitch(Policy):
     def __init__(self, splice, rows):
         super().__init__(splice, rows)
         self.source = SourceTokens.for_splice(splice, rows)
+        # Selections, combines reading B's own stream and conditioned adapters make what a B position is
+        # fed depend on the whole text so far: those are recomputed on B's grid each step (`_advance_grid`).
+        self.on_grid = splice.selective or splice.strategy.reads_own_lower or is_conditioned(splice.adapter)
 
     def start(self) -> Tensor:
         self.kv_a = KVCache.empty(self.A, len(self.rows))
         self.kv_b = KVCache.empty(self.B, len(self.rows))
-        self.fed: list[list[int]] = [[] for _ in range(len(self.rows))]  # A index each B position was fed
+        self.fed: list = [[] for _ in range(len(self.rows))]  # what each B position was fed
         return self.advance()
 
     def advance(self) -> Tensor:
         changed = self.source.update(self.kv_a)  # A's first re-tokenized index per row
+        dirty, mapped, write, step = self._advance_grid() if self.on_grid else self._advance_index(changed)
+        strategy, m = self.splice.strategy, self.splice.target_layer
+        below = self.splice.selective or strategy.reads_own_lower
+        return strategy.run_cached(self.B, mapped, self.kv_b, step, m, write, below=below)
+
+    def _advance_index(self, changed: list[int]):
+        """The fast path: a B position's mapped state is A's at the index feeding it, written everywhere."""
         feeding = self.source.feeding()
         dirty = []
         for r, (fed, now) in enumerate(zip(self.fed, feeding, strict=True)):
             stale = [j for j, t in enumerate(now) if j >= len(fed) or fed[j] != t or t >= changed[r]]
-            first = stale[0] if stale and self.rows.alive[r] else len(now)
-            dirty.append(first)
+            dirty.append(stale[0] if stale and self.rows.alive[r] else len(now))
             self.fed[r] = list(now)
         self.kv_b.forget(torch.tensor(dirty, device=self.B.device))
         step, index = self.rows.tail_step(dirty)
-        mapped = self.source.mapped_block(index, feeding)
-        strategy, m = self.splice.strategy, self.splice.target_layer
-        return strategy.run_cached(self.B, mapped, self.kv_b, step, m, below=strategy.reads_own_stream)
+        return dirty, self.source.mapped_block(index, feeding), EVERYWHERE, step
+
+    def _advance_grid(self):
+        """Every B position's (mapped state, selected) from the pairing of the text so far; a row restarts at
+        its first position whose input changed (e.g. the previous last token, under positions="last")."""
+        batch = left_batch(self.B, self.rows.b_ids())
+        pairing = self.source.pairing(batch)
+        mapped = self.splice.map_states(self.source.cached_states(pairing.source), pairing)
+        selected = self.splice.selected(pairing)
+        chosen = batch.attention_mask.bool() if selected is None else selected
+        dirty = []
+        for r, row in enumerate(self.rows.rows):
+            n = len(row.ids)
+            now = (mapped[r, -n:], chosen[r, -n:])
+            dirty.append(_first_change(self.fed[r], now) if self.rows.alive[r] else n)
+            self.fed[r] = now
+        self.kv_b.forget(torch.tensor(dirty, device=self.B.device))
+        step, index = self.rows.tail_step(dirty)
+        out = mapped.new_zeros(len(self.rows), step.shape[1], mapped.shape[-1])
+        sel = torch.zeros(step.shape, dtype=torch.bool, device=mapped.device)
+        for r, cols in enumerate(index):
+            n = len(self.rows[r].ids)
+            for c, j in cols:
+                out[r, c], sel[r, c] = mapped[r, batch.shape[1] - n + j], chosen[r, batch.shape[1] - n + j]
+        return dirty, out, Write(self.splice.combine, None if selected is None else sel), step
 
     def reference(self) -> Tensor:
         batch = left_batch(self.B, self.rows.b_ids())
         pairing, states = self.source.from_scratch(batch)
         mapped = self.splice.map_states(states, pairing)
-        strategy = self.splice.strategy
-        if strategy.reads_own_stream:
-            mapped = strategy.write(strategy.own_states(self.B, batch, self.splice.target_layer), mapped)
-        return strategy.run(self.B, mapped, batch, self.splice.target_layer)[:, -1]
+        write = self.splice.write(self.splice.selected(pairing))
+        return self.splice.strategy.run(self.B, mapped, pairing.target, self.splice.target_layer, write)[:, -1]
+
+
+def _first_change(old, now) -> int:
+    """The first B position whose (mapped, selected) input differs from what it was fed (len(old) if none)."""
+    if not old:
+        return 0
+    k = len(old[1])
+    (m_old, s_old), (m_new, s_new) = old, (now[0][:k], now[1][:k])
+    differs = (s_old != s_new) | (s_new & (m_old != m_new).any(-1))
+    return int(differs.nonzero()[0, 0]) if differs.any() else k
 
 
 POLICIES: dict[str, type[Policy]] = {}

@@ -11,6 +11,8 @@ column always holds every live row's newest token (the one whose logits are read
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from jaxtyping import Int
 from torch import Tensor
@@ -125,6 +127,7 @@ class SourceTokens:
         self.splice, self.rows, self.A = splice, rows, splice.A
         self.layer = splice.source_layer
         self.mapped: list[Tensor] = [self._adapt_empty() for _ in range(len(rows))]
+        self.raw: list[Tensor] = [torch.zeros(0, self.A.d_model, device=self.A.device) for _ in range(len(rows))]
         self.zero = splice.adapt(torch.zeros(1, self.A.d_model, device=self.A.device, dtype=self.A.dtype))
 
     @staticmethod
@@ -146,8 +149,10 @@ class SourceTokens:
         self.A.forward_cached(kv, step, stop=self.layer, hooks=[(point, lambda s, _: captured.setdefault(0, s))])
         mapped = self.splice.adapt(captured[0])
         for r, cols in enumerate(index):
-            keep = self.mapped[r][: first[r]].to(mapped.dtype)
-            self.mapped[r] = torch.cat([keep, mapped[r, [c for c, _ in cols]]]) if cols else keep
+            take = [c for c, _ in cols]
+            for store, new in ((self.mapped, mapped), (self.raw, captured[0])):
+                keep = store[r][: first[r]].to(new.dtype)
+                store[r] = torch.cat([keep, new[r, take]]) if cols else keep
 
     def mapped_block(self, index: list, feeding: list[list[int]]) -> Tensor:
         """The mapped state each (column, B position) of a step reads: A's at feeding[r][j], adapter(0) if -1."""
@@ -160,9 +165,23 @@ class SourceTokens:
                 out[r, [c for c, _ in cols]] = table[src].to(out.dtype)
         return out
 
+    def cached_states(self, source: Batch) -> Tensor:
+        """A's cached layer-N states, left-padded onto `source` (A's tokens of the text so far)."""
+        out = self.raw[0].new_zeros(*source.shape, self.A.d_model)
+        for r, n in enumerate(source.attention_mask.sum(-1).tolist()):
+            if n != len(self.raw[r]):
+                raise RuntimeError(f"generation: row {r} has {len(self.raw[r])} cached states of A for {n} tokens")
+            out[r, source.shape[1] - n :] = self.raw[r]
+        return out
+
+    def pairing(self, batch_b: Batch) -> Pairing:
+        """A's tokens of the text so far paired to B's rows `batch_b` (left-padded); A does not run."""
+        raise NotImplementedError
+
     def from_scratch(self, batch_b: Batch) -> tuple[Pairing, Tensor]:
         """The reference: A's tokens re-encoded, its states from its plain forward, the pairing to B's rows."""
-        raise NotImplementedError
+        pairing = self.pairing(batch_b)
+        return pairing, self.A.residuals(pairing.source, [self.layer])[self.layer]
 
 
 class SharedTokens(SourceTokens):
@@ -179,8 +198,8 @@ class SharedTokens(SourceTokens):
     def feeding(self) -> list[list[int]]:
         return [list(range(len(row.ids))) for row in self.rows.rows]
 
-    def from_scratch(self, batch_b):
-        return Pairing(batch_b, batch_b, None), self.A.residuals(batch_b, [self.layer])[self.layer]
+    def pairing(self, batch_b):
+        return Pairing(batch_b, batch_b, None)
 
 
 class Retokenized(SourceTokens):
@@ -217,7 +236,7 @@ class Retokenized(SourceTokens):
                        [row.special for row in self.rows.rows], self.A.device)
         return [t2s[r, : len(row.ids)].tolist() for r, row in enumerate(self.rows.rows)]
 
-    def from_scratch(self, batch_b):
+    def pairing(self, batch_b):
         source = self.A.encode([row.text for row in self.rows.rows], padding_side="left")
         ends = (source.byte_spans if source.byte_spans is not None else source.spans)[..., 1]
         b_ends = _left([row.ends for row in self.rows.rows], batch_b.shape[1])
@@ -226,8 +245,10 @@ class Retokenized(SourceTokens):
         t2s = align_spans(ends, source.attention_mask.bool(), source.special_mask.bool(),
                           torch.stack([b_ends, b_ends], -1).to(ends.device), valid_b, b_special.to(valid_b.device),
                           batch_b.input_ids).target_to_source
-        states = self.A.residuals(source, [self.layer])[self.layer]
-        return Pairing(source, batch_b, t2s), states
+        # B's byte ends and special tokens on its grid, so position classes and conditioning can be read
+        target = dataclasses.replace(batch_b, byte_spans=torch.stack([b_ends, b_ends], -1).to(batch_b.device),
+                                     special_mask=b_special.to(batch_b.device))
+        return Pairing(source, target, t2s)
 
 
 def _left(rows: list[list[int]], width: int) -> Int[Tensor, "batch pos"]:

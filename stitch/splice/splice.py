@@ -51,7 +51,8 @@ from stitch.models.hooked import HookedLM
 from stitch.models.placement import adapter_on, move_model, transfer
 from stitch.models.states import input_embeddings, is_embeddings
 from stitch.splice.generate import GenerationOutput, config_from, generate, resolve_eos
-from stitch.splice.injection import combine_for, injection_for
+from stitch.splice.combine import Write, combine_for
+from stitch.splice.injection import injection_for
 from stitch.splice.output import SpliceOutput, merge_outputs
 from stitch.splice.positions import Mask, Positions
 
@@ -186,7 +187,11 @@ class Splice(nn.Module):
     ) -> Float[Tensor, "batch pos vocab"]:
         """B's logits reading `mapped` where the injection writes (layer M, or `inputs_embeds`), at the
         `selected` positions (None: every position); B's own states elsewhere."""
-        return self.strategy.run(self.B, mapped, batch_b, self.target_layer, selected, self.combine)
+        return self.strategy.run(self.B, mapped, batch_b, self.target_layer, self.write(selected))
+
+    def write(self, selected: Mask | None) -> Write:
+        """What B's stream becomes at the write point: this splice's combine at `selected` (None: all)."""
+        return Write(self.combine, selected)
 
     def selected(self, aligned: Pairing) -> Mask | None:
         """The positions of B's grid this splice writes to (None: all of them)."""
