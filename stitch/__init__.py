@@ -24,6 +24,7 @@ from stitch.models.cache import ActivationCache
 from stitch.models.hooked import HookedLM
 from stitch.models.loading import load_model
 from stitch.splice import Splice, SpliceOutput
+from stitch.splice.communicate import communicate
 from stitch.training import checkpoint, distributed
 from stitch.training.config import TrainConfig
 from stitch.training.loop import TrainResult
@@ -49,6 +50,7 @@ __all__ = [
     "align_batch",
     "align_texts",
     "checkpoint",
+    "communicate",
     "distributed",
     "fit_adapter",
     "interop",

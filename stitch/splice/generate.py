@@ -97,14 +97,16 @@ class _Run:
 
 
 @torch.no_grad()
-def generate(splice, prompts, config: GenerationConfig, *, streamer=None, output_scores: bool = False):
-    """B's continuations of `prompts` under the splice, as a GenerationOutput (see the module docstring)."""
+def generate(splice, prompts, config: GenerationConfig, *, streamer=None, output_scores: bool = False, policy=None):
+    """B's continuations of `prompts` under the splice, as a GenerationOutput (see the module docstring).
+
+    `policy` (a `Policy` class) overrides `config.policy`'s: activation communication brings its own."""
     prompts = check_texts(prompts)
     if splice.alignment != "target":
         raise ValueError("alignment: generation needs alignment='target' (B predicts its own next tokens)")
     rows = Rows.start(splice.B, prompts)
     _check_room(splice.B, rows, config.max_new_tokens)
-    policy = policy_for(config.policy)(splice, rows)
+    policy = (policy or policy_for(config.policy))(splice, rows)
     run = _Run(config, rows, _processors(config), _generator(config, splice.B.device), [None] * len(prompts))
     if streamer is not None:
         streamer.put(rows.target.input_ids.cpu())
