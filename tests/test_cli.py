@@ -305,3 +305,30 @@ def test_docs_yaml_examples_are_valid_configs(tmp_path):
         (tmp_path / f"{name}.yaml").write_text(text)
         values = read_yaml(name, str(tmp_path / f"{name}.yaml"))
         assert COMMANDS[name][0].from_dict(values).to_dict().items() >= values.items()
+
+
+def test_communicate_writes_a_run_directory(pair, tmp_path):
+    root, A, _ = pair
+    out = tmp_path / "comm"
+    config = tmp_path / "comm.yaml"
+    config.write_text(f"source_model: {root / 'a'}\ntarget_model: {root / 'a'}\ntasks: math\nks: [1, 2]\njs: [1]\n"
+                      f"max_new_tokens: 2\nlimit: 2\nn_boot: 20\nprogress: false\nout: {out}\n")
+    assert main(["communicate", "--config", str(config)]) == 0
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert len(records) == 2 * (3 + 2 * 2)
+    summary = read_json(out / "summary.json")
+    assert all(r["low"] <= r["mean"] <= r["high"] for r in summary)
+    assert "Sample exchanges" in (out / "report.html").read_text() and (out / "config.json").exists()
+
+
+def test_communicate_validates_before_loading(pair, tmp_path, capsys):
+    root, *_ = pair
+    base = ["communicate", "--source-model", str(root / "a"), "--target-model", str(root / "missing"),
+            "--ks", "1", "--js", "1", "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as exit_:
+        main([*base, "--tasks", "math", "--conditions", "telepathy"])
+    assert exit_.value.code == 2 and "--conditions" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"task": "qa"}\n')
+    assert main([*base, "--tasks", str(bad)]) == 1
+    assert "bad.jsonl:1" in capsys.readouterr().err  # the task file fails before the missing model loads

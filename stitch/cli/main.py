@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from stitch.cli import align, cka, fit, generate, sweep, train
+from stitch.cli import align, cka, communicate, fit, generate, sweep, train
 from stitch.cli.common import flag
 from stitch.cli.demo import DemoConfig, run_demo
 
@@ -40,6 +40,8 @@ COMMANDS: dict[str, tuple[type, Callable, str]] = {
     "fit": (fit.FitConfig, fit.run, "fit a closed-form adapter from A's layer N to B's layer M"),
     "sweep": (sweep.SweepConfig, sweep.run, "fit and score a splice at every layer: records and report"),
     "generate": (generate.GenerateConfig, generate.run, "B's greedy continuations under the splice"),
+    "communicate": (communicate.CommunicateConfig, communicate.run,
+                    "activation communication A → B over a task file: (k, j) sweep, controls, report"),
     "train": (train.TrainCommandConfig, train.run, "train an adapter by gradient descent (torchrun: DDP)"),
 }
 _EPILOG = "Every option can also come from --config FILE.yaml (keys = option names); flags override it."
