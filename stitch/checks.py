@@ -83,3 +83,9 @@ def check_batch_size(batch_size) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
     return batch_size
+
+
+def check_range(name: str, value, low, high) -> None:
+    """A number (not a bool) with low <= value <= high."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise ValueError(f"{name}: got {value!r}; valid: a number in [{low}, {high}]")
