@@ -165,12 +165,12 @@ def render_report(
     if header is not None:
         parts.append(_header(header))
     parts.append(_definitions(DEFINITIONS if definitions is None else definitions))
-    for section in sections:
+    for i, section in enumerate(sections):
         parts.append(f"<h2>{_esc(section.title)}</h2>")
         if section.note:
             parts.append(f'<p class="note">{_esc(section.note)}</p>')
         parts += [f'<p class="flags">⚠ {_esc(flag)}</p>' for flag in section.flags]
-        parts.append(_render(section.content, section.title))
+        parts.append(_render(section.content, section.title, f"figure-{i}"))
     script = (
         f"<script>{plotly.offline.get_plotlyjs()}</script>" if plotlyjs == "inline"
         else f'<script src="{PLOTLYJS_FILE}"></script>'
@@ -191,7 +191,8 @@ def write_report(path: str | Path, sections: Sequence[Section], title: str = "st
 
 
 def _esc(value) -> str:
-    return html.escape(str(value), quote=True)
+    """HTML-escaped text; line and paragraph separators as character references (they break JS and JSON)."""
+    return html.escape(str(value), quote=True).replace("\u2028", "&#x2028;").replace("\u2029", "&#x2029;")
 
 
 def _header(header: Header) -> str:
@@ -218,9 +219,9 @@ def _plain(value):
     return value if isinstance(value, int | float) and not isinstance(value, bool) else str(value)
 
 
-def _render(content, title: str) -> str:
+def _render(content, title: str, div_id: str) -> str:
     if isinstance(content, go.Figure):
-        return f'<div class="wide">{_figure(content)}</div>'
+        return f'<div class="wide">{_figure(content, div_id)}</div>'
     if isinstance(content, Sequence) and not isinstance(content, str) and content and all(isinstance(r, dict) for r in content):
         return f'<div class="wide">{_table(content)}</div>'
     raise TypeError(
@@ -229,9 +230,10 @@ def _render(content, title: str) -> str:
     )
 
 
-def _figure(fig: go.Figure) -> str:
-    """The figure's div and script; plotly already escapes its JSON, this makes sure nothing ends the script."""
-    out = fig.to_html(full_html=False, include_plotlyjs=False)
+def _figure(fig: go.Figure, div_id: str) -> str:
+    """The figure's div and script (a fixed id: the same records give the same file); plotly already
+    escapes its JSON, this makes sure nothing in it can end the script."""
+    out = fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id)
     open_end = out.find(">", out.find("<script")) + 1
     close = out.rfind("</script>")
     body = out[open_end:close]

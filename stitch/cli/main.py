@@ -1,6 +1,7 @@
 """The `stitch` command line: one entry point, one subcommand per job, each also driven by a YAML config.
 
-stitch demo                                    # tiny offline demo: self-stitch identity and a splice sweep
+stitch demo                                    # offline demo on two small models trained on stdlib text
+stitch report stitch-demo                      # rebuild a run directory's report from its records
 stitch align --source-tokenizer A --target-tokenizer B --texts texts.txt --out runs/align
 stitch cka --source-model A --target-model B --texts texts.txt --pairing shared --out runs/cka
 stitch fit --source-model A --target-model B --source-layer 8 --texts train.txt --out runs/l8.safetensors
@@ -29,18 +30,19 @@ from typing import Any
 
 import yaml
 
-from stitch.cli import align, cka, fit, generate, sweep, train
+from stitch.cli import align, cka, fit, generate, report, sweep, train
 from stitch.cli.common import flag
 from stitch.cli.demo import DemoConfig, run_demo
 
 COMMANDS: dict[str, tuple[type, Callable, str]] = {
-    "demo": (DemoConfig, run_demo, "offline demo on tiny models built and trained on the fly: splices, CKA, alignment, report"),
+    "demo": (DemoConfig, run_demo, "offline demo: two small models trained on the standard library's text (cached), stitched; report"),
     "align": (align.AlignConfig, align.run, "how two tokenizers line up over a corpus: summary and report"),
     "cka": (cka.CkaConfig, cka.run, "similarity of every layer of A to every layer of B: matrix and report"),
     "fit": (fit.FitConfig, fit.run, "fit a closed-form adapter from A's layer N to B's layer M"),
     "sweep": (sweep.SweepConfig, sweep.run, "fit and score a splice at every layer: records and report"),
     "generate": (generate.GenerateConfig, generate.run, "B's greedy continuations under the splice"),
     "train": (train.TrainCommandConfig, train.run, "train an adapter by gradient descent (torchrun: DDP)"),
+    "report": (report.ReportConfig, report.run, "rebuild the HTML report of a run directory from its records"),
 }
 _EPILOG = "Every option can also come from --config FILE.yaml (keys = option names); flags override it."
 
@@ -76,10 +78,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
             "--config", metavar="FILE.yaml", help="YAML file whose keys are this command's options"
         )
         hints = typing.get_type_hints(config_cls)
+        positional = getattr(config_cls, "POSITIONAL", ())  # e.g. `stitch report RUN_DIR`
         for field in dataclasses.fields(config_cls):
-            cmd.add_argument(
-                flag(field.name), dest=field.name, default=None, **_argument(field, hints[field.name])
-            )
+            names = [field.name] if field.name in positional else [flag(field.name)]
+            extra = {"nargs": "?", "metavar": field.name.upper()} if field.name in positional else {"dest": field.name}
+            cmd.add_argument(*names, default=None, **extra, **_argument(field, hints[field.name]))
         commands[name] = cmd
     return parser, commands
 
