@@ -55,7 +55,7 @@ class _Stop(Exception):
 
 
 class HookedLM:
-    """A frozen-by-convention HF causal LM seen as layers 0..L of residual stream (see DESIGN.md)."""
+    """A frozen-by-convention HF causal LM seen as layers 0..L of residual stream (see docs/design.md)."""
 
     def __init__(self, model: nn.Module, tokenizer, name: str | None = None):
         self.spec: ArchSpec = arch_for(model)
