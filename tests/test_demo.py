@@ -9,7 +9,7 @@ from stitch.cli.main import main
 from stitch.zoo import PAIRS, cache_key, cache_root, demo_corpus, model_dir
 
 SECTIONS = ["Models on held-out text", "Self-stitch identity", "Corpus", "Token alignment over", "Token alignment of",
-            "Linear CKA", "Layer sweep", "every position class", "Adapter training"]
+            "Linear CKA", "random-init control", "Layer sweep", "every position class", "Adapter training"]
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def test_quick_demo_writes_a_report_with_every_section_and_the_header(demo, caps
         assert title in html, title
     for fact in ("llama", "mistral", "sentencepiece_bpe", "byte_bpe", "torch", "transformers", "git commit", "cpu_<wbr>count"):
         assert fact in html, fact
-    assert html.count('class="plotly-graph-div"') == 4  # alignment, CKA, sweep, training
+    assert html.count('class="plotly-graph-div"') == 5  # alignment, CKA and its excess over the control, sweep, training
     run = json.loads((out / "run.json").read_text())
     assert [m["family"] for m in run["header"]["models"]] == ["llama", "mistral"]
     assert run["header"]["models"][0]["vocabulary"] > run["header"]["models"][1]["vocabulary"]

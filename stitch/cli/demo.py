@@ -8,7 +8,7 @@ A is a Llama with a Llama-3-style byte-level BPE, B a Mistral of another width w
 sentencepiece BPE and a quarter of A's vocabulary (`stitch.zoo.PAIRS`), both trained on
 `stitch.corpus.stdlib_corpus()` and cached (`stitch.zoo.cache`; `--cache-dir` or $STITCH_CACHE_DIR). Steps,
 each writing its record under OUT: the models against their unigram (held-out CE), self-stitch identity,
-the corpus and its token alignment, CKA between every pair of layers, a layer sweep on both grids with the
+the corpus and its token alignment, CKA between every pair of layers with its random-init control, a layer sweep on both grids with the
 embedding-injection baseline, and a short gradient-trained adapter at the best layer against the
 closed-form fit there. Then OUT/run.json lists the sections and OUT/report.html is built from the records
 (`stitch report OUT` rebuilds it). New steps (generation, communication) append to `STEPS`: a function of
@@ -120,11 +120,18 @@ def alignment_step(demo: Demo) -> list[dict]:
 
 
 def cka_step(demo: Demo) -> list[dict]:
-    rec = layer_similarity(demo.A, demo.B, demo.held_out, pairing="shared")
-    # seam: the random-init control (layer_similarity(..., control="random-init")) joins here once it lands
+    rec = layer_similarity(demo.A, demo.B, demo.held_out, pairing="shared", control="random-init")
     _save_figure(figures.similarity_heatmap(rec, source="A", target="B"), demo.out / "figures" / "cka.json")
-    return [{"kind": "figure", "title": "Linear CKA between every layer of A and B (shared positions)",
-             "file": "figures/cka.json", "note": f"{rec.n} paired positions from {len(demo.held_out)} held-out texts."}]
+    _save_figure(figures.similarity_heatmap(rec, source="A", target="B", relative_to="control"),
+                 demo.out / "figures" / "cka-excess.json")
+    note = f"{rec.n} paired positions from {len(demo.held_out)} held-out texts."
+    return [
+        {"kind": "figure", "title": "Linear CKA between every layer of A and B (shared positions)",
+         "file": "figures/cka.json", "note": note},
+        {"kind": "figure", "title": "CKA in excess of the random-init control (same architectures, untrained)",
+         "file": "figures/cka-excess.json",
+         "note": "What training added: CKA of the trained pair minus that of randomly initialised copies."},
+    ]
 
 
 def sweep_step(demo: Demo) -> list[dict]:
