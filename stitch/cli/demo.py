@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import stitch
@@ -21,7 +20,7 @@ from analyses.alignment import alignment_summary
 from analyses.layer_similarity import layer_similarity
 from analyses.report import Section, write_report
 from analyses.sweep import layer_sweep
-from stitch.config import Config, option
+from stitch.cli.configs import DemoConfig
 from stitch.testing import CORPUS, byte_bpe_tokenizer, rotated_copy, tiny_model, train_briefly
 
 TRAIN, HELD_OUT = (
@@ -32,19 +31,12 @@ TRAIN, HELD_OUT = (
     ],
 )
 
-
-@dataclass(frozen=True)
-class DemoConfig(Config):
-    out: str = option("stitch-demo", help="directory for report.html")
-    n_layers: int = option(3, help="blocks per tiny model")
-    d_model: int = option(32, help="residual width of the tiny models")
-    train_steps: int = option(30, help="Adam steps each tiny model is trained for on the demo texts")
-    learning_rate: float = option(1e-2, help="Adam learning rate of that training")
-    seed: int = option(0, help="seed of the models and of the rotation")
+__all__ = ["DemoConfig", "run_demo"]
 
 
-def run_demo(config: DemoConfig = DemoConfig()) -> dict:
+def run_demo(config: DemoConfig | None = None) -> dict:
     """Run both experiments, print their tables, write `<out>/report.html`; returns the records."""
+    config = DemoConfig() if config is None else config
     tok_a, tok_c = byte_bpe_tokenizer(300), byte_bpe_tokenizer(400, bos=False)
     A = _trained("llama", tok_a, config, seed=config.seed)
     rotated, _ = rotated_copy(A.model, seed=config.seed + 1)

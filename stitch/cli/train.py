@@ -2,42 +2,32 @@
 
     $ stitch train --source-model meta-llama/Llama-3.2-3B --target-model meta-llama/Llama-3.1-8B \\
           --source-layer 14 --target-layer 16 --kind lowrank --adapter-options rank=64 \\
-          --texts train.txt --eval-texts eval.txt --steps 2000 --batch-size 32 --out runs/train
+          --train-texts train.txt --eval-texts eval.txt --steps 2000 --batch-size 32 --out runs/train
     $ torchrun --nproc-per-node 8 --no-python stitch train --config train.yaml
-    >>> run(TrainCommandConfig(source_model="a/", target_model="b/", texts="t.txt", out="runs/t", source_layer=8))
+    >>> run(TrainCommandConfig(source_model="a/", target_model="b/", train_texts="t.txt", out="runs/t", source_layer=8))
 
 Writes (rank 0 only) `OUT/adapter.safetensors` with `OUT/adapter_config.json`, `OUT/metrics.jsonl`,
-`OUT/checkpoints/` and `OUT/config.json`; rerunning the same command continues from the latest checkpoint.
+`OUT/checkpoints/` and `OUT/config.yaml`; rerunning the same command continues from the latest checkpoint.
 Under torchrun, `--device auto` puts each rank on `cuda:LOCAL_RANK` (or the CPU without CUDA).
-The training options are those of `stitch.training.loop.TrainConfig`; see docs/training.md.
+The training options are those of `stitch.training.config.TrainConfig`; see docs/training.md.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 
-from stitch.cli.common import (
-    ModelPairConfig,
-    load_models,
-    option,
-    read_texts,
-    save_config,
-)
+from stitch.cli.common import load_models, read_texts, save_run_config
+from stitch.cli.configs import TrainCommandConfig
 from stitch.training import distributed
-from stitch.training.loop import TrainConfig, TrainResult, train
+from stitch.training.loop import TrainResult, train
 
-
-@dataclass(frozen=True, kw_only=True)
-class TrainCommandConfig(TrainConfig, ModelPairConfig):
-    texts: str = option(help="training text file: one text per line, or .jsonl with a 'text' field")
-    eval_texts: str | None = option(None, help="held-out text file scored during training (default: none)")
+__all__ = ["TrainCommandConfig", "run"]
 
 
 def run(config: TrainCommandConfig) -> TrainResult:
     """Read the texts, join the process group (if any), load both models on this rank's device, train."""
-    texts = read_texts("texts", config.texts)
+    texts = read_texts("train_texts", config.train_texts)
     eval_texts = None if config.eval_texts is None else read_texts("eval_texts", config.eval_texts)
     with distributed.session() as dist:
         on_rank = config
@@ -47,6 +37,7 @@ def run(config: TrainCommandConfig) -> TrainResult:
         metadata = {"source_model": config.source_model, "target_model": config.target_model}
         result = train(A, B, texts, config, eval_texts=eval_texts, dist=dist, metadata=metadata)
         if dist.is_main:
-            save_config(config, Path(config.out) / "config.json")
+            ran = config if dist.is_distributed else on_rank  # under torchrun each rank picks its device
+            save_run_config(ran, Path(config.out) / "config.yaml", *(() if dist.is_distributed else (A, B)))
             print(f"wrote {Path(config.out) / 'adapter.safetensors'} after {result.step} steps")
     return result

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 from dataclasses import dataclass
@@ -13,17 +12,11 @@ from typing import Any
 
 import yaml
 
-from stitch.adapters import (
-    ADAPTERS,
-    CLOSED_FORM,
-    adapter_class,
-)
-from stitch.adapters.fit import check_fit_options, fit_option_names
 from stitch.checks import check_choice
 from stitch.config import Config, option
+from stitch.kinds import ADAPTER_OPTIONS, ALIGNMENTS, CLOSED_FORM, DEFAULT_KIND, TRAINABLE, check_fit_options, fit_option_names
 
-TRAINABLE = tuple(sorted(kind for kind in ADAPTERS if kind != "identity"))
-SCHEDULES, INITS, ALIGNMENTS = ("constant", "linear", "cosine"), ("default", "fit"), ("target", "source")
+SCHEDULES, INITS = ("constant", "linear", "cosine"), ("default", "fit")
 # the fields a resumed run may change without changing what it computes
 _FREE_ON_RESUME = ("resume", "progress", "keep_checkpoints", "device")
 
@@ -39,7 +32,7 @@ class TrainConfig(Config):
     out: str = option(help="output directory: adapter, metrics.jsonl, checkpoints/")
     source_layer: int = option(help="A's layer N (0 = embeddings, L = last block's output)")
     target_layer: int | None = option(None, help="B's layer M (default: the source layer)")
-    kind: str = option("affine", choices=TRAINABLE, help="adapter kind")
+    kind: str = option(DEFAULT_KIND, choices=TRAINABLE, help="adapter kind")
     adapter_options: tuple[str, ...] | None = option(
         None, help="adapter options as key=value, e.g. rank=64 scale=0.5"
     )
@@ -98,9 +91,7 @@ class TrainConfig(Config):
 
     def options(self) -> dict[str, Any]:
         """`adapter_options` as keyword arguments of the adapter (values read as YAML: 64, 0.5, true)."""
-        allowed = [
-            p for p in inspect.signature(adapter_class(self.kind)).parameters if not p.startswith("d_")
-        ]
+        allowed = list(ADAPTER_OPTIONS[self.kind])
         return _key_values("adapter_options", self.adapter_options, allowed, f"a {self.kind} adapter")
 
     def fit_options(self) -> dict[str, Any]:
