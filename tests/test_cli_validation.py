@@ -33,6 +33,7 @@ def world(tmp_path_factory):
     (root / "a_file").write_text("not a directory")
     with open(root / "adapter.pt", "wb") as f:
         pickle.dump({"weight": [1.0]}, f)
+    (root / "pickled.safetensors").write_bytes(pickle.dumps({"weight": [1.0] * 64}, protocol=4))
     (root / "done").mkdir()
     for name in ("report.html", "summary.json", "records.json", "similarity.json"):
         (root / "done" / name).write_text("{}")
@@ -152,6 +153,7 @@ def cases(root):
         "generate": [
             (gen, ["--adapter", "required when the widths differ (A 32, B 48)"]),
             ([*gen, "--adapter", str(root / "adapter.pt")], ["--adapter", "no adapter at"]),
+            ([*gen, "--adapter", str(root / "pickled.safetensors")], ["--adapter", "never unpickles"]),
             ([*gen, "--adapter", str(root / "nope.safetensors")], ["--adapter", "no adapter at"]),
             ([*gen, "--max-new-tokens", "0"], ["--max-new-tokens", ">= 1"]),
             (["generate", "--splice", str(root / "splice"), *gen[5:]], ["--source-layer", "already holds it"]),

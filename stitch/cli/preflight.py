@@ -19,6 +19,7 @@ import struct
 from pathlib import Path
 from typing import NamedTuple
 
+from stitch.checks import check_device
 from stitch.cli.options import flag
 from stitch.cli.texts import read_texts
 
@@ -117,11 +118,12 @@ def read_safetensors_metadata(name: str, weights: Path) -> dict:
         head = f.read(8)
         size = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
         raw = f.read(size) if 0 < size < 100_000_000 else b""
-    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
-        raise ValueError(f"{flag(name)}: {weights} is a pickle / torch.save file; stitch never unpickles it")
     try:
         header = json.loads(raw)
     except ValueError:
+        # only now a pickle signature means a pickle: a real header length can start with 0x80 too
+        if head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
+            raise ValueError(f"{flag(name)}: {weights} is a pickle / torch.save file; stitch never unpickles it") from None
         raise ValueError(f"{flag(name)}: {weights} is not a safetensors file") from None
     meta = header.get("__metadata__", {}) if isinstance(header, dict) else {}
     record = meta.get("stitch_adapter")
@@ -177,21 +179,10 @@ def _check_outputs(config) -> None:
 
 
 def check_device_available(device: str) -> None:
-    """`--device cuda` on a machine without CUDA fails here, in one line, before anything loads."""
-    if device in ("auto", "cpu"):
-        return
-    import torch  # lazily: only a named accelerator needs asking
-
-    if device.startswith("cuda"):
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        index = int(device.partition(":")[2] or 0)
-        if index >= count:
-            have = f"{count} CUDA device(s)" if count else "no CUDA (torch.cuda.is_available() is False)"
-            raise ValueError(f"--device: {device!r} is not available: this machine has {have}; valid: auto, cpu")
-    elif device == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise ValueError("--device: 'mps' is not available on this machine; valid: auto, cpu")
+    """`--device cuda` on a machine without CUDA fails here, in one line, before anything loads
+    (`stitch.checks.check_device` imports torch lazily: only a named device needs asking)."""
+    if device != "auto":
+        check_device("--device", device)
 
 
 def _shapes(config, found: dict) -> tuple[ModelShape, ModelShape]:

@@ -14,7 +14,15 @@ import yaml
 
 from stitch.checks import check_choice
 from stitch.config import Config, option
-from stitch.kinds import ADAPTER_OPTIONS, ALIGNMENTS, CLOSED_FORM, DEFAULT_KIND, TRAINABLE, check_fit_options, fit_option_names
+from stitch.kinds import (
+    ADAPTER_OPTIONS,
+    ALIGNMENTS,
+    CLOSED_FORM,
+    DEFAULT_KIND,
+    TRAINABLE,
+    check_fit_options,
+    fit_option_names,
+)
 
 SCHEDULES, INITS = ("constant", "linear", "cosine"), ("default", "fit")
 # the fields a resumed run may change without changing what it computes
