@@ -225,8 +225,8 @@ def test_generate_equals_the_splice(pair, capsys):
 
 def test_generate_sampling_flags_reach_the_splice(pair, capsys):
     root, A, B = pair
-    adapter_path = root / "gen_adapter.safetensors"
-    assert main(["fit", *flags(root, **{"source-layer": 1, "texts": root / "texts.txt", "out": adapter_path})]) == 0
+    adapter_path = root / "sampling_adapter.safetensors"
+    assert main(["fit", *flags(root, **{"source-layer": 1, "train-texts": root / "texts.txt", "out": adapter_path})]) == 0
     (root / "prompts.txt").write_text("\n".join(TEXTS[:2]) + "\n")
     argv = flags(root, **{"source-layer": 1, "adapter": adapter_path, "prompts": root / "prompts.txt"})
     sampling = ["--do-sample", "--top-p", "0.9", "--temperature", "0.7", "--seed", "3", "--policy", "restitch"]
@@ -235,7 +235,9 @@ def test_generate_sampling_flags_reach_the_splice(pair, capsys):
     printed = [json.loads(line)["continuation"] for line in capsys.readouterr().out.splitlines()]
     splice = stitch.Splice(A, B, 1, adapter=stitch.load_adapter(adapter_path))
     assert printed == splice.generate(TEXTS[:2], 4, "restitch", do_sample=True, top_p=0.9, temperature=0.7, seed=3)
-    assert main(["generate", *argv, "--top-p", "1.5"]) == 1
+    with pytest.raises(SystemExit) as exit_info:  # refused before the models load
+        main(["generate", *argv, "--top-p", "1.5"])
+    assert exit_info.value.code == 2
     assert "--top-p: expected a number in (0, 1], got 1.5" in capsys.readouterr().err
 
 

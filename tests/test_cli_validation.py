@@ -160,6 +160,8 @@ def cases(root):
             (["generate", "--splice", str(root / "splice"), *gen[5:7], "--adapter", str(root / "x")], ["--adapter", "already holds it"]),
             ([*gen[:-1], "9"], ["--source-layer", "valid: 0..2"]),
             ([*gen, "--policy", "some"], ["--policy", "invalid choice"]),
+            ([*gen, "--temperature", "0"], ["--temperature", "> 0.0"]),
+            ([*gen, "--stop-strings", ""], ["--stop-strings", "non-empty"]),
             ([*gen, "--out", str(root / "done")], ["--out", "is a directory"]),
             ([*gen[:5], "--prompts", str(root / "nope.txt"), *gen[7:]], ["--prompts", "no file at"]),
         ],
