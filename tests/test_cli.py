@@ -172,7 +172,7 @@ def test_hybrid_and_token_conditioned_sweeps_and_fits_equal_the_library(pair, ca
     assert record["classes"]["shared"]["ce_spliced"] == pytest.approx(want.classes["shared"].ce_spliced, rel=1e-5)
     assert "different question" in (root / "hybrid" / "report.html").read_text()
 
-    argv = flags(root, **{"source-layer": 1, "kind": "token_conditioned", "window": 2, "ridge": 0.1, "texts": texts})
+    argv = flags(root, **{"source-layer": 1, "kind": "token_conditioned", "window": 2, "ridge": 0.1, "train-texts": texts})
     assert main(["fit", *argv, "--out", str(root / "tc.safetensors"), "--no-progress"]) == 0
     saved = stitch.load_adapter(root / "tc.safetensors")
     expected = fit_adapter(A, B, TEXTS, 1, kind="token_conditioned", window=2, ridge=0.1, progress=False)

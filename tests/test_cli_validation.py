@@ -220,7 +220,7 @@ def test_a_bad_option_imports_no_model_code(world):
     code = f"import sys\nfrom stitch.cli.main import main\ntry:\n    main({[*argv, '--kind', 'procrustes', '--ridge', '1']!r})\nexcept SystemExit as e:\n    print(e.code)\n{HEAVY}"
     done = fresh(code)
     assert done.stdout.split() == ["2", "[]"], done.stdout + done.stderr
-    assert "--ridge: only --kind linear or affine" in done.stderr
+    assert "--ridge: only --kind linear, affine or token_conditioned" in done.stderr
 
 
 def test_import_stitch_is_lazy_and_keeps_every_public_name():

@@ -112,3 +112,15 @@ def test_cli_generate_with_a_saved_splice_equals_the_library(saved, capsys):
     # a given model that is not the saved one: one line naming --splice and the difference
     assert main([*argv, "--source-model", str(root / "b")]) == 1
     assert "--splice: A: model" in capsys.readouterr().err
+
+
+def test_positions_and_injection_round_trip(saved, tmp_path):
+    root, A, B, splice = saved
+    selective = stitch.Splice(A, B, 1, 2, adapter=splice.adapter, positions=[0, -1])
+    selective.save_pretrained(tmp_path / "sel")
+    again = stitch.Splice.from_pretrained(tmp_path / "sel", A=A, B=B)
+    assert again.positions.label == selective.positions.label and again.combine.name == "replace"
+    assert torch.equal(again(TEXTS).logits, selective(TEXTS).logits)
+    masked = stitch.Splice(A, B, 1, 2, adapter=splice.adapter, positions=torch.ones(2, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="positions: a 'mask' selection fits one batch"):
+        masked.save_pretrained(tmp_path / "masked")

@@ -48,7 +48,8 @@ def save_splice(splice, directory: str | os.PathLike) -> Path:
         "alignment": splice.alignment,
         "injection": splice.injection,
         "padding_side": splice.padding_side,
-        "positions": getattr(splice, "positions", "all"),
+        "positions": _positions(splice.positions),
+        "combine": splice.combine.name,
         "models": {"A": model_identity(splice.A), "B": model_identity(splice.B)},
         "versions": library_versions(),
     }
@@ -67,7 +68,8 @@ def read_splice(source: str | os.PathLike, A=None, B=None, *, dtype=None, device
         check_identity(key, model, identity)
         models.append(model)
     adapter = load_adapter(directory, device=models[0].device)
-    kwargs = {k: record[k] for k in ("source_layer", "target_layer", "alignment", "injection", "padding_side")}
+    names = ("source_layer", "target_layer", "alignment", "injection", "padding_side", "positions", "combine")
+    kwargs = {k: record[k] for k in names if k in record}
     return models[0], models[1], {**kwargs, "adapter": adapter}
 
 
@@ -173,6 +175,18 @@ def _reload(key: str, identity: dict[str, Any], dtype, device) -> HookedLM:
         )
     revision = {} if identity.get("revision") is None else {"revision": identity["revision"]}
     return load_model(path, dtype=dtype, device=device, **revision)
+
+
+def _positions(positions) -> str | list[int]:
+    """A position selection as JSON: its name, or its token indices; a user mask fits one batch only."""
+    if isinstance(positions.key, str):
+        return positions.key
+    if isinstance(positions.key, tuple) and all(isinstance(i, int) for i in positions.key):
+        return list(positions.key)
+    raise ValueError(
+        f"positions: a {positions.label!r} selection fits one batch of texts and cannot be saved; "
+        "use a named selection or token indices"
+    )
 
 
 def _sha(data: str | bytes) -> str:
