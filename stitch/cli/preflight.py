@@ -53,7 +53,9 @@ def preflight(config) -> dict:
     return found
 
 
-def _texts(name: str, path: str) -> list[str]:
+def _texts(name: str, path: str) -> list[str] | None:
+    if str(path).startswith("hf:"):  # a hub dataset is read when the command runs, not to validate it
+        return None
     return read_texts(name, path)
 
 

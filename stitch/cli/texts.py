@@ -5,20 +5,27 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
 from stitch.cli.options import flag
 
 
-def read_texts(name: str, path: str) -> list[str]:
-    """Texts from `path`; a missing, empty or malformed file names the option, the file and the line."""
+def read_texts(name: str, path: str, text_field: str = "text") -> list[str]:
+    """Texts from `path`; a missing, empty or malformed file names the option, the file and the line.
+
+    `hf:DATASET[:CONFIG]` reads a Hugging Face dataset (`stitch.data.load_texts`, only when a command runs).
+    """
+    if str(path).startswith("hf:"):
+        data = importlib.import_module("stitch.data")  # imports torch: not at --help or validation time
+        return data.load_texts(path, text_field=text_field, name=flag(name))
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"{flag(name)}: no file at {str(path)!r}")
     lines = _read_utf8(name, file).splitlines()
     if file.suffix == ".jsonl":
-        texts = [_jsonl_text(name, path, i, line) for i, line in enumerate(lines, 1) if line.strip()]
+        texts = [_jsonl_text(name, path, i, line, text_field) for i, line in enumerate(lines, 1) if line.strip()]
     else:
         texts = [line for line in lines if line.strip()]
     if not texts:
@@ -38,14 +45,14 @@ def _read_utf8(name: str, file: Path) -> str:
         ) from None
 
 
-def _jsonl_text(name: str, path: str, lineno: int, line: str) -> str:
+def _jsonl_text(name: str, path: str, lineno: int, line: str, text_field: str = "text") -> str:
     try:
         record = json.loads(line)
     except json.JSONDecodeError as err:
         raise ValueError(f"{flag(name)}: {path}, line {lineno}: not JSON ({err.msg})") from None
-    text = record.get("text") if isinstance(record, dict) else None
+    text = record.get(text_field) if isinstance(record, dict) else None
     if not isinstance(text, str) or not text:
         raise ValueError(
-            f'{flag(name)}: {path}, line {lineno}: expected an object with a non-empty "text" string'
+            f'{flag(name)}: {path}, line {lineno}: expected an object with a non-empty "{text_field}" string'
         )
     return text
