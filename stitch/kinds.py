@@ -22,6 +22,7 @@ ADAPTER_OPTIONS: dict[str, tuple[str, ...]] = {
     "mlp": ("hidden", "activation", "norm"),
     "token_conditioned": ("window",),
     "token_conditioned_mlp": ("window", "hidden", "activation"),
+    "group": ("members",),  # several layer pairs' adapters as one (checkpoints of multi-pair runs)
 }
 CLOSED_FORM = ("procrustes", "linear", "affine", "token_conditioned")  # kinds with a closed-form fit
 FIT_OPTIONS = {
@@ -29,13 +30,14 @@ FIT_OPTIONS = {
     "token_conditioned": ("ridge", "window"),
 }  # fmt: skip
 POSITION_SELECTIONS = ("all", "shared", "last")  # stitch.splice.positions.SELECTIONS; or token indices "0,-1"
-TRAINABLE = tuple(sorted(kind for kind in ADAPTER_OPTIONS if kind != "identity"))
+TRAINABLE = tuple(sorted(kind for kind in ADAPTER_OPTIONS if kind not in ("identity", "group")))
 DEFAULT_KIND = "affine"  # the one default `--kind` of every command that makes an adapter
 # adapter options bounded by a model width: option -> what bounds it (checked once widths are known)
 WIDTH_BOUNDED = {"rank": "min(d_source, d_target)"}
 
 INJECTIONS = ("residual", "inputs_embeds", "hybrid")
 ALIGNMENTS = ("target", "source")
+AUTOCAST = ("none", "bf16", "fp16")  # stitch.training.precision.AUTOCAST
 POLICIES = ("prompt", "restitch", "all")  # "all": an alias of "restitch"
 DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 

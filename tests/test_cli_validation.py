@@ -248,6 +248,7 @@ def test_the_torch_free_names_agree_with_the_registries():
     from stitch.adapters import ADAPTERS, CLOSED_FORM
     from stitch.cli import configs
     from stitch.splice.generate import POLICIES
+    from stitch.training.precision import AUTOCAST
     from stitch.splice.injection import INJECTIONS
 
     options = {
@@ -256,6 +257,7 @@ def test_the_torch_free_names_agree_with_the_registries():
     }
     assert options == kinds.ADAPTER_OPTIONS
     assert (CLOSED_FORM, tuple(POLICIES), tuple(INJECTIONS)) == (kinds.CLOSED_FORM, kinds.POLICIES, kinds.INJECTIONS)
+    assert tuple(AUTOCAST) == kinds.AUTOCAST
     assert (configs.PAIRINGS, configs.MEASURES) == (PAIRINGS, tuple(MEASURES))
     from analyses.controls import CONTROLS
     from stitch.adapters.fit import fit_option_names

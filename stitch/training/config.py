@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 from dataclasses import dataclass
@@ -18,14 +19,13 @@ from stitch.kinds import (
     ADAPTER_OPTIONS,
     ALIGNMENTS,
     CLOSED_FORM,
+    AUTOCAST,
     DEFAULT_KIND,
     TRAINABLE,
     check_fit_options,
     fit_option_names,
 )
 from stitch.training.guide import METRICS
-from stitch.training.losses import parse_objectives
-from stitch.training.precision import AUTOCAST
 from stitch.training.sinks import SINKS
 
 SCHEDULES, INITS = ("constant", "linear", "cosine"), ("default", "fit")
@@ -98,7 +98,7 @@ class TrainConfig(Config):
     cache: str = option(
         "none", help="none (run A every step), memory, or a directory: activations computed once and reused"
     )
-    autocast: str = option("none", choices=tuple(AUTOCAST), help="bf16/fp16 autocast of the models on a GPU")
+    autocast: str = option("none", choices=AUTOCAST, help="bf16/fp16 autocast of the models on a GPU")
     log_to: tuple[str, ...] = option((), help=f"also log to {' / '.join(SINKS)} (optional packages)")
     wandb_project: str | None = option(None, help="Weights & Biases project (default: stitch)")
     log_every: int = option(10, help="record the training loss every N steps")
@@ -167,7 +167,7 @@ class TrainConfig(Config):
 
     def _check_objectives(self) -> None:
         specs = _as_tuple("objectives", self.objectives)
-        objectives = parse_objectives(specs)
+        objectives = _objectives().parse_objectives(specs)
         object.__setattr__(self, "objectives", tuple(str(s) for s in specs))
         grid_bound = [o.name for o in objectives if o.target_grid_only]
         if self.alignment == "source" and grid_bound:
@@ -194,7 +194,7 @@ class TrainConfig(Config):
         return list(self.pair_weights or [1.0] * len(self.pairs()))
 
     def loss_objectives(self):
-        return parse_objectives(self.objectives)
+        return _objectives().parse_objectives(self.objectives)
 
     def options(self) -> dict[str, Any]:
         """`adapter_options` as keyword arguments of the adapter (values read as YAML: 64, 0.5, true)."""
@@ -306,3 +306,9 @@ def _pair_spec(pair) -> str:
     if len(parts) != 2 or not all(p.isdigit() for p in parts):
         raise ValueError(f"layer_pairs: expected N:M with layers >= 0 (e.g. 16:14), got {pair!r}")
     return f"{int(parts[0])}:{int(parts[1])}"
+
+
+def _objectives():
+    """`stitch.training.losses`, loaded when a config is validated: its objectives are torch code, and
+    `stitch --help` must not import torch."""
+    return importlib.import_module("stitch.training.losses")
