@@ -7,7 +7,13 @@ import torch
 
 import stitch
 from analyses.sweep import layer_sweep
-from stitch.adapters import TokenConditioned, TokenConditionedMLP, condition_features, load_adapter, save_adapter
+from stitch.adapters import (
+    TokenConditioned,
+    TokenConditionedMLP,
+    condition_features,
+    load_adapter,
+    save_adapter,
+)
 from stitch.adapters.fit import collect_stats, fit_adapter
 from stitch.models.states import input_embeddings
 from tests.test_injection_positions import twin

@@ -25,6 +25,7 @@ from stitch.adapters.conditioned import (
     condition_features,
     is_conditioned,
 )
+from stitch.adapters.group import AdapterGroup
 from stitch.adapters.io import load_adapter, read_adapter_record, save_adapter
 from stitch.adapters.linear import (
     CLOSED_FORM,
@@ -42,6 +43,7 @@ __all__ = [
     "CLOSED_FORM",
     "MLP",
     "Adapter",
+    "AdapterGroup",
     "Affine",
     "Identity",
     "Linear",

@@ -5,6 +5,7 @@
     >>> stats = collect_stats(A, B, texts, [(8, 8), (16, 16), (16, EMBEDDINGS)])   # one pass, many pairs
     >>> Procrustes.fit_stats(stats[(16, 16)])
     >>> ad = fit_adapter(A, B, texts, 16, kind="token_conditioned", window=2, ridge=1e-2)
+    >>> ad = fit_from_store(store, 16, 16, kind="affine")     # pairs read from an activation store
 
 Pairs follow the target grid of `stitch.Splice`: B token j is paired with the A token the splice would
 feed it (the last A token ending at or before j's end). Padding and positions with no A token are
@@ -86,6 +87,22 @@ def fit_adapter(
         max_length=max_length,
     )
     return fit_closed_form(kind, stats[pair], **options).to(dtype)
+
+
+def fit_from_store(store, source_layer: int, target_layer: int, kind: str = "procrustes", *,
+                   batch_size: int = 64, drop_special: bool = True, classes=None,
+                   dtype: torch.dtype = torch.float32, **options) -> Adapter:  # fmt: skip
+    """The closed-form adapter of `fit_adapter`, from the pairs of an `stitch.activations` store (no model runs)."""
+    check_fit_options(kind, options)
+    stats = SufficientStats()
+    for start in range(0, len(store), batch_size):
+        stored = store.batch(range(start, min(start + batch_size, len(store))))
+        rows, src, tgt = stored.pairing.pairs(drop_special, classes)
+        if rows.numel():
+            stats.update(stored.source[source_layer][rows, src], stored.target[target_layer][rows, tgt])
+    if stats.n == 0:
+        raise ValueError(f"store: no paired positions in its {len(store)} texts")
+    return fit_closed_form(kind, stats, **options).to(dtype)
 
 
 def fit_option_names(kind: str) -> list[str]:

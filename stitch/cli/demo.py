@@ -33,25 +33,13 @@ from analyses.report import Header, model_facts
 from analyses.run_report import RUN_FILE, write_run_report
 from analyses.sweep import layer_sweep
 from stitch.cli.common import write_json
-from stitch.files import write_atomic
-from stitch.config import Config, option
+from stitch.cli.configs import DemoConfig
 from stitch.corpus import Corpus
+from stitch.files import write_atomic
 from stitch.zoo import demo_corpus, demo_pair
 
 TARGET_RECOVERED = 0.8  # the demo's check: a trained adapter at the best layer recovers this much at shared positions
 
-
-@dataclass(frozen=True)
-class DemoConfig(Config):
-    out: str = option("stitch-demo", help="directory for report.html and the records it is built from")
-    quick: bool = option(False, help="tiny models and few texts (seconds; what the test suite runs)")
-    cache_dir: str | None = option(None, help="model cache (default: $STITCH_CACHE_DIR, else $XDG_CACHE_HOME/stitch)")
-    fit_texts: int = option(400, help="training texts the closed-form adapters are fitted on")
-    eval_texts: int = option(119, help="held-out texts every score is measured on")
-    train_steps: int | None = option(None, help="steps of the gradient-trained adapter (default: 150; 20 with --quick)")
-    kind: str = option("affine", choices=("affine", "linear", "procrustes"), help="adapter kind")
-    ridge: float = option(1e-2, help="ridge of the closed-form fits")
-    progress: bool = option(True, help="progress bars")
 
 
 @dataclass

@@ -192,3 +192,75 @@ def barrier(dist: Dist) -> None:
     """Wait for every rank (nothing to wait for in one process)."""
     if dist.is_distributed:
         tdist.barrier()
+
+
+def all_gather_rows(rows: Tensor, dist: Dist) -> tuple[Tensor, int]:
+    """Every rank's `rows` concatenated in rank order, differentiable; also where this rank's rows start.
+
+    >>> everyone, offset = all_gather_rows(embeddings, dist)     # [sum of n_r, d]; mine at offset
+    >>> everyone[offset : offset + len(embeddings)] is a view of my own rows' values
+
+    Ranks may hold different numbers of rows (they are padded for the collective and trimmed). The
+    backward sums every rank's gradient for each row and hands each rank its own rows' part, so a loss
+    summed over ranks gets the gradient one process computes on the concatenated rows.
+    """
+    if not dist.is_distributed:
+        return rows, 0
+    counts = all_reduce_sum(_one_hot(rows.shape[0], dist), dist).long().tolist()
+    if max(counts) == 0:
+        return rows, 0
+    return _GatherRows.apply(rows, counts, dist.device), sum(counts[: dist.rank])
+
+
+def _one_hot(n: int, dist: Dist) -> list[float]:
+    values = [0.0] * dist.world_size
+    values[dist.rank] = float(n)
+    return values
+
+
+class _GatherRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, rows: Tensor, counts: list[int], device: torch.device) -> Tensor:
+        ctx.counts, ctx.rank = counts, tdist.get_rank()
+        width = max(counts)
+        padded = rows.new_zeros((width, *rows.shape[1:]))
+        padded[: rows.shape[0]] = rows
+        buffers = [torch.empty_like(padded, device=device) for _ in counts]
+        tdist.all_gather(buffers, padded.to(device).contiguous())
+        return torch.cat([b[:n].to(rows.device) for b, n in zip(buffers, counts, strict=True)])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        # every rank's loss reads every rank's rows: the gradient of my rows is the sum over ranks
+        grad = grad.contiguous().clone()
+        tdist.all_reduce(grad, op=tdist.ReduceOp.SUM)
+        start = sum(ctx.counts[: ctx.rank])
+        return grad[start : start + ctx.counts[ctx.rank]], None, None
+
+
+def sum_gradients(parameters: Sequence[nn.Parameter], dist: Dist) -> None:
+    """Sum every parameter's gradient over ranks in one coalesced all-reduce (nothing to do in one process).
+
+    The loop's per-rank losses are each rank's share of the global mean, so the sum is the full-batch
+    gradient; one reduce per optimizer step however many micro-batches (and adapter calls) it took.
+    """
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not dist.is_distributed or not grads:
+        return
+    flat = torch.cat([g.flatten() for g in grads]).to(dist.device)
+    tdist.all_reduce(flat, op=tdist.ReduceOp.SUM)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def broadcast_parameters(module: nn.Module, dist: Dist) -> None:
+    """Rank 0's parameters on every rank (what DDP does when it wraps a module)."""
+    if not dist.is_distributed:
+        return
+    with torch.no_grad():
+        for p in module.parameters():
+            buffer = p.detach().to(dist.device).contiguous()
+            tdist.broadcast(buffer, src=0)
+            p.copy_(buffer.to(p.device))

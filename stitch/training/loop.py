@@ -1,16 +1,20 @@
-"""The one training loop: gradient descent on B's next-token loss through the splice; only the adapter learns.
+"""The one training loop: gradient descent through the splice on weighted objectives; only the adapters learn.
 
     >>> config = TrainConfig(out="runs/l16", source_layer=16, kind="lowrank", adapter_options=("rank=64",),
     ...                      lr=1e-3, steps=2000, batch_size=32, eval_every=200, checkpoint_every=500)
     >>> result = train(A, B, train_texts, config, eval_texts=held_out)     # one process, or under torchrun
     >>> result.adapter, result.history[-1]["loss_recovered"]
 
-Each step takes `batch_size` texts (over all ranks; each rank its contiguous share, `stitch.training.distributed`),
-runs `Splice(A, B, ...)(texts)` and backpropagates the mean next-token CE over every rank's unmasked labels
-(`stitch.losses.mean_cross_entropy` per rank, re-weighted by `distributed.global_mean`): the gradient is the
-full-batch gradient whatever the world size, so a run on 2 ranks follows the same path as a run on 1.
-AdamW, optional warm-up and decay, gradient clipping; Procrustes adapters are re-orthogonalised after every
-step (`project_`). Rank 0 writes `OUT/adapter.safetensors` (`stitch.save_adapter`), `OUT/metrics.jsonl` and
+Each step takes `batch_size` texts (over all ranks; each rank its contiguous share, `stitch.training.distributed`,
+cut into `grad_accumulation` micro-batches), and for every layer pair and objective (`stitch.training.losses`)
+backpropagates its share of the global mean (`stitch.training.step`): each objective's item losses summed on
+the rank, divided by its item count over every rank and micro-batch. One coalesced all-reduce then sums the
+gradients (`distributed.sum_gradients`): the full-batch gradient whatever the world size or accumulation, so a
+run on 2 ranks follows the same path as a run on 1. Inputs come from the models every step, or from an
+activation store (`cache`, `stitch.activations`) built once. AdamW, optional warm-up and decay, gradient
+clipping; Procrustes adapters are re-orthogonalised after every step (`project_`). Every `eval_every` steps
+each pair is scored by the one evaluator, probed (cosine, CKA) and the best step so far exported to
+`OUT/best/`; `early_stopping_patience` stops the run (`stitch.training.guide`). Rank 0 writes `OUT/adapter.safetensors` (`stitch.save_adapter`), `OUT/metrics.jsonl` and
 `OUT/checkpoints/` (`stitch.training.checkpoint`); `resume=True` continues from the latest checkpoint bit-exactly.
 The order of the texts is a pure function of (seed, epoch) and the learning rate of the step, so the
 step, the adapter, the optimizer and the RNG are the whole state of a run.
@@ -26,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,14 +39,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from stitch.adapters import (
-    Adapter,
-    Procrustes,
-    build_adapter,
-    save_adapter,
-)
-from stitch.adapters.fit import fit_adapter
-from stitch.checks import check_layer, check_texts
+from stitch.adapters import Adapter, Procrustes
+from stitch.checks import check_texts
 from stitch.files import write_atomic
 from stitch.losses import IGNORE, token_cross_entropy
 from stitch.models.hooked import HookedLM
@@ -50,16 +49,27 @@ from stitch.training import distributed
 from stitch.training.checkpoint import latest_checkpoint, load_checkpoint, read_record, save_checkpoint
 from stitch.training.config import TrainConfig, check_warmup
 from stitch.training.evaluate import eval_references, evaluate
+from stitch.training.guide import EarlyStopping, evaluations
+from stitch.training.inputs import training_inputs
+from stitch.training.pairs import LayerPairs
+from stitch.training.precision import precision_for
+from stitch.training.probes import PairProbe, Similarity
 from stitch.training.records import NonFiniteError, nonfinite, strict_record
+from stitch.training.sinks import open_sinks
+from stitch.training.step import PairView, Term, step_backward
 
 
 @dataclass
 class TrainResult:
-    """The trained adapter, the step reached, and the records of `OUT/metrics.jsonl`."""
+    """The trained adapter (an `AdapterGroup` with several pairs), the step reached, the records of
+    `OUT/metrics.jsonl`, each pair's adapter by "N:M", and the best step (None without held-out texts)."""
 
     adapter: Adapter
     step: int
     history: list[dict[str, Any]] = field(default_factory=list)
+    adapters: dict[str, Adapter] = field(default_factory=dict)
+    best_step: int | None = None
+    stopped_early: bool = False
 
     @property
     def last_eval(self) -> dict[str, Any] | None:
@@ -75,18 +85,20 @@ def train(
     eval_texts=None,
     dist: distributed.Dist | None = None,
     metadata: dict[str, Any] | None = None,
+    similarity: Similarity | None = None,
 ) -> TrainResult:
     """Train the adapter of `config` from A's layer N to B's layer M on `texts`; see the module docstring.
 
     Under torchrun the process group is created from the environment (and destroyed at the end) unless a
     `dist` from `stitch.training.distributed.init()` is given. `metadata` goes into the saved adapter's record.
+    `similarity(x, y) -> float` (e.g. `analyses.cka.linear_cka`) adds CKA before/after to each evaluation.
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config: expected a stitch.training.loop.TrainConfig, got {type(config).__name__}")
     texts = check_texts(texts)
     eval_texts = None if eval_texts is None else check_texts(eval_texts)
     with distributed.session(dist) as dist:
-        return _Run(A, B, texts, eval_texts, config, dist, metadata or {}).run()
+        return _Run(A, B, texts, eval_texts, config, dist, metadata or {}, similarity).run()
 
 
 def backward(sp: Splice, texts: list[str], dist: distributed.Dist) -> tuple[float, int]:
@@ -117,137 +129,168 @@ def learning_rate(step: int, total: int, config: TrainConfig) -> float:
 
 
 class _Run:
-    """One training run: the splices, the optimizer, the data order, and what rank 0 writes."""
+    """One training run: the layer pairs, the optimizer, the data order, the guide, and what rank 0 writes."""
 
-    def __init__(self, A, B, texts, eval_texts, config: TrainConfig, dist, metadata):
+    def __init__(self, A, B, texts, eval_texts, config: TrainConfig, dist, metadata, similarity):
         self.config, self.dist, self.texts, self.eval_texts = config, dist, texts, eval_texts
+        self.A, self.B, self.similarity = A, B, similarity
         self.out = Path(config.out)
-        check_layer("source_layer", config.source_layer, A.n_layers)
-        self.target_layer = _target_layer(config, B.n_layers)
         self.per_epoch = _steps_per_epoch(len(texts), config, dist)
         self.total = config.steps or (config.epochs or 1) * self.per_epoch
         check_warmup(config.warmup, self.total)  # with --epochs the run's length is known only here
         self.directory = self.out / "checkpoints"
         checkpoint = latest_checkpoint(self.directory)
         torch.manual_seed(config.seed)  # the same on every rank; checkpoints carry the state on
-        self.adapter = self._initial_adapter(A, B, fit=checkpoint is None)
-        layers = dict(
-            source_layer=config.source_layer, target_layer=self.target_layer, alignment=config.alignment
-        )
-        self.eval_sp = Splice(A, B, adapter=self.adapter, **layers)
-        self.train_sp = Splice(A, B, adapter=distributed.wrap(self.adapter, dist), **layers)
-        self.optimizer = torch.optim.AdamW(
-            self.adapter.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        progress = config.progress and dist.is_main
+        self.pairs = LayerPairs.build(A, B, config, texts, fit=checkpoint is None, progress=progress)
+        distributed.broadcast_parameters(self.pairs.group, dist)
+        self.terms = _terms(self.pairs, config.loss_objectives())
+        self.optimizer = torch.optim.AdamW(self.pairs.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.precision = precision_for(config.autocast, A.device)
+        self.rule = EarlyStopping(
+            config.early_stopping_metric, config.early_stopping_patience, config.early_stopping_min_delta
         )
         self.metadata = {"source_model": A.name, "target_model": B.name, **metadata}
         self.history: list[dict[str, Any]] = []
         self._last_checkpoint = checkpoint
         self.step = 0 if checkpoint is None else self._resume(checkpoint)
         self._order: tuple[int, torch.Tensor] | None = None
+        self.inputs = training_inputs(
+            A, B, texts, config, self.pairs.layers, [t.objective for t in self.terms], dist, progress
+        )
+
+    @property
+    def adapter(self) -> Adapter:
+        return self.pairs.group
 
     def run(self) -> TrainResult:
-        self.references = (
-            None if self.eval_texts is None
-            else eval_references(self.eval_sp, self.texts, self.dist, self.config.batch_size)
-        )
+        config = self.config
+        self.sinks = open_sinks(config.log_to, self.out, config.to_dict(), config.wandb_project) if (
+            self.dist.is_main and config.log_to) else []  # fmt: skip
+        if self.eval_texts is not None:
+            self.references = [
+                eval_references(sp, self.texts, self.dist, config.batch_size) for sp in self.pairs.splices
+            ]
+            self.probes = [
+                PairProbe.collect(self.A, self.B, self.eval_texts, n, m, cka=self.similarity)
+                for n, m in self.pairs.layers
+            ]
         if self.step == 0 and self.eval_texts is not None:
             self._evaluate()
-        main = self.dist.is_main and self.config.progress
-        bar = tqdm(
-            total=self.total, initial=self.step, desc="training adapter", unit="step", disable=not main
-        )
+        bar = tqdm(total=self.total, initial=self.step, desc="training adapter", unit="step",
+                   disable=not (self.dist.is_main and config.progress))  # fmt: skip
         with bar:
-            while self.step < self.total:
-                loss, tokens = self._train_step()
+            while self.step < self.total and not self._stopped():
+                record = self._train_step()
                 self.step += 1
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}")
-                self._after_step(loss, tokens)
+                bar.set_postfix(loss=f"{record['loss']:.4f}")
+                self._after_step(record)
+        for sink in self.sinks:
+            sink.close()
         return self._finish()
 
-    def _train_step(self) -> tuple[float, int]:
-        lr = learning_rate(self.step, self.total, self.config)
+    def _train_step(self) -> dict[str, Any]:
+        config, params = self.config, self.pairs.parameters()
+        lr = learning_rate(self.step, self.total, config)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        mine = distributed.shard(self._step_texts(self.step), self.dist)
-        loss, tokens = backward(self.train_sp, mine, self.dist)
-        self._check_finite(loss, "the gradient of", {n: p.grad for n, p in self._parameters()})
-        if self.config.grad_clip > 0:  # gradients are already reduced: every rank clips alike
-            torch.nn.utils.clip_grad_norm_(self.adapter.parameters(), self.config.grad_clip)
-        self.optimizer.step()
-        if isinstance(self.adapter, Procrustes):
-            self.adapter.project_()
-        self._check_finite(loss, "the adapter's", dict(self._parameters()))
-        return loss, tokens
+        start = time.perf_counter()
+        mine = distributed.shard(self._step_indices(self.step), self.dist)
+        micro = [self.inputs.prepare(part) for part in _split(mine, config.grad_accumulation)]
+        views = [[PairView(sp, mb) for sp in self.pairs.splices] for mb in micro]
+        record = step_backward(self.terms, views, self.dist, self.precision)
+        distributed.sum_gradients(params, self.dist)
+        self.precision.unscale(self.optimizer)
+        self._check_finite(record["loss"], "the gradient of", {n: p.grad for n, p in self._parameters()})
+        norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip if config.grad_clip > 0 else math.inf)
+        self.precision.step(self.optimizer)
+        for adapter in {id(a): a for a in self.pairs.adapters}.values():
+            if isinstance(adapter, Procrustes):
+                adapter.project_()
+        self._check_finite(record["loss"], "the adapter's", dict(self._parameters()))
+        local = sum(int((v[0].labels != IGNORE).sum()) for v in views)
+        tokens = int(distributed.all_reduce_sum([local], self.dist)[0])
+        seconds = time.perf_counter() - start
+        return {**record, "tokens": tokens, "lr": lr, "grad_norm": float(norm), "tokens_per_s": tokens / seconds}
 
     def _parameters(self):
-        return ((n, p) for n, p in self.adapter.named_parameters() if p.requires_grad)
+        return ((n, p) for n, p in self.pairs.group.named_parameters() if p.requires_grad)
 
     def _check_finite(self, loss: float, what: str, tensors: dict[str, Tensor | None]) -> None:
         """Raise before a non-finite state can reach the optimizer, a checkpoint or the metrics. Every rank
-        sees the same reduced loss and gradients, so every rank raises at the same step (no DDP hang)."""
+        sees the same reduced loss and gradients, so every rank raises at the same step (no rank hangs)."""
         cause = nonfinite(loss, {f"{what} {name}": t for name, t in tensors.items()})
         if cause is None:
             return
-        config, last = self.config, self._last_checkpoint
+        last = self._last_checkpoint
         kept = f"the last good checkpoint, {last.name}, is kept" if last else "no checkpoint was written"
+        pairs = ", ".join(f"source layer {n} → target layer {m}" for n, m in self.pairs.layers)
         message = (
-            f"training step {self.step + 1} (source layer {config.source_layer} → target layer "
-            f"{self.target_layer}): {cause}; stopped before anything non-finite was written ({kept}). "
-            "Lower lr or grad_clip, or check the texts of this step (a changed config needs a new out directory)"
+            f"training step {self.step + 1} ({pairs}): {cause}; stopped before anything non-finite was "
+            f"written ({kept}). Lower lr or grad_clip, or check the texts of this step (a changed config "
+            "needs a new out directory)"
         )
-        self.history.append(
-            strict_record({"split": "train", "step": self.step + 1, "loss": loss, "error": message})
-        )
+        self._log({"split": "train", "step": self.step + 1, "loss": loss, "error": message})
         if self.dist.is_main:
             self._write_metrics()
         raise NonFiniteError(message)
 
-    def _after_step(self, loss: float, tokens: int) -> None:
+    def _after_step(self, record: dict[str, Any]) -> None:
         config, step = self.config, self.step
         if step % config.log_every == 0 or step == self.total:
-            lr = self.optimizer.param_groups[0]["lr"]
-            self.history.append(
-                strict_record({"split": "train", "step": step, "loss": loss, "tokens": tokens, "lr": lr})
-            )
+            self._log({"split": "train", "step": step, **record})
         if self.eval_texts is not None and config.eval_every and step % config.eval_every == 0:
             self._evaluate()
-        if config.checkpoint_every and (step % config.checkpoint_every == 0 or step == self.total):
+        if config.checkpoint_every and (step % config.checkpoint_every == 0 or step == self.total or self._stopped()):
             self._checkpoint()
 
-    def _step_texts(self, step: int) -> list[str]:
+    def _step_indices(self, step: int) -> list[int]:
         """The texts of global step `step`: a slice of this epoch's permutation (a function of seed, epoch)."""
         epoch, index = divmod(step, self.per_epoch)
         if self._order is None or self._order[0] != epoch:
             generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
             self._order = (epoch, torch.randperm(len(self.texts), generator=generator))
         size = self.config.batch_size
-        return [self.texts[i] for i in self._order[1][index * size : (index + 1) * size].tolist()]
+        return self._order[1][index * size : (index + 1) * size].tolist()
 
     def _evaluate(self) -> None:
-        record = evaluate(self.eval_sp, self.eval_texts, self.dist, self.config.batch_size, self.references)
-        self.history.append(strict_record({"split": "eval", "step": self.step, **record}))
+        config, several = self.config, len(self.pairs.layers) > 1
+        for i, (key, sp) in enumerate(zip(self.pairs.keys, self.pairs.splices, strict=True)):
+            record = evaluate(sp, self.eval_texts, self.dist, config.batch_size, self.references[i])
+            record.update(self.probes[i].record(sp.adapter, self.similarity))
+            self._log({"split": "eval", "step": self.step, **({"pair": key} if several else {}), **record})
+            if self.dist.is_main and config.progress:
+                values = ", ".join(f"{k} {v:.4f}" for k, v in record.items() if _real(v))
+                tqdm.write(f"step {self.step}{f' {key}' if several else ''}: {values}")
+        state = self._guide()
+        if state.best_step == self.step and self.dist.is_main:
+            self.pairs.save(self.out / "best", self._adapter_metadata(), self._evals_at(self.step), step=self.step)
+        if state.stop:
+            self._log({"split": "early_stop", "step": self.step, "best_step": state.best_step,
+                       "metric": config.early_stopping_metric, "best": state.best_value, "waited": state.waited})  # fmt: skip
         if self.dist.is_main:
             self._write_metrics()
-        if self.dist.is_main and self.config.progress:
-            tqdm.write(
-                f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in record.items() if _real(v))
-            )
 
-    def _initial_adapter(self, A: HookedLM, B: HookedLM, fit: bool) -> Adapter:
-        """The adapter before step 0 (no closed-form fit when a checkpoint will overwrite it anyway)."""
-        config, options = self.config, self.config.options()
-        if config.init == "fit" and fit:
-            fit_texts = self.texts[: config.init_texts]  # every rank fits the same texts: no broadcast needed
-            progress = config.progress and self.dist.is_main
-            layers = (config.source_layer, self.target_layer)
-            fit_options = config.fit_options()  # the adapter's structural options plus init_options (ridge)
-            adapter = fit_adapter(A, B, fit_texts, *layers, config.kind, progress=progress, **fit_options)
-        else:
-            adapter = build_adapter(config.kind, d_source=A.d_model, d_target=B.d_model, **options)
-        # on B's side, where the Splice runs it (B's device at layer M, for a sharded B too)
-        return adapter.to(device=B.device_of(self.target_layer), dtype=torch.float32)
+    def _guide(self):
+        weights = dict(zip(self.pairs.keys, self.pairs.weights, strict=True))
+        return self.rule.replay(evaluations(self.history, self.config.early_stopping_metric, weights))
+
+    def _evals_at(self, step: int) -> list[dict[str, Any]]:
+        """The eval records of `step`, one per layer pair in pair order (the last of each, if repeated)."""
+        records = {r.get("pair", ""): r for r in self.history if r["split"] == "eval" and r["step"] == step}
+        several = len(self.pairs.layers) > 1
+        return [records[k if several else ""] for k in self.pairs.keys if (k if several else "") in records]
+
+    def _stopped(self) -> bool:
+        return any(r["split"] == "early_stop" for r in self.history)
+
+    def _log(self, record: dict[str, Any]) -> None:
+        record = strict_record(record)
+        self.history.append(record)
+        for sink in getattr(self, "sinks", ()):
+            sink.log(record)
 
     def _resume(self, path: Path) -> int:
         if not self.config.resume:
@@ -256,8 +299,13 @@ class _Run:
                 "(resume=True) or choose a new out directory"
             )
         _check_same_run(path, read_record(path)["state"], self._identity())  # before loading: a clear diff
-        record = load_checkpoint(path, self.adapter, self.optimizer)
+        record = load_checkpoint(path, self.pairs.group, self.optimizer)
         self.history = record["state"]["history"]
+        if record["step"] > self.total:
+            raise ValueError(
+                f"steps: the checkpoint {path} is at step {record['step']}, beyond this run's {self.total} "
+                "steps; extend a run with more steps or epochs, never fewer"
+            )
         return record["step"]
 
     def _identity(self) -> dict[str, Any]:
@@ -275,28 +323,33 @@ class _Run:
             state = {**self._identity(), "history": self.history}
             options = dict(state=state, keep=self.config.keep_checkpoints, run=self._run_id())
             save_checkpoint(
-                self.directory, self.step, self.adapter, self.optimizer, **options, **self._adapter_metadata()
+                self.directory, self.step, self.pairs.group, self.optimizer, **options, **self._adapter_metadata()
             )
             self._write_metrics()
 
     def _finish(self) -> TrainResult:
-        if self.eval_texts is not None and not (self.history and self.history[-1]["split"] == "eval"):
+        done = any(r["split"] == "eval" and r["step"] == self.step for r in self.history)
+        if self.eval_texts is not None and not done:
             self._evaluate()
+        best = self._guide().best_step if self.eval_texts is not None else None
         if self.dist.is_main:
-            last = next((r for r in reversed(self.history) if r["split"] == "eval"), None)
-            save_adapter(self.adapter, self.out, **self._adapter_metadata(), step=self.step, eval=last)
+            evals = self._evals_at(self.step) or None
+            self.pairs.save(self.out, self._adapter_metadata(), evals, step=self.step, best_step=best)
             self._write_metrics()
         distributed.barrier(self.dist)  # every rank returns once the artifacts exist
-        return TrainResult(self.adapter, self.step, list(self.history))
+        adapters = dict(zip(self.pairs.keys, self.pairs.adapters, strict=True))
+        return TrainResult(self.pairs.group, self.step, list(self.history), adapters, best, self._stopped())
 
     def _adapter_metadata(self) -> dict[str, Any]:
+        (n, m), config = self.pairs.layers[0], self.config
         return {
             **self.metadata,
-            "source_layer": self.config.source_layer,
-            "target_layer": self.target_layer,
-            "alignment": self.config.alignment,
-            "kind": self.config.kind,
-            "train_config": self.config.to_dict(),
+            "source_layer": n,
+            "target_layer": m,
+            "alignment": config.alignment,
+            "kind": config.kind,
+            "objectives": list(config.objectives),
+            "train_config": config.to_dict(),
         }
 
     def _write_metrics(self) -> None:
@@ -304,11 +357,27 @@ class _Run:
         write_atomic(self.out / "metrics.jsonl", lines)
 
 
+def _terms(pairs: LayerPairs, objectives) -> list[Term]:
+    several = len(pairs.layers) > 1
+    return [
+        Term(f"{key}/{o.label}" if several else o.label, i, o, weight * o.weight)
+        for i, (key, weight) in enumerate(zip(pairs.keys, pairs.weights, strict=True))
+        for o in objectives
+    ]
+
+
+def _split(items: list[int], parts: int) -> list[list[int]]:
+    """`parts` contiguous, non-empty micro-batches (sizes differ by at most one)."""
+    n = len(items)
+    return [items[n * i // parts : n * (i + 1) // parts] for i in range(parts)]
+
 def _steps_per_epoch(n_texts: int, config: TrainConfig, dist: distributed.Dist) -> int:
-    if config.batch_size < dist.world_size:
+    need = dist.world_size * config.grad_accumulation  # every rank runs the same number of micro-batches
+    if config.batch_size < need:
         raise ValueError(
-            f"batch_size: {config.batch_size} texts per step cannot be shared by {dist.world_size} ranks; "
-            f"valid: batch_size >= {dist.world_size} (the world size)"
+            f"batch_size: {config.batch_size} texts per step cannot be shared by {dist.world_size} rank(s) in "
+            f"{config.grad_accumulation} micro-batch(es) each; valid: batch_size >= {need} "
+            "(world size × grad_accumulation)"
         )
     if n_texts < config.batch_size:
         raise ValueError(
@@ -316,12 +385,6 @@ def _steps_per_epoch(n_texts: int, config: TrainConfig, dist: distributed.Dist) 
             "give more texts or a smaller batch_size"
         )
     return n_texts // config.batch_size  # full batches only: every step weighs the same number of texts
-
-
-def _target_layer(config: TrainConfig, n_layers: int) -> int:
-    if config.target_layer is None:
-        return check_layer("target_layer (defaults to source_layer)", config.source_layer, n_layers)
-    return check_layer("target_layer", config.target_layer, n_layers)
 
 
 def _check_same_run(path: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:

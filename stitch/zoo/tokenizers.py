@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 
 import transformers
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from stitch.checks import check_range
 
