@@ -89,15 +89,24 @@ def cases(root):
     align = ["align", "--source-tokenizer", str(root / "a"), "--target-tokenizer", str(root / "b"), *t, *o]
     return {
         "demo": [
-            (["--n-layers", "0"], ["--n-layers", "expected an integer in [1, 64], got 0"]),
-            (["--n-layers", "two"], ["--n-layers", "invalid int value"]),
-            (["--d-model", "12"], ["--d-model", "multiple of 8"]),
-            (["--d-model", "4"], ["--d-model", "[8, 4096]"]),
-            (["--train-steps", "-1"], ["--train-steps", ">= 0"]),
-            (["--learning-rate", "0"], ["--learning-rate", "> 0.0"]),
-            (["--seed", "-1"], ["--seed", ">= 0"]),
+            (["--fit-texts", "1"], ["--fit-texts", ">= 2"]),
+            (["--fit-texts", "two"], ["--fit-texts", "invalid int value"]),
+            (["--eval-texts", "2"], ["--eval-texts", ">= 3"]),
+            (["--train-steps", "0"], ["--train-steps", ">= 1"]),
+            (["--ridge", "-1"], ["--ridge", ">= 0.0"]),
+            (["--kind", "mlp"], ["--kind", "invalid choice"]),
+            (["--eval-texts", "x"], ["--eval-texts", "invalid int value"]),
             (["--out", str(root / "a_file")], ["--out", "is an existing file"]),
-            (["--out", str(root / "done")], ["--out", "--overwrite"]),
+        ],
+        "report": [
+            (["report", str(root / "nope")], ["--run-dir", "no directory at"]),
+            (["report", str(root / "a_file")], ["--run-dir", "no directory at"]),
+            (["report", str(root / "a"), "--plotlyjs", "cdn"], ["--plotlyjs", "invalid choice"]),
+            (["report", str(root / "a"), "--out", str(root / "a")], ["--out", "is a directory"]),
+            (["report", str(root / "a"), "--out", str(root)], ["--out", "is a directory"]),
+            (["report", str(root / "a"), "--bogus"], ["--bogus", "unrecognized"]),
+            (["report", str(root / "a"), "--plotlyjs"], ["--plotlyjs", "expected one argument"]),
+            (["report", str(root / "a"), "--config", str(root / "nope.yaml")], ["--config", ""]),
         ],
         "align": [
             ([*align[:5], *o], ["--texts", "missing required"]),

@@ -140,8 +140,8 @@ class DemoConfig(Config):
 class ReportConfig(Config):
     POSITIONAL: ClassVar[tuple[str, ...]] = ("run_dir",)
 
-    run_dir: str = option(help="a directory a stitch command wrote")
-    out: str | None = option(None, help="where to write the report (default: RUN_DIR/report.html)")
+    run_dir: str = path_option("run_dir", help="a directory a stitch command wrote")
+    out: str | None = path_option("out_file", None, help="where to write the report (default: RUN_DIR/report.html)")
     plotlyjs: str = option("inline", choices=("inline", "beside"),  # analyses.report.PLOTLYJS
                            help="inline: plotly.js inside the file; beside: plotly.min.js written once next to it")
 

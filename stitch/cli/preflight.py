@@ -147,6 +147,11 @@ def _out_dir(name: str, path: str) -> None:
         raise ValueError(f"{flag(name)}: {path!r} is an existing file; expected a directory to write into")
 
 
+def _run_dir(name: str, path: str) -> None:
+    if not Path(path).is_dir():
+        raise ValueError(f"{flag(name)}: no directory at {path!r}; expected a directory a stitch command wrote")
+
+
 def _out_file(name: str, path: str) -> None:
     if Path(path).is_dir():
         raise ValueError(f"{flag(name)}: {path!r} is a directory; expected a file name")
@@ -166,6 +171,7 @@ _CHECKS = {
     "out_file": _out_file,
     "out_adapter": _out_adapter,
     "resumable_dir": _out_dir,
+    "run_dir": _run_dir,
 }
 
 
