@@ -10,54 +10,43 @@ Layout: `stitch.models` (wrapping, hooks, loading), `stitch.alignment` (spans, a
 `stitch.adapters` (adapters, closed-form math, fits from models), `stitch.splice` (splice, injection,
 scoring, generation), `stitch.training`, `stitch.cli` (recipes). Old module paths (`stitch.fit_models`,
 `stitch.train`, `stitch.toy`, ...) still import, with a DeprecationWarning (`stitch._moved`).
+
+The public names are resolved on first use (PEP 562), so `import stitch` and `stitch --help` import no torch.
 """
 
-from stitch import _moved, adapters
-from stitch.adapters import load_adapter, save_adapter
-from stitch.adapters.fit import fit_adapter
-from stitch.alignment import TokenAlignment, align_batch, token_spans
-from stitch.alignment.pairing import Pairing, align_texts, pair_texts
-from stitch.batch import Batch
-from stitch.models import interop
-from stitch.models.arch import ARCHITECTURES, ArchSpec
-from stitch.models.cache import ActivationCache
-from stitch.models.hooked import HookedLM
-from stitch.models.loading import load_model
-from stitch.splice import Splice, SpliceOutput
-from stitch.splice.communicate import communicate
-from stitch.training import checkpoint, distributed
-from stitch.training.config import TrainConfig
-from stitch.training.loop import TrainResult
-from stitch.training.loop import train as train_adapter
+from stitch import _moved
+from stitch._lazy import lazy_exports
 
 _moved.install()
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ARCHITECTURES",
-    "ActivationCache",
-    "ArchSpec",
-    "Batch",
-    "HookedLM",
-    "Pairing",
-    "Splice",
-    "SpliceOutput",
-    "TokenAlignment",
-    "TrainConfig",
-    "TrainResult",
-    "adapters",
-    "align_batch",
-    "align_texts",
-    "checkpoint",
-    "communicate",
-    "distributed",
-    "fit_adapter",
-    "interop",
-    "load_adapter",
-    "load_model",
-    "pair_texts",
-    "save_adapter",
-    "token_spans",
-    "train_adapter",
-]
+_EXPORTS = {
+    "ARCHITECTURES": "stitch.models.arch",
+    "ArchSpec": "stitch.models.arch",
+    "ActivationCache": "stitch.models.cache",
+    "Batch": "stitch.batch",
+    "HookedLM": "stitch.models.hooked",
+    "Pairing": "stitch.alignment.pairing",
+    "Splice": "stitch.splice.splice",
+    "SpliceOutput": "stitch.splice.splice",
+    "TokenAlignment": "stitch.alignment",
+    "TrainConfig": "stitch.training.config",
+    "TrainResult": "stitch.training.loop",
+    "adapters": "stitch.adapters",
+    "align_batch": "stitch.alignment",
+    "align_texts": "stitch.alignment.pairing",
+    "checkpoint": "stitch.training.checkpoint",
+    "communicate": "stitch.splice.communicate:communicate",
+    "distributed": "stitch.training.distributed",
+    "fit_adapter": "stitch.adapters.fit",
+    "interop": "stitch.models.interop",
+    "load_adapter": "stitch.adapters.io",
+    "load_model": "stitch.models.loading",
+    "pair_texts": "stitch.alignment.pairing",
+    "save_adapter": "stitch.adapters.io",
+    "token_spans": "stitch.alignment",
+    "train_adapter": "stitch.training.loop:train",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

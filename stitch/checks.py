@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def check_layer(name: str, value, n_layers: int) -> int:
@@ -43,6 +45,8 @@ def check_choice(name: str, value, choices: Sequence) -> None:
 
 def available_devices() -> list[str]:
     """The devices this process can run on: "cpu", then "cuda:0".."cuda:N-1", then "mps" if present."""
+    import torch  # lazily: configs check their other fields without torch (`stitch --help` stays fast)
+
     devices = ["cpu"]
     if torch.cuda.is_available():
         devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
@@ -58,6 +62,7 @@ def check_device(name: str, device) -> torch.device:
     >>> check_device("device", "cuda:7")   # on a machine without 8 GPUs:
     ValueError: device: 'cuda:7' is not available here; available devices: ['cpu']
     """
+    import torch
     try:
         dev = device if isinstance(device, torch.device) else torch.device(device)
     except (RuntimeError, TypeError, ValueError):
@@ -83,3 +88,9 @@ def check_batch_size(batch_size) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
     return batch_size
+
+
+def check_range(name: str, value, low, high) -> None:
+    """A number (not a bool) with low <= value <= high."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise ValueError(f"{name}: got {value!r}; valid: a number in [{low}, {high}]")

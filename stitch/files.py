@@ -1,6 +1,8 @@
 """Atomic file writes: a temp file in the same directory, fsync, then `os.replace`.
 
 >>> write_atomic("out/report.html", html)       # readers see the old file or the whole new one, never half
+>>> with atomic_directory("cache/model-1f2e") as tmp:   # fill tmp; it becomes cache/model-1f2e on success
+...     model.save_pretrained(tmp)
 """
 
 from __future__ import annotations
@@ -8,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -53,3 +57,25 @@ def make_temp_dir(parent: str | os.PathLike, prefix: str) -> Path:
         except FileExistsError:
             continue
     raise FileExistsError(f"{parent}: could not create a unique temp directory {prefix}*")
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary directory beside `path` that is renamed to `path` when the block succeeds.
+
+    A kill or an error mid-block leaves no `path` (only a hidden `.name.tmp-*` that the next call ignores and
+    an error removes), so a reader finds the whole directory or none. If another process finished the same
+    `path` first, its copy is kept and this one discarded (both were built from the same inputs).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = make_temp_dir(path.parent, f".{path.name}.tmp-")
+    try:
+        yield tmp
+        try:
+            os.replace(tmp, path)  # atomic on POSIX; fails when `path` already exists and is not empty
+        except OSError:
+            if not path.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

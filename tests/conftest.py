@@ -41,3 +41,9 @@ def llama(tok):
     from tests.tiny import tiny_model
 
     return stitch.load_model(tiny_model("llama", vocab_size=len(tok)), tokenizer=tok)
+
+
+@pytest.fixture(scope="session")
+def demo_cache(tmp_path_factory):
+    """One model cache for every test that runs the demo: its tiny models are trained once per session."""
+    return tmp_path_factory.mktemp("stitch-cache")

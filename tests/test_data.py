@@ -50,7 +50,7 @@ def test_chunks_overlap_by_the_stride_and_fit(model):
 
 
 def test_train_command_checks_window_options_before_loading():
-    base = dict(source_model="a", target_model="b", texts="t.txt", out="o", source_layer=1)
+    base = dict(source_model="a", target_model="b", train_texts="t.txt", out="o", source_layer=1)
     with pytest.raises(ValueError, match="max_tokens: --pack and --stride need --max-tokens > 0"):
         TrainCommandConfig(**base, pack=True)
     with pytest.raises(ValueError, match="stride: expected an integer in"):
@@ -65,7 +65,7 @@ def test_stitch_train_with_objectives_layer_pairs_and_cache(tmp_path):
         tok.save_pretrained(tmp_path / name)
     (tmp_path / "t.txt").write_text("\n".join(t for t in CORPUS if "\n" not in t) + "\n")
     argv = ["train", "--source-model", str(tmp_path / "a"), "--target-model", str(tmp_path / "b"),
-            "--texts", str(tmp_path / "t.txt"), "--eval-texts", str(tmp_path / "t.txt"), "--out", str(tmp_path / "run"),
+            "--train-texts", str(tmp_path / "t.txt"), "--eval-texts", str(tmp_path / "t.txt"), "--out", str(tmp_path / "run"),
             "--layer-pairs", "1:1", "2:1", "--objectives", "ce", "cosine:weight=0.5", "--cache", str(tmp_path / "cache"),
             "--steps", "2", "--batch-size", "2", "--eval-every", "2", "--no-progress"]  # fmt: skip
     assert main(argv) == 0

@@ -252,7 +252,7 @@ def test_torchrun_runs_stitch_train(tmp_path):
     ddp = stitch.load_adapter(tmp_path / "torchrun")
     for name, value in single.adapter.state_dict().items():
         torch.testing.assert_close(ddp.state_dict()[name], value, atol=1e-6, rtol=0)
-    assert json.loads((tmp_path / "torchrun" / "config.json").read_text())["texts"] == str(
+    assert yaml.safe_load((tmp_path / "torchrun" / "config.yaml").read_text())["train_texts"] == str(
         tmp_path / "texts.txt"
     )
 

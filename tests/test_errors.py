@@ -336,21 +336,14 @@ def test_load_model_on_a_missing_device_names_it_and_the_available_ones(tok, dev
 
 
 def test_cli_device_error_is_one_line(tmp_path, capsys):
+    """A device this machine lacks is a bad option: status 2 and one message, before anything loads."""
     texts = tmp_path / "t.txt"
     texts.write_text("hello\n")
-    argv = [
-        "cka",
-        "--source-model",
-        "x",
-        "--target-model",
-        "x",
-        "--texts",
-        str(texts),
-        "--out",
-        str(tmp_path / "o"),
-    ]
-    assert stitch.cli.main([*argv, "--device", "cuda:7"]) == 1
+    argv = ["cka", "--source-model", str(tmp_path), "--target-model", str(tmp_path), "--texts", str(texts)]
+    with pytest.raises(SystemExit) as exit_info:
+        stitch.cli.main([*argv, "--out", str(tmp_path / "o"), "--device", "cuda:7"])
     err = capsys.readouterr().err
+    assert exit_info.value.code == 2
     assert "--device: 'cuda:7' is not available here; available devices: ['cpu'" in err
     assert "Traceback" not in err and "AssertionError" not in err
 

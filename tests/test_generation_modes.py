@@ -5,7 +5,6 @@ path must equal the from-scratch reference token for token, under both policies.
 """
 
 import pytest
-import torch
 
 import stitch
 from tests.test_generation import PROMPTS, hf_greedy, linear

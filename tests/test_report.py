@@ -47,3 +47,50 @@ def test_atomic_write_keeps_the_old_file_on_error(tmp_path):
         write_atomic(path, 12345)
     assert path.read_text() == "old"
     assert os.listdir(tmp_path) == ["f.txt"]  # no temp file left behind
+
+
+HOSTILE = "</script><script>alert(1)</script><!-- \u2028 & \"q\""
+
+
+def test_hostile_text_is_escaped_everywhere(tmp_path):
+    from analyses.report import Header
+
+    header = Header(config={"out": HOSTILE}, models=({"name": HOSTILE, "layers": 2},), versions={"x": HOSTILE},
+                    git_commit=HOSTILE, date=HOSTILE, hardware={"gpus": HOSTILE})
+    fig = go.Figure(go.Scatter(x=[1], y=[2], name=HOSTILE), layout=dict(title=HOSTILE))
+    text = render_report(
+        [Section(HOSTILE, fig, note=HOSTILE, flags=(HOSTILE,)), Section("gen", [{"generation": HOSTILE}])],
+        title=HOSTILE, header=header, summary=[{"metric": HOSTILE, "value": 1.0}],
+    )
+    bundle = text.index("</script>")  # the inlined plotly.js ends here; everything after is ours
+    rest = text[bundle + len("</script>"):]
+    assert "alert(1)" in rest and "<script>alert" not in text and "<!--" not in rest and "\u2028" not in rest
+    assert rest.count("<script") == 1 and rest.count("</script>") == 1  # the figure's own script only
+    assert "&lt;/script&gt;" in rest and "&#x2028;" in rest
+
+
+def test_undefined_values_are_flagged_not_printed_as_numbers():
+    text = render_report([Section("t", [{"loss recovered": float("nan"), "n": None, "ok": 0.5}])])
+    assert text.count('class="flag"') == 2 and "NaN ⚠" in text and "<td>0.5</td>" in text
+
+
+def test_plotlyjs_can_be_written_once_beside_several_reports(tmp_path):
+    for name in ("a.html", "b.html"):
+        write_report(tmp_path / name, [Section("CKA", figure())], plotlyjs="beside")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.html", "b.html", "plotly.min.js"]
+    text = (tmp_path / "a.html").read_text()
+    assert '<script src="plotly.min.js"></script>' in text and len(text) < 100_000
+    with pytest.raises(ValueError, match=r"plotlyjs: got 'cdn'; valid: \['inline', 'beside'\]"):
+        render_report([Section("CKA", figure())], plotlyjs="cdn")
+
+
+def test_atomic_directory_leaves_nothing_on_error(tmp_path):
+    from stitch.files import atomic_directory
+
+    with pytest.raises(RuntimeError), atomic_directory(tmp_path / "model") as tmp:
+        (tmp / "weights").write_text("half")
+        raise RuntimeError("killed mid-write")
+    assert list(tmp_path.iterdir()) == []
+    with atomic_directory(tmp_path / "model") as tmp:
+        (tmp / "weights").write_text("whole")
+    assert [p.name for p in tmp_path.iterdir()] == ["model"] and (tmp_path / "model" / "weights").read_text() == "whole"

@@ -378,13 +378,13 @@ def test_cli_train_equals_the_library_and_refuses_bad_options(rotated, tmp_path,
     cli = stitch.load_adapter(tmp_path / "cli")
     for key, value in library.adapter.state_dict().items():
         torch.testing.assert_close(cli.state_dict()[key], value, atol=1e-6, rtol=0)
-    saved = json.loads((tmp_path / "cli" / "config.json").read_text())
-    assert saved["steps"] == 6 and saved["eval_texts"] == str(tmp_path / "texts.txt")
+    saved = yaml.safe_load((tmp_path / "cli" / "config.yaml").read_text())  # the old `texts` key was read
+    assert saved["steps"] == 6 and saved["train_texts"] == saved["eval_texts"] == str(tmp_path / "texts.txt")
     record = stitch.adapters.read_adapter_record(tmp_path / "cli")["metadata"]
     assert record["source_model"] == str(tmp_path / "a") and record["step"] == 6
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--config", str(tmp_path / "train.yaml"), "--lr", "-1"])
-    assert exit_info.value.code == 2 and "lr: expected a number > 0.0, got -1.0" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--lr: expected a number > 0.0, got -1.0" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

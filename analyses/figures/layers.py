@@ -3,7 +3,7 @@
     >>> from analyses.figures.layers import layer_axis
     >>> fig.update_xaxes(**layer_axis("Llama-3.1-8B", 33))  # "Llama-3.1-8B layer ℓ (0 = embeddings)"
 
-Layer ℓ is the residual stream entering block ℓ (DESIGN.md), so 0 is the embedding output: the axis
+Layer ℓ is the residual stream entering block ℓ (docs/design.md), so 0 is the embedding output: the axis
 title says so, because "layer 0" otherwise reads as the first block.
 """
 

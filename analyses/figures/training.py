@@ -11,6 +11,7 @@ the splice per layer pair beside B's native and the context-free reference, with
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import plotly.graph_objects as go
@@ -26,8 +27,11 @@ def read_history(run_dir) -> list[dict]:
     return [json.loads(line) for line in lines if line.strip()]
 
 
-def training_curves(history: list[dict]) -> go.Figure:
-    """Training losses (top) and held-out cross-entropies (bottom) against the step."""
+def training_curves(history: list[dict], closed_form: float | None = None, title: str | None = None) -> go.Figure:
+    """Training losses (top) and held-out cross-entropies (bottom) against the step.
+
+    `closed_form`: the closed-form fit's loss recovered, named in the title for comparison.
+    """
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
                         subplot_titles=("training loss per objective", "held-out CE (nats per label)"))  # fmt: skip
     train = [r for r in history if r.get("split") == "train"]
@@ -49,7 +53,10 @@ def training_curves(history: list[dict]) -> go.Figure:
     if best is not None:
         fig.add_vline(x=best, line_dash="dot", annotation_text=f"best step {best}", row=2, col=1)
     fig.update_xaxes(title_text="optimizer step", row=2, col=1)
-    fig.update_layout(height=640, legend={"orientation": "v"})
+    named = title or "Adapter training"
+    if closed_form is not None and math.isfinite(closed_form):
+        named += f" (closed-form fit: loss recovered {closed_form:.3f})"
+    fig.update_layout(title=named, height=640, legend={"orientation": "v"})
     return fig
 
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from stitch import kinds
 from stitch.adapters.base import Adapter, adapter_class, check_width, eye_init, register_adapter
 from stitch.adapters.closed_form import SufficientStats, solve_least_squares, solve_procrustes
 
@@ -193,7 +194,7 @@ class Procrustes(Adapter):
         return _assign(ad, stats, weight=W.T, bias=b, scale=s if scale else None)
 
 
-CLOSED_FORM = ("procrustes", "linear", "affine", "token_conditioned")  # token_conditioned: stitch.adapters.conditioned
+CLOSED_FORM = kinds.CLOSED_FORM  # token_conditioned: stitch.adapters.conditioned
 
 
 def fit_closed_form(kind: str, stats: SufficientStats, **options: Any) -> Adapter:

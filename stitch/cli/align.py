@@ -5,36 +5,25 @@
     >>> run(AlignConfig(source_tokenizer="a/", target_tokenizer="b/", texts="texts.txt", out="runs/align"))
 
 Writes `OUT/summary.json` (`analyses.alignment.AlignmentSummary.to_dict()`), `OUT/report.html` (summary
-table, token-alignment map of the first text, fan-in histogram) and `OUT/config.json`.
+table, token-alignment map of the first text, fan-in histogram) and `OUT/config.yaml`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from analyses.alignment import alignment_summary
 from analyses.figures import alignment_map, fan_in_histogram
 from analyses.report import Section, write_report
 from stitch.alignment import TokenAlignment
-from stitch.cli.common import load_tokenizer, option, read_texts, save_config, write_json
-from stitch.config import Config
+from stitch.cli.common import load_tokenizer, read_texts, save_run_config, write_json
+from stitch.cli.configs import AlignConfig
 
-
-@dataclass(frozen=True)
-class AlignConfig(Config):
-    source_tokenizer: str = option(help="source (A) tokenizer: hub id, tokenizer or model directory")
-    target_tokenizer: str = option(help="target (B) tokenizer: hub id, tokenizer or model directory")
-    texts: str = option(help="text file: one text per line, or .jsonl with a 'text' field")
-    out: str = option(help="output directory")
-    chars_per_line: int = option(80, help="line width of the token-alignment map")
-    map_chars: int = option(2000, help="the map shows this many characters of the first text")
+__all__ = ["AlignConfig", "run"]
 
 
 def run(config: AlignConfig) -> dict:
     """Summarise the alignment of every text, write the artifacts, and return the summary as a dict."""
-    if config.map_chars < 1:  # refused before the corpus is aligned, not after
-        raise ValueError(f"--map-chars: expected an integer >= 1, got {config.map_chars}")
     texts = read_texts("texts", config.texts)
     source = load_tokenizer("source_tokenizer", config.source_tokenizer)
     target = load_tokenizer("target_tokenizer", config.target_tokenizer)
@@ -44,7 +33,7 @@ def run(config: AlignConfig) -> dict:
     out = Path(config.out)
     write_json(out / "summary.json", summary.to_dict())
     _write_report(out / "report.html", summary, first, config, len(texts))
-    save_config(config, out / "config.json")
+    save_run_config(config, out / "config.yaml")
     print(f"wrote {out / 'summary.json'} and {out / 'report.html'}")
     return summary.to_dict()
 

@@ -10,56 +10,27 @@ permutation null's tensors `null_mean`, `null_std`, `z`, `p_value`, `calibrated`
 `--null-permutations`, and `control` and `excess` [same shape] with `--control`), `OUT/similarity.json`
 (pairing, measure, n, model names, shape, null and control settings; also in the safetensors header),
 `OUT/report.html` (heatmap, excess over the control when there is one, best-match curve) and
-`OUT/config.json`.
+`OUT/config.yaml`.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import safetensors.torch
 
-from analyses.controls import CONTROLS, check_control
 from analyses.figures import best_match_curve, similarity_heatmap
-from analyses.layer_similarity import PAIRINGS, LayerSimilarity, layer_similarity
+from analyses.layer_similarity import LayerSimilarity, layer_similarity
 from analyses.report import Section, write_report
-from analyses.similarity import MEASURES
-from stitch.cli.common import (
-    ModelPairConfig,
-    load_models,
-    option,
-    read_texts,
-    save_config,
-    write_json,
-)
+from stitch.cli.common import load_models, read_texts, save_run_config, write_json
+from stitch.cli.configs import CkaConfig
 from stitch.files import write_atomic
+
+__all__ = ["CkaConfig", "metadata", "run"]
 
 _NULL_TENSORS = ("null_mean", "null_std", "z", "p_value", "calibrated")
 
-
-@dataclass(frozen=True, kw_only=True)
-class CkaConfig(ModelPairConfig):
-    texts: str = option(help="text file: one text per line, or .jsonl with a 'text' field")
-    out: str = option(help="output directory")
-    pairing: str = option(
-        "mean", choices=PAIRINGS, help="mean: one sample per text; shared: per shared boundary"
-    )
-    measure: str = option("linear_cka", choices=tuple(MEASURES), help="similarity measure")
-    null_permutations: int = option(0, help="permutations of the per-cell null (0: none)")
-    control: str | None = option(
-        None,
-        choices=tuple(CONTROLS),
-        help="random-init: also compute the matrix on A and B rebuilt from their configs with random weights "
-        "(same tokenizers, texts and pairing) and report the excess over it",
-    )
-    seed: int = option(0, help="seed of the permutation null and of the control's random weights")
-    batch_size: int = option(8, help="texts per forward")
-
-    def __post_init__(self):
-        if self.control is not None:  # before any model loads, whether built by the CLI or by hand
-            check_control(self.control, self.seed)
 
 
 def run(config: CkaConfig) -> LayerSimilarity:
@@ -80,7 +51,7 @@ def run(config: CkaConfig) -> LayerSimilarity:
     out = Path(config.out)
     _save_matrix(rec, out)
     _save_report(rec, out, config)
-    save_config(config, out / "config.json")
+    save_run_config(config, out / "config.yaml", A, B)
     print(f"wrote {out / 'similarity.safetensors'} and {out / 'report.html'}")
     return rec
 

@@ -1,66 +1,43 @@
-"""What every subcommand shares: option fields, reading texts, loading models, writing JSON and configs.
+"""What the subcommands' run functions share: loading models and tokenizers, writing JSON and run configs.
 
-    >>> @dataclass(frozen=True)
-    ... class MyConfig(Config):
-    ...     texts: str = option(help="text file, one text per line")     # required: no default
-    ...     batch_size: int = option(8, help="texts per forward")
-    ...     dtype: str = dtype_option()
-    >>> texts = read_texts("texts", config.texts)
     >>> A, B = load_models(config)                       # from config.source_model / target_model
-    >>> save_config(config, config_beside("out/gen.jsonl"))       # out/gen.config.json
+    >>> save_run_config(config, config_beside("out/gen.jsonl"), A)   # out/gen.config.yaml, replayable
 
-The command line builds each subcommand's flags from its config's fields: the annotation gives the type,
-`option(..., help=, choices=)` the help text and the valid values (see `stitch.cli`).
+Only run modules import this (it imports torch); the option fields and checks live in
+`stitch.cli.options` and `stitch.cli.configs`, which the parser imports without torch.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 import stitch
-from stitch.config import Config, option
-from stitch.data import load_texts
+from stitch.adapters.io import library_versions
+from stitch.cli.options import (  # noqa: F401  re-exported: the option helpers used to live here
+    ModelPairConfig,
+    device_option,
+    dtype_option,
+    flag,
+    model_option,
+    option,
+    source_layer_option,
+    target_layer_option,
+)
+from stitch.cli.texts import read_texts  # noqa: F401  re-exported
+from stitch.config import Config
 from stitch.files import write_atomic
 from stitch.models.loading import check_model_path, resolve_device, resolve_dtype
 
-
-def model_option(role: str):
-    """The source (A) or target (B) model field: a hub id or a local directory."""
-    letter = {"source": "A", "target": "B"}[role]
-    return option(help=f"{role} model {letter}: hub id or local directory")
+RUN_KEY = "stitch_run"  # stitch.cli.main.RUN_KEY
 
 
-def source_layer_option():
-    return option(help="A's layer N (0 = embeddings, L = last block's output)")
-
-
-def target_layer_option():
-    return option(None, help="B's layer M (default: the source layer)")
-
-
-def dtype_option():
-    return option("auto", help="weights dtype: auto (as saved), float32, bfloat16, float16")
-
-
-def device_option():
-    return option("auto", help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps")
-
-
-def flag(name: str) -> str:
-    """The command-line spelling of a config key: `source_model` → `--source-model`."""
-    return "--" + name.replace("_", "-")
-
-
-def read_texts(name: str, path: str, text_field: str = "text") -> list[str]:
-    """Texts from `path` (`stitch.data.read_texts`: one per line, or `.jsonl` objects with a `text_field`),
-    or `hf:DATASET[:CONFIG]` (`stitch.data.load_texts`); errors name the command-line option."""
-    return load_texts(path, text_field=text_field, name=flag(name))
-
-
-def load_model(name: str, path: str, dtype: str, device: str):
+def load_model(name: str, path: str, dtype, device):
     """`stitch.load_model` on a hub id or local directory; a failure names the option and the path."""
     try:
         return stitch.load_model(path, dtype=dtype, device=device)
@@ -70,28 +47,23 @@ def load_model(name: str, path: str, dtype: str, device: str):
         ) from err
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class ModelPairConfig(Config):
-    """The options every two-model command shares: models A and B, their dtype and device."""
-
-    source_model: str = model_option("source")
-    target_model: str = model_option("target")
-    dtype: str = dtype_option()
-    device: str = device_option()
-
-
 def load_models(config: ModelPairConfig):
     """(A, B) from `config.source_model` and `config.target_model` (one model when both are the same
     path: half the memory, and analyses take their self-comparison shortcuts), with dtype and device."""
-    dtype = None if config.dtype == "auto" else _checked("dtype", resolve_dtype, config.dtype)
-    device = _checked("device", resolve_device, config.device)
+    dtype, device = resolved(config)
     A = load_model("source_model", config.source_model, dtype, device)
     same = config.target_model == config.source_model
     return A, A if same else load_model("target_model", config.target_model, dtype, device)
 
 
+def resolved(config) -> tuple[Any, Any]:
+    """(torch dtype or None for "auto", torch device) of `config.dtype` and `config.device`."""
+    dtype = None if config.dtype == "auto" else _checked("dtype", resolve_dtype, config.dtype)
+    return dtype, _checked("device", resolve_device, config.device)
+
+
 def _checked(name: str, resolve, value):
-    """`resolve(value)`, its error re-worded to name the command-line option (checked before any loading)."""
+    """`resolve(value)`, its error re-worded to name the command-line option."""
     try:
         return resolve(value)
     except ValueError as err:
@@ -114,13 +86,61 @@ def write_json(path: str | Path, data: Any) -> Path:
     return write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
+def as_ran(config: Config, *models) -> Config:
+    """`config` with `dtype` and `device` set to what the loaded models actually use (not "auto")."""
+    if not models or not hasattr(config, "dtype"):
+        return config
+    dtypes = {str(m.dtype).removeprefix("torch.") for m in models}
+    device = str(models[0].device)
+    dtype = dtypes.pop() if len(dtypes) == 1 else config.dtype  # "auto" kept when A and B differ
+    return dataclasses.replace(config, dtype=dtype, device=device)
+
+
+def save_run_config(config: Config, path: str | Path, *models) -> Path:
+    """The config that ran, as YAML: absolute paths, the dtype and device in use, library versions.
+    `stitch <command> --config PATH` replays it from any directory (the `stitch_run` key is ignored)."""
+    data = as_ran(config, *models).to_dict()
+    data[RUN_KEY] = {"versions": library_versions(), "cwd": os.getcwd()}
+    text = yaml.safe_dump(_plain(data), sort_keys=False, allow_unicode=True)
+    return write_atomic(path, text)
+
+
 def save_config(config: Config, path: str | Path) -> Path:
-    """The config actually used, as JSON; YAML is a superset of JSON, so `--config` reads it back."""
+    """Kept for callers of the JSON form; new code writes `save_run_config`."""
     return write_json(path, config.to_dict())
 
 
 def config_beside(file: str | Path) -> Path:
-    """Where the config of a single-file artifact goes: `<stem>.config.json` in the same directory
-    (a shared `config.json` would be overwritten by the next command writing to that directory)."""
+    """Where the config of a single-file artifact goes: `<stem>.config.yaml` in the same directory
+    (a shared `config.yaml` would be overwritten by the next command writing to that directory)."""
     file = Path(file)
-    return file.with_name(file.stem + ".config.json")
+    return file.with_name(file.stem + ".config.yaml")
+
+
+def _plain(value):
+    """Tuples as lists, so the YAML holds only plain types (`yaml.safe_load` reads it back)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def load_splice(config):
+    """The splice saved at `config.splice` (`Splice.from_pretrained`); --source-model / --target-model,
+    when given, are loaded and checked against the saved identities, else the saved ones are loaded."""
+    dtype, device = resolved(config)
+    given = [
+        None if path is None else load_model(name, path, dtype, device)
+        for name, path in (("source_model", config.source_model), ("target_model", config.target_model))
+    ]
+    try:
+        return stitch.Splice.from_pretrained(config.splice, A=given[0], B=given[1], dtype=dtype, device=device)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"--splice: {err}") from err
+
+
+def splice_models(config):
+    """(A, B) of the splice saved at `config.splice`."""
+    splice = load_splice(config)
+    return splice.A, splice.B

@@ -13,54 +13,17 @@ names the file and the line). Conditions and metrics: `analyses.communication`, 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import stitch
-from analyses.communication import CONDITIONS, communication_sweep, summary_rows
+from analyses.communication import communication_sweep, summary_rows
 from analyses.evaluation import load_tasks
 from analyses.figures.communication import communication_heatmap
 from analyses.generation import escape_text
 from analyses.report import Section, write_report
-from stitch.cli.common import ModelPairConfig, flag, load_models, option, save_config, write_json
+from stitch.cli.common import flag, load_models, save_config, write_json
+from stitch.cli.configs import CommunicateConfig
 from stitch.files import write_atomic
-from stitch.splice.combine import COMBINES
-from stitch.splice.communicate import INJECT
-
-
-@dataclass(frozen=True, kw_only=True)
-class CommunicateConfig(ModelPairConfig):
-    tasks: str = option(help="task file (.jsonl, see analyses.evaluation) or a shipped task: qa, math, mc, similarity")
-    ks: tuple[int, ...] = option(help="A layers k to read")
-    js: tuple[int, ...] = option(help="B layers j to write at")
-    out: str = option(help="output directory")
-    adapter: str | None = option(None, help="adapter saved by `stitch fit`, used for every (k, j) (default: identity; "
-                                 "needed when the widths differ)")
-    combine: str = option("replace", choices=tuple(COMBINES), help="how A's state meets B's own")
-    positions: tuple[int, ...] = option((-1,), help="B prompt token indices written (-1 = last)")
-    source_positions: tuple[int, ...] = option((-1,), help="A prompt token indices read, one per position (or one)")
-    inject: str = option("prompt", choices=INJECT, help="write on the prompt pass only, or also every generated token")
-    conditions: tuple[str, ...] = option(CONDITIONS, help=f"conditions to run: {', '.join(CONDITIONS)}")
-    max_new_tokens: int = option(16, help="tokens B generates per example")
-    limit: int | None = option(None, help="use only the first N examples")
-    batch_size: int = option(8, help="examples generated together")
-    n_boot: int = option(1000, help="bootstrap resamples for the intervals")
-    seed: int = option(0, help="seed of the random control and the bootstrap")
-    progress: bool = option(True, help="show progress bars")
-
-    def __post_init__(self):
-        bad = [c for c in self.conditions if c not in CONDITIONS]
-        if bad:
-            raise ValueError(f"{flag('conditions')}: got {bad}; valid: {list(CONDITIONS)}")
-        for name in ("max_new_tokens", "batch_size", "n_boot"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{flag(name)}: expected an integer >= 1, got {value!r}")
-        if not self.ks or not self.js:
-            raise ValueError(f"{flag('ks')} / {flag('js')}: give at least one layer each")
-        if len(self.source_positions) not in (1, len(self.positions)):
-            raise ValueError(f"{flag('source_positions')}: {len(self.source_positions)} indices for "
-                             f"{len(self.positions)} positions; give one, or one per position")
 
 
 def run(config: CommunicateConfig) -> list[dict]:

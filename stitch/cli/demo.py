@@ -1,129 +1,202 @@
-"""The offline demo: tiny models trained for a few steps on the fly, stitched two ways, one HTML report.
+"""`stitch demo`: two small models pre-trained on the standard library's text, stitched, one report.
 
     >>> from stitch.cli.demo import DemoConfig, run_demo
-    >>> summary = run_demo(DemoConfig(out="stitch-demo"))     # also: `stitch demo` on the command line
+    >>> out = run_demo(DemoConfig(out="stitch-demo"))          # also: `stitch demo`; `stitch demo --quick`
+    >>> out["checks"]                                          # the demo's own checks, True when they hold
 
-1. Ground truth: B is a rotated copy of A (same function, residual basis turned by a random orthogonal
-   Q). A Procrustes adapter recovers Q at every layer, so the splice recovers all of B's loss, while the
-   embedding-injection baseline does not.
-2. Across tokenizers: A (byte-level BPE, 300 tokens, BOS) and a Qwen2-style C (a 400-token BPE, no BOS). Token
-   alignment, CKA between every pair of layers, and an affine layer sweep on held-out text.
+A is a Llama with a Llama-3-style byte-level BPE, B a Mistral of another width with a Mistral-style
+sentencepiece BPE and a quarter of A's vocabulary (`stitch.zoo.PAIRS`), both trained on
+`stitch.corpus.stdlib_corpus()` and cached (`stitch.zoo.cache`; `--cache-dir` or $STITCH_CACHE_DIR). Steps,
+each writing its record under OUT: the models against their unigram (held-out CE), self-stitch identity,
+the corpus and its token alignment, CKA between every pair of layers with its random-init control, a layer sweep on both grids with the
+embedding-injection baseline, and a short gradient-trained adapter at the best layer against the
+closed-form fit there. Then OUT/run.json lists the sections and OUT/report.html is built from the records
+(`stitch report OUT` rebuilds it). New steps (generation, communication) append to `STEPS`: a function of
+the `Demo` that returns its report sections' specs (`analyses.run_report.SECTION_KINDS`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+import json
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import torch
 
 import stitch
 from analyses import figures
 from analyses.alignment import alignment_summary
 from analyses.layer_similarity import layer_similarity
-from analyses.report import Section, write_report
+from analyses.report import Header, model_facts
+from analyses.run_report import RUN_FILE, write_run_report
 from analyses.sweep import layer_sweep
-from stitch.config import Config, option
-from stitch.testing import CORPUS, byte_bpe_tokenizer, rotated_copy, tiny_model, train_briefly
+from stitch.cli.common import write_json
+from stitch.cli.configs import DemoConfig
+from stitch.corpus import Corpus
+from stitch.files import write_atomic
+from stitch.zoo import demo_corpus, demo_pair
 
-TRAIN, HELD_OUT = (
-    CORPUS[:6],
-    [
-        "The lazy dog jumps over the quick brown fox.",
-        "Two models read the same text, cut into different tokens.",
-    ],
-)
+TARGET_RECOVERED = 0.8  # the demo's check: a trained adapter at the best layer recovers this much at shared positions
 
 
-@dataclass(frozen=True)
-class DemoConfig(Config):
-    out: str = option("stitch-demo", help="directory for report.html")
-    n_layers: int = option(3, help="blocks per tiny model")
-    d_model: int = option(32, help="residual width of the tiny models")
-    train_steps: int = option(30, help="Adam steps each tiny model is trained for on the demo texts")
-    learning_rate: float = option(1e-2, help="Adam learning rate of that training")
-    seed: int = option(0, help="seed of the models and of the rotation")
+
+@dataclass
+class Demo:
+    """What the steps share: config, models, texts, output directory, and the records so far."""
+
+    config: DemoConfig
+    A: stitch.HookedLM
+    B: stitch.HookedLM
+    infos: dict
+    corpus: Corpus
+    fit: list[str]
+    held_out: list[str]
+    out: Path
+    records: dict = field(default_factory=dict)
+    summary: list[dict] = field(default_factory=list)
+
+    def fact(self, metric: str, value, meaning: str) -> None:
+        self.summary.append({"metric": metric, "value": value, "meaning": meaning})
+        shown = f"{value:.4g}" if isinstance(value, float) else value
+        print(f"  {metric}: {shown} — {meaning}")
+
+
+def models_step(demo: Demo) -> list[dict]:
+    rows = []
+    for name, info in demo.infos.items():
+        ce = info["held_out"]
+        rows.append({"model": name, "CE native": ce["ce_native"], "CE unigram": ce["ce_context_free"],
+                     "held-out tokens": ce["n_tokens"], "built now": info["built"],
+                     "train CPU s": info["cpu_seconds"], "cache": info["path"]})
+        demo.fact(f"{name} held-out CE vs unigram", f"{ce['ce_native']:.3f} vs {ce['ce_context_free']:.3f}",
+                  "nats per token; below the unigram means the model uses context")
+    demo.records["beats_unigram"] = all(r["CE native"] < r["CE unigram"] - 0.1 for r in rows)
+    return [{"kind": "table", "title": "Models on held-out text", "data": rows,
+             "note": "Each model's own held-out cross-entropy beside the context-free (unigram) reference of "
+             "the evaluator, both on its own tokens."}]
+
+
+def self_stitch_step(demo: Demo) -> list[dict]:
+    texts = demo.held_out[:4]
+    rows = []
+    for M in (demo.A, demo.B):
+        native = M.logits(texts)
+        for n in range(M.n_layers + 1):
+            diff = (stitch.Splice(M, M, source_layer=n)(texts).logits - native).abs().max().item()
+            rows.append({"model": M.name, "layer": n, "max |Δlogit|": diff})
+    worst = max(r["max |Δlogit|"] for r in rows)
+    demo.fact("self-stitch identity, worst max |Δlogit|", worst, "≤ 1e-5: every splice path reproduces the model")
+    return [{"kind": "table", "title": "Self-stitch identity", "data": rows,
+             "note": "Each model spliced into itself with the identity adapter at every layer."}]
+
+
+def alignment_step(demo: Demo) -> list[dict]:
+    summary = alignment_summary(demo.held_out, demo.A.tokenizer, demo.B.tokenizer)
+    write_json(demo.out / "align" / "summary.json", summary.to_dict())
+    al = stitch.TokenAlignment.build(demo.held_out[0][:240], demo.A.tokenizer, demo.B.tokenizer)
+    _save_figure(figures.alignment_map(al, "A", "B"), demo.out / "figures" / "alignment.json")
+    demo.fact("B tokens ending where an A token ends", summary.shared_fraction_target,
+              "the shared positions the headline scores are measured on")
+    corpus = {**demo.corpus.summary(), "fit_texts": len(demo.fit), "eval_texts": len(demo.held_out)}
+    return [
+        {"kind": "table", "title": "Corpus: the standard library's text, split by source", "data": [corpus]},
+        {"kind": "table", "title": "Token alignment over the held-out texts", "file": "align/summary.json"},
+        {"kind": "figure", "title": "Token alignment of a held-out text", "file": "figures/alignment.json"},
+    ]
+
+
+def cka_step(demo: Demo) -> list[dict]:
+    rec = layer_similarity(demo.A, demo.B, demo.held_out, pairing="shared", control="random-init")
+    _save_figure(figures.similarity_heatmap(rec, source="A", target="B"), demo.out / "figures" / "cka.json")
+    _save_figure(figures.similarity_heatmap(rec, source="A", target="B", relative_to="control"),
+                 demo.out / "figures" / "cka-excess.json")
+    note = f"{rec.n} paired positions from {len(demo.held_out)} held-out texts."
+    return [
+        {"kind": "figure", "title": "Linear CKA between every layer of A and B (shared positions)",
+         "file": "figures/cka.json", "note": note},
+        {"kind": "figure", "title": "CKA in excess of the random-init control (same architectures, untrained)",
+         "file": "figures/cka-excess.json",
+         "note": "What training added: CKA of the trained pair minus that of randomly initialised copies."},
+    ]
+
+
+def sweep_step(demo: Demo) -> list[dict]:
+    cfg = demo.config
+    records = layer_sweep(demo.A, demo.B, demo.fit, demo.held_out, kind=cfg.kind, ridge=cfg.ridge,
+                          alignment=["target", "source"], progress=cfg.progress)
+    write_json(demo.out / "sweep" / "records.json", [r.to_dict() for r in records])
+    residual = [r for r in records if r.injection == "residual" and r.alignment == "target" and r.source_layer > 0]
+    best = max(residual, key=lambda r: r.loss_recovered if r.loss_recovered == r.loss_recovered else -1e9)
+    baseline = next(r for r in records if r.injection == "inputs_embeds" and r.alignment == "target"
+                    and r.source_layer == best.source_layer)
+    demo.records["best"] = best
+    demo.fact(f"closed-form loss recovered at {best.source_layer}→{best.target_layer} (shared)", best.loss_recovered,
+              f"1 = B lost nothing; the embedding-injection baseline from the same layer: {baseline.loss_recovered:.3f}")
+    return [{"kind": "sweep", "title": f"Layer sweep, {cfg.kind} adapters, both grids", "file": "sweep/records.json",
+             "note": f"Fitted on {len(demo.fit)} training texts, scored on {len(demo.held_out)} held-out texts."}]
+
+
+def training_step(demo: Demo) -> list[dict]:
+    cfg, best = demo.config, demo.records["best"]
+    steps = cfg.train_steps or (20 if cfg.quick else 150)
+    train_config = stitch.TrainConfig(
+        out=str(demo.out / "train"), source_layer=best.source_layer, target_layer=best.target_layer,
+        kind=cfg.kind, init="default", steps=steps, batch_size=16, lr=3e-3, schedule="cosine",
+        warmup=10, eval_every=max(1, steps // 5), resume=False, progress=cfg.progress,
+    )
+    result = stitch.train_adapter(demo.A, demo.B, demo.fit, train_config, eval_texts=demo.held_out)
+    trained = result.last_eval["loss_recovered"]
+    demo.records["trained"] = trained
+    demo.fact(f"trained adapter loss recovered at {best.source_layer}→{best.target_layer} (shared)", trained,
+              f"{steps} AdamW steps from an identity-like init; closed form: {best.loss_recovered:.3f}; "
+              f"check ≥ {TARGET_RECOVERED}")
+    return [{"kind": "training", "title": f"Adapter training at {best.source_layer}→{best.target_layer}",
+             "file": "train/metrics.jsonl", "closed_form": best.loss_recovered}]
+
+
+# the pipeline; generation (issue 11) and activation communication (issue 12) append their steps here
+STEPS = [models_step, self_stitch_step, alignment_step, cka_step, sweep_step, training_step]
 
 
 def run_demo(config: DemoConfig = DemoConfig()) -> dict:
-    """Run both experiments, print their tables, write `<out>/report.html`; returns the records."""
-    tok_a, tok_c = byte_bpe_tokenizer(300), byte_bpe_tokenizer(400, bos=False)
-    A = _trained("llama", tok_a, config, seed=config.seed)
-    rotated, _ = rotated_copy(A.model, seed=config.seed + 1)
-    B = stitch.load_model(rotated, tokenizer=tok_a, name="rotated copy of A")
-    C = _trained("qwen2", tok_c, config, seed=config.seed + 2)
-    _print_self_stitch(A)
-
-    rotated_sweep = layer_sweep(A, B, TRAIN, HELD_OUT, kind="procrustes", progress=False)
-    _print_sweep("A → rotated copy of A, Procrustes", rotated_sweep)
-    cross_sweep = layer_sweep(A, C, TRAIN, HELD_OUT, kind="affine", ridge=1e-2, progress=False)
-    _print_sweep("A → C (different tokenizer), affine", cross_sweep)
-    similarity = layer_similarity(A, C, TRAIN + HELD_OUT, pairing="shared")
-    summary = alignment_summary(TRAIN + HELD_OUT, tok_a, tok_c)
-    alignment = stitch.TokenAlignment.build(HELD_OUT[1], tok_a, tok_c)
-
-    path = write_report(
-        Path(config.out) / "report.html",
-        [
-            Section(
-                "A → rotated copy of A: loss recovered per layer",
-                figures.sweep_figure(rotated_sweep, source="A", target="rotated A"),
-                note="Procrustes fitted on 6 texts, scored on 2 held-out texts; the splice recovers all of "
-                "B's loss, the embedding-injection baseline does not.",
-            ),
-            Section(
-                "A → C: loss recovered per layer (different tokenizers)",
-                figures.sweep_figure(cross_sweep, source="A", target="C"),
-            ),
-            Section(
-                "Linear CKA between every layer of A and C (shared token boundaries)",
-                figures.similarity_heatmap(similarity),
-            ),
-            Section(
-                "Token alignment of a held-out text (A's tokens above, C's below)",
-                figures.alignment_map(alignment, "A", "C"),
-            ),
-            Section("Records: A → rotated copy", [r.to_row() for r in rotated_sweep]),
-            Section("Records: A → C", [r.to_row() for r in cross_sweep]),
-        ],
-        title="stitch demo: tiny models built on the fly",
-    )
-    print(
-        f"\nalignment A → C over {summary.n_texts} texts: tokens per character {summary.source_tokens_per_char:.3f}"
-        f" (A) vs {summary.target_tokens_per_char:.3f} (C); {summary.shared_fraction_target:.0%} of C's tokens end "
-        f"where an A token ends; {summary.source_per_target:.2f} A tokens per C token\nreport: {path}"
-    )
-    return {"rotated": rotated_sweep, "cross": cross_sweep, "similarity": similarity, "report": path}
+    """Run every step of `STEPS`, write OUT/run.json and OUT/report.html; returns the records and checks."""
+    start, cpu = time.perf_counter(), time.process_time()
+    A, B, infos = demo_pair(quick=config.quick, cache_dir=config.cache_dir, progress=config.progress)
+    corpus = demo_corpus(config.quick)
+    demo = Demo(config, A, B, infos, corpus, corpus.train[: config.fit_texts], corpus.held_out[: config.eval_texts],
+                Path(config.out))
+    print(f"stitch demo: A = {A.name}, B = {B.name}; writing {demo.out}")
+    sections = []
+    for step in STEPS:
+        with torch.no_grad() if step is not training_step else contextlib.nullcontext():
+            sections += step(demo)
+    checks = _checks(demo)
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
+    demo.fact("demo time", f"{seconds:.0f} s wall, {cpu_seconds:.0f} s CPU", "this process, models included")
+    header = Header.collect(config.to_dict(), [model_facts(M, **_spec(infos[k])) for k, M in (("A", A), ("B", B))])
+    write_json(demo.out / RUN_FILE, {"title": "stitch demo: Llama-style A → Mistral-style B on the standard library's text",
+                                     "header": header.to_dict(), "summary": demo.summary, "sections": sections})
+    report = write_run_report(demo.out)
+    print(f"checks: {json.dumps(checks)}\nreport: {report}")
+    return {"records": demo.records, "checks": checks, "summary": demo.summary, "report": report, "infos": infos}
 
 
-def _trained(family: str, tok, config: DemoConfig, seed: int) -> stitch.HookedLM:
-    model = tiny_model(family, len(tok), config.n_layers, config.d_model, seed=seed)
-    return stitch.load_model(
-        train_briefly(model, tok, TRAIN, steps=config.train_steps, lr=config.learning_rate),
-        tokenizer=tok,
-        name=f"tiny {family}",
-    )
+def _checks(demo: Demo) -> dict:
+    trained = demo.records.get("trained", float("nan"))
+    checks = {"models beat their unigram": demo.records["beats_unigram"],
+              f"trained adapter recovers ≥ {TARGET_RECOVERED}": bool(trained >= TARGET_RECOVERED)}
+    demo.fact("checks", ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in checks.items()),
+              "what the demo claims, measured on held-out text")
+    return checks
 
 
-def _print_self_stitch(A: stitch.HookedLM) -> None:
-    native = A.logits(HELD_OUT)
-    diffs = [
-        (stitch.Splice(A, A, source_layer=n)(HELD_OUT).logits - native).abs().max().item()
-        for n in range(A.n_layers + 1)
-    ]
-    print(
-        f"self-stitch identity, max |Δlogit| at layers 0..{A.n_layers}: "
-        + ", ".join(f"{d:.1e}" for d in diffs)
-    )
+def _spec(info: dict) -> dict:
+    spec = info["spec"]
+    return {"tokenizer": spec["tokenizer"], "pre-training steps": spec["steps"], "cache key": info["key"][:16]}
 
 
-def _print_sweep(title: str, records) -> None:
-    print(
-        f"\n{title} (shared positions; recovered = (CE context-free − CE spliced) / (CE context-free − CE native))"
-        f"\n{'N→M':>6} {'injection':>13} {'grid':>6} {'CE spliced':>11} {'CE native':>10} {'CE unigram':>11} "
-        f"{'recovered':>10} {'CE lagging':>11}"
-    )
-    for r in records:
-        print(
-            f"{r.source_layer:>2}→{r.target_layer:<3} {r.injection:>13} {r.alignment:>6} {r.ce_spliced:>11.4f} "
-            f"{r.ce_native:>10.4f} {r.ce_context_free:>11.4f} {r.loss_recovered:>10.3f} "
-            f"{r.classes['lagging'].ce_spliced:>11.4f}"
-        )
+def _save_figure(fig, path: Path) -> None:
+    """A figure as plotly JSON (the report reads it back), written atomically."""
+    write_atomic(path, fig.to_json())

@@ -1,50 +1,81 @@
 """The `stitch` command line: one entry point, one subcommand per job, each also driven by a YAML config.
 
-stitch demo                                    # tiny offline demo: self-stitch identity and a splice sweep
+stitch demo                                    # offline demo on two small models trained on stdlib text
+stitch report stitch-demo                      # rebuild a run directory's report from its records
 stitch align --source-tokenizer A --target-tokenizer B --texts texts.txt --out runs/align
 stitch cka --source-model A --target-model B --texts texts.txt --pairing shared --out runs/cka
-stitch fit --source-model A --target-model B --source-layer 8 --texts train.txt --out runs/l8.safetensors
+stitch fit --source-model A --target-model B --source-layer 8 --train-texts train.txt --out runs/l8.safetensors
 stitch sweep --source-model A --target-model B --train-texts train.txt --eval-texts eval.txt --out runs/sweep
-stitch generate --source-model A --target-model B --source-layer 8 --adapter runs/l8.safetensors \\
-    --prompts prompts.txt --policy all
-stitch cka --config cka.yaml --pairing mean    # options from YAML (keys = option names); flags override
+stitch generate --splice runs/l8 --prompts prompts.txt --policy all
+stitch cka --config runs/cka/config.yaml --out runs/cka2    # replay a run (flags override the file)
 
-Each subcommand's flags are built from the fields of its config dataclass (`stitch.cli.*`): the
-annotation gives the type, the field's metadata the help and valid values; fields without a default are
-required. Every artifact gets the config actually used beside it as JSON, which `--config` reads back.
-Errors in options exit with status 2, errors while running with status 1 and one line on stderr
-(STITCH_TRACEBACK=1 shows the traceback instead).
+Each subcommand's flags are built from the fields of its config dataclass (`stitch.cli.configs`, which
+imports no torch): the annotation gives the type, the field's metadata the help and valid values; fields
+without a default are required. A run goes: parse → config (checked on construction) → preflight (files,
+outputs, devices, the models' config.json; `stitch.cli.preflight`) → only then the subcommand's module is
+imported (`COMMANDS`, by module path) and run. Bad options exit with status 2 and the usage line; a
+failure while running prints one line and exits 1 (`--debug` or STITCH_TRACEBACK=1: the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import os
 import sys
 import types
 import typing
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
-from stitch.cli import align, cka, communicate, fit, generate, sweep, train
-from stitch.cli.common import flag
-from stitch.cli.demo import DemoConfig, run_demo
+import stitch
+from stitch.cli.configs import (
+    AlignConfig,
+    CkaConfig,
+    CommunicateConfig,
+    DemoConfig,
+    FitConfig,
+    GenerateConfig,
+    ReportConfig,
+    SweepConfig,
+    TrainCommandConfig,
+)
+from stitch.cli.options import flag
+from stitch.cli.preflight import preflight
 
-COMMANDS: dict[str, tuple[type, Callable, str]] = {
-    "demo": (DemoConfig, run_demo, "offline demo on tiny models built and trained on the fly: splices, CKA, alignment, report"),
-    "align": (align.AlignConfig, align.run, "how two tokenizers line up over a corpus: summary and report"),
-    "cka": (cka.CkaConfig, cka.run, "similarity of every layer of A to every layer of B: matrix and report"),
-    "fit": (fit.FitConfig, fit.run, "fit a closed-form adapter from A's layer N to B's layer M"),
-    "sweep": (sweep.SweepConfig, sweep.run, "fit and score a splice at every layer: records and report"),
-    "generate": (generate.GenerateConfig, generate.run, "B's greedy continuations under the splice"),
-    "communicate": (communicate.CommunicateConfig, communicate.run,
-                    "activation communication A → B over a task file: (k, j) sweep, controls, report"),
-    "train": (train.TrainCommandConfig, train.run, "train an adapter by gradient descent (torchrun: DDP)"),
-}
-_EPILOG = "Every option can also come from --config FILE.yaml (keys = option names); flags override it."
+
+class Command(NamedTuple):
+    """A subcommand: its config class, its run function as "module:function" (imported when it runs), its help."""
+
+    config: type
+    run: str
+    help: str
+
+    def load(self) -> Callable:
+        module, _, name = self.run.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+COMMANDS: dict[str, Command] = {
+    "demo": Command(DemoConfig, "stitch.cli.demo:run_demo", "offline demo: two small models trained on the standard library's text (cached), stitched; report"),
+    "align": Command(AlignConfig, "stitch.cli.align:run", "how two tokenizers line up over a corpus: summary and report"),
+    "cka": Command(CkaConfig, "stitch.cli.cka:run", "similarity of every layer of A to every layer of B: matrix and report"),
+    "fit": Command(FitConfig, "stitch.cli.fit:run", "fit a closed-form adapter from A's layer N to B's layer M"),
+    "sweep": Command(SweepConfig, "stitch.cli.sweep:run", "fit and score a splice at every layer: records and report"),
+    "generate": Command(GenerateConfig, "stitch.cli.generate:run", "B's greedy continuations under the splice"),
+    "train": Command(TrainCommandConfig, "stitch.cli.train:run", "train an adapter by gradient descent (torchrun: DDP)"),
+    "report": Command(ReportConfig, "stitch.cli.report:run", "rebuild the HTML report of a run directory from its records"),
+    "communicate": Command(CommunicateConfig, "stitch.cli.communicate:run", "activation communication between A and B over a (k, j) grid: records and report"),
+}  # fmt: skip
+RENAMED = {"fit": {"texts": "train_texts"}, "train": {"texts": "train_texts"}}  # old YAML keys still read
+RUN_KEY = "stitch_run"  # what a saved config records about its run (versions, ...); ignored on replay
+_EPILOG = (
+    "Every option can also come from --config FILE.yaml (keys = option names); flags override it. "
+    "Bad options exit with status 2 before anything loads."
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -52,43 +83,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     while running (one line on stderr); bad options exit with status 2 (argparse's convention)."""
     parser, commands = build_parser()
     args = parser.parse_args(argv)
-    config_cls, run, _ = COMMANDS[args.command]
+    command = COMMANDS[args.command]
     try:
-        config = make_config(args.command, args.config, _flags(args, config_cls))
+        config = make_config(args.command, args.config, _flags(args, command.config))
+        preflight(config)
     except (ValueError, TypeError, OSError) as err:
-        commands[args.command].error(str(err))  # exits with status 2
+        commands[args.command].error(option_message(str(err), command.config))  # exits with status 2
+    debug = args.debug or bool(os.environ.get("STITCH_TRACEBACK"))
     try:
-        run(config)
-    except (ValueError, TypeError, OSError) as err:
-        if os.environ.get("STITCH_TRACEBACK"):
+        command.load()(config)
+    except Exception as err:  # noqa: BLE001 — one line for any failure; --debug shows the traceback
+        if debug:
             raise
-        print(f"stitch {args.command}: error: {err}", file=sys.stderr)
+        print(f"stitch {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 1
     return 0
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The `stitch` parser and, by name, its subcommand parsers (flags from the configs' fields)."""
-    parser = argparse.ArgumentParser(prog="stitch", description="Cross-model stitching of language models.")
+    parser = argparse.ArgumentParser(
+        prog="stitch", description="Cross-model stitching of language models.", allow_abbrev=False
+    )
+    parser.add_argument("--version", action="version", version=f"stitch {stitch.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands = {}
-    for name, (config_cls, _, help_text) in COMMANDS.items():
-        cmd = sub.add_parser(name, help=help_text, description=help_text, epilog=_EPILOG)
+    for name, command in COMMANDS.items():
+        cmd = sub.add_parser(
+            name, help=command.help, description=command.help, epilog=_EPILOG, allow_abbrev=False
+        )
         cmd.add_argument(
             "--config", metavar="FILE.yaml", help="YAML file whose keys are this command's options"
         )
-        hints = typing.get_type_hints(config_cls)
-        for field in dataclasses.fields(config_cls):
-            cmd.add_argument(
-                flag(field.name), dest=field.name, default=None, **_argument(field, hints[field.name])
-            )
+        cmd.add_argument("--debug", action="store_true", help="show the traceback of a failure")
+        hints = typing.get_type_hints(command.config)
+        positional = getattr(command.config, "POSITIONAL", ())  # e.g. `stitch report RUN_DIR`
+        for field in dataclasses.fields(command.config):
+            names = [field.name] if field.name in positional else [flag(field.name)]
+            extra = {"nargs": "?", "metavar": field.name.upper()} if field.name in positional else {"dest": field.name}
+            cmd.add_argument(*names, default=None, **extra, **_argument(field, hints[field.name]))
         commands[name] = cmd
     return parser, commands
 
 
 def make_config(command: str, config_path: str | None, flags: dict[str, Any]):
-    """`make_config("fit", "fit.yaml", {"kind": "affine"})`: defaults, then the YAML file, then the flags."""
-    config_cls = COMMANDS[command][0]
+    """`make_config("fit", "fit.yaml", {"kind": "affine"})`: defaults, then the YAML file, then the flags;
+    paths become absolute, so the saved config replays from any working directory."""
+    config_cls = COMMANDS[command].config
     values = read_yaml(command, config_path) if config_path else {}
     values.update(flags)
     fields = dataclasses.fields(config_cls)
@@ -97,7 +138,18 @@ def make_config(command: str, config_path: str | None, flags: dict[str, Any]):
         raise ValueError(
             f"missing required option(s) {', '.join(missing)}; give them as flags or as keys of --config"
         )
+    for field in fields:
+        if field.metadata.get("path") and isinstance(values.get(field.name), str):
+            values[field.name] = absolute_path(values[field.name], field.metadata["path"])
     return config_cls.from_dict(values)
+
+
+def absolute_path(value: str, role: str) -> str:
+    """A path made absolute; a model or tokenizer that is not a local path stays a hub id."""
+    path = os.path.expanduser(value)
+    if role in ("model", "tokenizer") and not os.path.exists(path):
+        return value
+    return os.path.abspath(path)
 
 
 def read_yaml(command: str, path: str) -> dict[str, Any]:
@@ -115,12 +167,15 @@ def read_yaml(command: str, path: str) -> dict[str, Any]:
         raise ValueError(
             f"--config: {path} must hold a mapping of option names to values, got {type(data).__name__}"
         )
-    config_cls = COMMANDS[command][0]
+    config_cls = COMMANDS[command].config
     fields = {f.name: f for f in dataclasses.fields(config_cls)}
     hints = typing.get_type_hints(config_cls)
     values = {}
     for key, value in data.items():
         name = str(key).replace("-", "_")
+        name = RENAMED.get(command, {}).get(name, name)
+        if name == RUN_KEY:
+            continue
         if name not in fields:
             raise ValueError(
                 f"--config {path}: unknown key {key!r} for `stitch {command}`; valid keys: {sorted(fields)}"
@@ -161,6 +216,16 @@ class StrictLoader(yaml.SafeLoader):
                 )
             seen.add(key)
         return super().construct_mapping(node, deep)
+
+
+def option_message(message: str, config_cls: type) -> str:
+    """A library message that names fields (`batch_size: ...`) re-worded to name options (`--batch-size: ...`)."""
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    head, sep, rest = message.partition(": ")
+    parts = [p.strip() for p in head.split(",")]
+    if sep and parts and all(p in names for p in parts):
+        return ", ".join(flag(p) for p in parts) + sep + rest
+    return message
 
 
 def coerce(where: str, value: Any, annotation: Any, choices: tuple | None = None) -> Any:
@@ -223,6 +288,12 @@ def _flags(args: argparse.Namespace, config_cls: type) -> dict[str, Any]:
         for f in dataclasses.fields(config_cls)
         if getattr(args, f.name) is not None
     }
+
+
+def _one_line(err: Exception) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    # a library error without a name of its own gets its type, so "CUDA out of memory" is not bare
+    return text if isinstance(err, (ValueError, TypeError, OSError)) else f"{type(err).__name__}: {text}"
 
 
 def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:

@@ -35,6 +35,7 @@ from stitch.checks import check_choice, check_layer, check_texts
 from stitch.chunks import OVERFLOW, check_max_length, fit_to_length
 from stitch.models.arch import ArchSpec, arch_for, get_module
 from stitch.models.cache import ActivationCache
+from stitch.models.conventions import TransformerLensConventions
 from stitch.models.hooks import (
     HookFn,
     HookPoint,
@@ -54,8 +55,11 @@ class _Stop(Exception):
     """Raised at the boundary where a partial forward ends, so later blocks never run."""
 
 
-class HookedLM:
-    """A frozen-by-convention HF causal LM seen as layers 0..L of residual stream (see DESIGN.md)."""
+class HookedLM(TransformerLensConventions):
+    """A frozen-by-convention HF causal LM seen as layers 0..L of residual stream (see docs/design.md).
+
+    TransformerLens conventions (`to_tokens`, `to_str_tokens`, `to_string`, `A(text, return_type=...)`,
+    `cfg`) come from `stitch.models.conventions`."""
 
     def __init__(self, model: nn.Module, tokenizer, name: str | None = None):
         self.spec: ArchSpec = arch_for(model)
@@ -291,8 +295,17 @@ class HookedLM:
         self,
         batch: Batch | Sequence[str],
         names_filter: str | Sequence[str] | Callable | None = None,
+        *,
+        remove_batch_dim: bool = False,
+        device=None,
+        return_cache_object: bool = True,
+        incl_bwd: bool = False,
     ) -> tuple[Float[Tensor, "batch pos vocab"], ActivationCache]:
-        """Forward that also returns the stream at every hook point passing `names_filter` (default: all)."""
+        """Forward that also returns the stream at every hook point passing `names_filter` (default: all),
+        in `hook_names` order, detached (as TransformerLens's); `remove_batch_dim=True` drops the batch
+        dimension of a batch of one, `device` moves the cache, `return_cache_object=False` gives a dict."""
+        if incl_bwd:
+            raise ValueError("incl_bwd: backward hooks are not supported; read gradients with torch hooks")
         store: dict[str, Tensor] = {}
         named = [names_filter] if isinstance(names_filter, str) else names_filter
         for name in () if named is None or callable(named) else named:
@@ -302,7 +315,15 @@ class HookedLM:
             raise ValueError(_no_match("names_filter", names_filter, self.n_layers))
         hooks = [(self.hook_points[n], _capture(store, n)) for n in names]
         logits = self._forward(self.as_batch(batch), "run_with_cache", hooks=hooks)
-        return logits, ActivationCache(store, self.n_layers)
+        cache = ActivationCache({n: store[n].detach() for n in names if n in store}, self.n_layers)
+        cache = cache.remove_batch_dim() if remove_batch_dim else cache
+        cache = cache if device is None else cache.to(device)
+        return logits, cache if return_cache_object else dict(cache.cache_dict)
+
+    @property
+    def hook_dict(self) -> dict[str, HookPoint]:
+        """Hook points by name, in forward order (`stitch.models.hooks.hook_names`), as TransformerLens names it."""
+        return dict(self.hook_points)
 
     @contextlib.contextmanager
     def hooks(self, fwd_hooks: Hooks) -> Iterator[HookedLM]:

@@ -49,9 +49,10 @@ class HookPoint:
 
 
 def hook_names(n_layers: int) -> list[str]:
-    """`blocks.{i}.hook_resid_pre` and `blocks.{i}.hook_resid_post` for every block, then `ln_final.hook_in`."""
-    pre = [f"blocks.{i}.hook_resid_pre" for i in range(n_layers)]
-    return pre + [f"blocks.{i}.hook_resid_post" for i in range(n_layers)] + [FINAL]
+    """Every hook name in forward order, the order TransformerLens lists them (and `run_with_cache` keys):
+    `blocks.0.hook_resid_pre`, `blocks.0.hook_resid_post`, `blocks.1.hook_resid_pre`, ..., `ln_final.hook_in`."""
+    names = [f"blocks.{i}.hook_resid_{kind}" for i in range(n_layers) for kind in ("pre", "post")]
+    return names + [FINAL]
 
 
 def boundary_name(layer: int, n_layers: int) -> str:

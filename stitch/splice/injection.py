@@ -43,6 +43,7 @@ from stitch.models.kv import KVCache, Step
 from stitch.models.states import EMBEDDINGS, input_embeddings, model_states
 from stitch.splice.combine import COMBINES, EVERYWHERE, Combine, Write, combine_for, register_combine
 
+
 class Injection:
     """One way for mapped states to enter B (see the module docstring)."""
 

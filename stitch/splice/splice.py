@@ -50,8 +50,9 @@ from stitch.checks import check_batch_size, check_choice, check_layer, check_tex
 from stitch.models.hooked import HookedLM
 from stitch.models.placement import adapter_on, move_model, transfer
 from stitch.models.states import input_embeddings, is_embeddings
-from stitch.splice.generate import GenerationOutput, config_from, generate, resolve_eos
+from stitch.splice import io
 from stitch.splice.combine import Write, combine_for
+from stitch.splice.generate import GenerationOutput, config_from, generate, resolve_eos
 from stitch.splice.injection import injection_for
 from stitch.splice.output import SpliceOutput, merge_outputs
 from stitch.splice.positions import Mask, Positions
@@ -250,6 +251,22 @@ class Splice(nn.Module):
         outs = [generate(self, prompts[i : i + batch_size], config) for i in range(0, len(prompts), batch_size)]
         fields = ("texts", "token_ids", "prompt_ids", "stopped")
         return GenerationOutput(*([x for out in outs for x in getattr(out, f)] for f in fields))
+
+    def save_pretrained(self, directory) -> None:
+        """Save the whole splice (adapter, layers, alignment, injection, models' identities) to `directory`."""
+        io.save_splice(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, source, A: HookedLM | None = None, B: HookedLM | None = None, **kwargs) -> Splice:
+        """`Splice.from_pretrained("runs/l16")`: a saved splice (a directory or hub repo id); models not
+        given are reloaded from their saved identities, given ones must match them (`stitch.splice.io`).
+        Keyword arguments: `dtype`, `device` (for reloaded models), `revision` (of a hub repo)."""
+        A, B, saved = io.read_splice(source, A, B, **kwargs)
+        return cls(A, B, **saved)
+
+    def push_to_hub(self, repo_id: str, **kwargs) -> str:
+        """Upload the saved splice as hub repo `repo_id` (needs huggingface_hub); see `stitch.splice.io`."""
+        return io.push_splice(self, repo_id, **kwargs)
 
     def align(self, texts) -> Pairing:
         """Encode texts for A and B and pair the two tokenizations (identity when the tokenizer is shared)."""

@@ -2,26 +2,23 @@
 
     >>> from stitch.training import TrainConfig, train_adapter
 
-The loop's names load on first use: scoring (`stitch.splice.score`) uses `stitch.training.distributed`,
-and the loop uses scoring, so this package must not import the loop eagerly.
+Names resolve on first use (PEP 562): scoring (`stitch.splice.score`) uses `stitch.training.distributed`
+and the loop uses scoring, so this package must not import the loop eagerly; and `stitch.training.config`
+(the command line's `stitch train` options) imports without torch.
 """
 
-import importlib
+from stitch._lazy import lazy_exports
 
-_LAZY = {
-    "TrainConfig": ("stitch.training.config", "TrainConfig"),
-    "TrainResult": ("stitch.training.loop", "TrainResult"),
-    "train": ("stitch.training.loop", "train"),
-    "train_adapter": ("stitch.training.loop", "train"),
+_EXPORTS = {
+    "TrainConfig": "stitch.training.config",
+    "TrainResult": "stitch.training.loop",
+    "train": "stitch.training.loop",
+    "train_adapter": "stitch.training.loop:train",
+    "checkpoint": "stitch.training.checkpoint",
+    "distributed": "stitch.training.distributed",
+    "config": "stitch.training.config",
+    "loop": "stitch.training.loop",
+    "evaluate": "stitch.training.evaluate",
 }
-
 __all__ = ["TrainConfig", "TrainResult", "checkpoint", "distributed", "train", "train_adapter"]
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        module, attr = _LAZY[name]
-        return getattr(importlib.import_module(module), attr)
-    if name in ("checkpoint", "distributed", "config", "loop", "evaluate"):
-        return importlib.import_module(f"stitch.training.{name}")
-    raise AttributeError(f"module 'stitch.training' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-import inspect
+import importlib
 import json
 import math
 from dataclasses import dataclass
@@ -13,21 +13,22 @@ from typing import Any
 
 import yaml
 
-from stitch.adapters import (
-    ADAPTERS,
-    CLOSED_FORM,
-    adapter_class,
-)
-from stitch.adapters.fit import check_fit_options, fit_option_names
 from stitch.checks import check_choice
 from stitch.config import Config, option
+from stitch.kinds import (
+    ADAPTER_OPTIONS,
+    ALIGNMENTS,
+    AUTOCAST,
+    CLOSED_FORM,
+    DEFAULT_KIND,
+    TRAINABLE,
+    check_fit_options,
+    fit_option_names,
+)
 from stitch.training.guide import METRICS
-from stitch.training.losses import parse_objectives
-from stitch.training.precision import AUTOCAST
 from stitch.training.sinks import SINKS
 
-TRAINABLE = tuple(sorted(kind for kind in ADAPTERS if kind not in ("identity", "group")))
-SCHEDULES, INITS, ALIGNMENTS = ("constant", "linear", "cosine"), ("default", "fit"), ("target", "source")
+SCHEDULES, INITS = ("constant", "linear", "cosine"), ("default", "fit")
 # the fields a resumed run may change: how long it runs, how often it reports, where it logs, and how the
 # activations are obtained (not what any step computes); extending a finished run = more steps or epochs
 FREE_ON_RESUME = (
@@ -60,7 +61,7 @@ class TrainConfig(Config):
         help="losses, each NAME or NAME:key=value,...: ce, kl, mse, cosine, infonce, soft_contrastive; "
         "keys weight, positions (all/shared/lagging), temperature, ... (see docs/training.md)",
     )
-    kind: str = option("affine", choices=TRAINABLE, help="adapter kind")
+    kind: str = option(DEFAULT_KIND, choices=TRAINABLE, help="adapter kind")
     adapter_options: tuple[str, ...] | None = option(
         None, help="adapter options as key=value, e.g. rank=64 scale=0.5"
     )
@@ -97,7 +98,7 @@ class TrainConfig(Config):
     cache: str = option(
         "none", help="none (run A every step), memory, or a directory: activations computed once and reused"
     )
-    autocast: str = option("none", choices=tuple(AUTOCAST), help="bf16/fp16 autocast of the models on a GPU")
+    autocast: str = option("none", choices=AUTOCAST, help="bf16/fp16 autocast of the models on a GPU")
     log_to: tuple[str, ...] = option((), help=f"also log to {' / '.join(SINKS)} (optional packages)")
     wandb_project: str | None = option(None, help="Weights & Biases project (default: stitch)")
     log_every: int = option(10, help="record the training loss every N steps")
@@ -166,7 +167,7 @@ class TrainConfig(Config):
 
     def _check_objectives(self) -> None:
         specs = _as_tuple("objectives", self.objectives)
-        objectives = parse_objectives(specs)
+        objectives = _objectives().parse_objectives(specs)
         object.__setattr__(self, "objectives", tuple(str(s) for s in specs))
         grid_bound = [o.name for o in objectives if o.target_grid_only]
         if self.alignment == "source" and grid_bound:
@@ -193,13 +194,11 @@ class TrainConfig(Config):
         return list(self.pair_weights or [1.0] * len(self.pairs()))
 
     def loss_objectives(self):
-        return parse_objectives(self.objectives)
+        return _objectives().parse_objectives(self.objectives)
 
     def options(self) -> dict[str, Any]:
         """`adapter_options` as keyword arguments of the adapter (values read as YAML: 64, 0.5, true)."""
-        allowed = [
-            p for p in inspect.signature(adapter_class(self.kind)).parameters if not p.startswith("d_")
-        ]
+        allowed = list(ADAPTER_OPTIONS[self.kind])
         return _key_values("adapter_options", self.adapter_options, allowed, f"a {self.kind} adapter")
 
     def fit_options(self) -> dict[str, Any]:
@@ -307,3 +306,9 @@ def _pair_spec(pair) -> str:
     if len(parts) != 2 or not all(p.isdigit() for p in parts):
         raise ValueError(f"layer_pairs: expected N:M with layers >= 0 (e.g. 16:14), got {pair!r}")
     return f"{int(parts[0])}:{int(parts[1])}"
+
+
+def _objectives():
+    """`stitch.training.losses`, loaded when a config is validated: its objectives are torch code, and
+    `stitch --help` must not import torch."""
+    return importlib.import_module("stitch.training.losses")

@@ -1,0 +1,139 @@
+"""The report of a run directory, rebuilt from its records alone (what `stitch report RUN_DIR` runs).
+
+    >>> write_run_report("stitch-demo")                     # -> stitch-demo/report.html
+    >>> write_run_report("runs/sweep", plotlyjs="beside")   # any directory a stitch command wrote
+
+A directory with `run.json` (the demo writes one) lists its header, summary and sections; each section
+names a `kind` in `SECTION_KINDS` and the file (relative to the directory) or data it is drawn from:
+
+    {"title": ..., "header": Header.to_dict(), "summary": [{...}, ...],
+     "sections": [{"kind": "sweep", "title": ..., "file": "sweep/records.json", "note": ...}, ...]}
+
+A new kind of result (generations, communication, ...) is one builder here plus a registry entry. A
+directory without `run.json` is read by what it holds: `config.json` (the header's config), `records.json`
+(a layer sweep), `metrics.jsonl` (a training run), `summary.json` / `similarity.json` (align / cka tables),
+in it or in its immediate subdirectories.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import plotly.io as pio
+
+from analyses.figures.sweep import sweep_figure
+from analyses.figures.training import training_curves
+from analyses.report import Header, Section, write_report
+from analyses.sweep import SweepRecord
+
+RUN_FILE = "run.json"
+
+
+def figure_section(directory: Path, spec: dict) -> list[Section]:
+    """A plotly figure saved as JSON (`fig.write_json`)."""
+    fig = pio.from_json((directory / spec["file"]).read_text(encoding="utf-8"), skip_invalid=True)
+    return [Section(spec["title"], fig, note=spec.get("note", ""), flags=tuple(spec.get("flags", ())))]
+
+
+def table_section(directory: Path, spec: dict) -> list[Section]:
+    """Rows given inline (`data`) or in a JSON file (`file`); text cells are escaped by the report."""
+    rows = spec["data"] if "data" in spec else json.loads((directory / spec["file"]).read_text(encoding="utf-8"))
+    rows = rows if isinstance(rows, list) else [rows]
+    return [Section(spec["title"], rows, note=spec.get("note", ""), flags=tuple(spec.get("flags", ())) + _nan_flags(rows))]
+
+
+def sweep_section(directory: Path, spec: dict) -> list[Section]:
+    """A layer sweep's records: the figure (NaN left out) and the per-class table (NaN flagged)."""
+    records = [SweepRecord.from_dict(r) for r in json.loads((directory / spec["file"]).read_text(encoding="utf-8"))]
+    undefined = [r for r in records if not _real(r.loss_recovered)]
+    flags = tuple(
+        f"{r.injection} {r.alignment} {r.source_layer}→{r.target_layer}: loss recovered undefined — {r.note or 'NaN'}"
+        for r in undefined
+    )
+    names = spec.get("names", ["A", "B"])
+    sections = [Section(spec["title"], sweep_figure(records, source=names[0], target=names[1]), note=spec.get("note", ""), flags=flags)]
+    return sections + [Section(f"{spec['title']}: every position class", [r.to_row() for r in records])]
+
+
+def training_section(directory: Path, spec: dict) -> list[Section]:
+    """A training run's `metrics.jsonl` as curves, with the closed-form fit's score as a line."""
+    lines = (directory / spec["file"]).read_text(encoding="utf-8").splitlines()
+    history = [json.loads(line) for line in lines if line.strip()]
+    closed = spec.get("closed_form")
+    flags = tuple(f"step {r['step']}: loss recovered undefined" for r in history
+                  if r.get("split") == "eval" and not _real(r.get("loss_recovered")))
+    return [Section(spec["title"], training_curves(history, closed_form=closed), note=spec.get("note", ""), flags=flags)]
+
+
+SECTION_KINDS: dict[str, Callable[[Path, dict], list[Section]]] = {
+    "figure": figure_section,
+    "table": table_section,
+    "sweep": sweep_section,
+    "training": training_section,
+}
+
+
+def run_sections(directory: str | Path) -> tuple[str, Header | None, list[dict], list[Section]]:
+    """(title, header, summary rows, sections) of a run directory (see the module docstring)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"run_dir: no directory at {str(directory)!r}")
+    if (directory / RUN_FILE).is_file():
+        return _from_run_file(directory)
+    return _discovered(directory)
+
+
+def write_run_report(directory: str | Path, out: str | Path | None = None, plotlyjs: str = "inline") -> Path:
+    """Write the report of `directory` to `out` (default `directory/report.html`)."""
+    title, header, summary, sections = run_sections(directory)
+    path = Path(out) if out else Path(directory) / "report.html"
+    return write_report(path, sections, title, header=header, summary=summary, plotlyjs=plotlyjs)
+
+
+def _from_run_file(directory: Path):
+    run = json.loads((directory / RUN_FILE).read_text(encoding="utf-8"))
+    sections = []
+    for i, spec in enumerate(run.get("sections", [])):
+        kind = spec.get("kind")
+        if kind not in SECTION_KINDS:
+            raise ValueError(f"{RUN_FILE}: sections[{i}].kind: got {kind!r}; valid: {sorted(SECTION_KINDS)}")
+        sections += SECTION_KINDS[kind](directory, spec)
+    header = Header.from_dict(run["header"]) if run.get("header") else None
+    return run.get("title", "stitch report"), header, run.get("summary", []), sections
+
+
+def _discovered(directory: Path):
+    sections = []
+    for folder in [directory, *sorted(p for p in directory.iterdir() if p.is_dir())]:
+        rel = folder.relative_to(directory).as_posix()
+        where = "" if rel == "." else f" ({rel})"
+        for name, kind, title in _KNOWN:
+            if (folder / name).is_file():
+                spec = {"kind": kind, "title": title + where, "file": (folder / name).relative_to(directory).as_posix()}
+                sections += SECTION_KINDS[kind](directory, spec)
+    if not sections:
+        known = ", ".join(name for name, _, _ in _KNOWN)
+        raise ValueError(f"run_dir: {directory} holds no {RUN_FILE} and none of {known}; nothing to report")
+    config = directory / "config.json"
+    header = Header(config=json.loads(config.read_text(encoding="utf-8"))) if config.is_file() else None
+    return f"stitch report: {directory.name}", header, [], sections
+
+
+_KNOWN = (
+    ("records.json", "sweep", "Layer sweep"),
+    ("metrics.jsonl", "training", "Training"),
+    ("summary.json", "table", "Token alignment summary"),
+    ("similarity.json", "table", "Layer similarity"),
+)
+
+
+def _nan_flags(rows: list[dict]) -> tuple[str, ...]:
+    bad = sorted({k for r in rows if isinstance(r, dict) for k, v in r.items() if isinstance(v, float) and not math.isfinite(v)})
+    return (f"undefined (NaN or infinite) values in: {', '.join(bad)}",) if bad else ()
+
+
+def _real(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
