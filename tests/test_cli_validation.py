@@ -109,7 +109,7 @@ def cases(root):
             ([*comm, "--positions", "-1", "--source-positions", "1", "2", "3"], ["--source-positions", "3 indices"]),
             (["communicate", *m, "--tasks", "math", "--js", "1", *o], ["--ks", "missing required"]),
             (["communicate", "--source-model", str(root / "nope"), *m[2:], "--tasks", "math", "--ks", "1", "--js", "1", *o],
-             ["--source-model", "no such directory"]),
+             ["--source-model", "no model directory at"]),
         ],
         "report": [
             (["report", str(root / "nope")], ["--run-dir", "no directory at"]),
