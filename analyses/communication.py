@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 
 import stitch
 from analyses.evaluation import Example, bootstrap_ci, evaluate
+from stitch.splice.communicate import make_communication
 
 CONDITIONS = ("activation", "random", "none", "a_text", "natural_language")
 PER_LAYER = ("activation", "random")
@@ -37,9 +38,9 @@ def communication_sweep(
     gen = dict(max_new_tokens=max_new_tokens, stop_at_eos=False, **controls)
     for k in ks:  # every pair is checked before anything runs
         for j in js:
-            stitch.splice.communicate.make_communication(A, B, ["x"], ["x"], k, j, combine,
-                                                         None if adapter is None else adapter(k, j), positions,
-                                                         source_positions, inject)
+            make_communication(A, B, ["x"], ["x"], k, j, combine,
+                               None if adapter is None else adapter(k, j), positions,
+                               source_positions, inject)
     records = []
     for condition in (c for c in conditions if c not in PER_LAYER):
         fn = _text_condition(A, B, condition, nl_tokens, batch_size, gen)

@@ -71,7 +71,7 @@ def pretrain(spec: ModelSpec, tokenizer, texts: list[str], progress: bool = True
     generator = torch.Generator().manual_seed(spec.seed)
     epochs = math.ceil(spec.steps * spec.batch_size / len(windows))
     order = torch.cat([torch.randperm(len(windows), generator=generator) for _ in range(epochs)])
-    history, labels = [], None
+    history = []
     model.train()
     bar = tqdm(range(spec.steps), desc=f"pre-training {spec.name} ({spec.family})", unit="step", disable=not progress)
     for step in bar:
