@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
+from stitch.models.placement import module_device
+
 HookFn = Callable[[Tensor, "HookPoint"], "Tensor | None"]
 
 _NAME = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|post)$")
@@ -120,7 +122,7 @@ def _call_once(point: HookPoint, fn: HookFn, stream: Tensor):
 def _check_return(point: HookPoint, old: Tensor, new, module: nn.Module) -> None:
     # On a model sharded with device_map, the stream reaching block ℓ may still be on block ℓ-1's device
     # (accelerate moves it inside the block's forward): the block's own device is as good as the stream's.
-    moved = isinstance(new, Tensor) and new.device != old.device and new.device != _device(module)
+    moved = isinstance(new, Tensor) and new.device != old.device and new.device != module_device(module)
     if not isinstance(new, Tensor) or new.shape != old.shape or moved:
         got = f"{tuple(new.shape)} on {new.device}" if isinstance(new, Tensor) else type(new).__name__
         raise ValueError(
@@ -132,11 +134,6 @@ def _check_return(point: HookPoint, old: Tensor, new, module: nn.Module) -> None
             f"hook {point.name}: returned a {new.dtype} tensor; a hook must return None or a "
             f"floating-point tensor (the stream is {old.dtype})"
         )
-
-
-def _device(module: nn.Module):
-    param = next(module.parameters(), None)
-    return None if param is None else param.device
 
 
 def _refuse_skipped(point: HookPoint, module: nn.Module) -> None:

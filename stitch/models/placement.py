@@ -23,10 +23,27 @@ from torch import Tensor, nn
 
 
 def module_device(module: nn.Module) -> torch.device:
-    """The device of a module's first parameter (else buffer); CPU for a module holding neither."""
+    """Where `module` computes, so where a tensor it consumes must be: the one question stitch asks of devices.
+
+    A module dispatched by accelerate (`device_map`) computes on its hook's execution device, which is
+    not where its weights sit when they are offloaded (then they are on "meta" or the CPU); any other
+    module computes where its first parameter (else buffer) is, and one holding neither on the CPU.
+    """
+    execution = _execution_device(getattr(module, "_hf_hook", None))
+    if execution is not None:
+        return torch.device(f"cuda:{execution}" if isinstance(execution, int) else execution)
     for tensor in (*module.parameters(recurse=True), *module.buffers(recurse=True)):
         return tensor.device
     return torch.device("cpu")
+
+
+def _execution_device(hook):
+    """The execution device of an accelerate hook, or of the first hook in a SequentialHook that has one."""
+    for h in (hook, *getattr(hook, "hooks", ())):
+        device = getattr(h, "execution_device", None)
+        if device is not None:
+            return device
+    return None
 
 
 def devices_of(model: nn.Module) -> list[torch.device]:

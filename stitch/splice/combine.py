@@ -25,6 +25,7 @@ from jaxtyping import Bool
 from torch import Tensor
 
 from stitch.checks import check_choice
+from stitch.models.placement import transfer
 
 Mask = Bool[Tensor, "batch pos"]
 
@@ -104,7 +105,12 @@ class Write:
         return self.selected is not None or self.combine.reads_own
 
     def __call__(self, own: Tensor, mapped: Tensor) -> Tensor:
-        return self.combine.apply(own, mapped, self.selected)
+        # The write happens where `mapped` is: on B's device at the write point (block M's). On a model
+        # sharded with device_map, B's own stream reaching block M's pre-hook is still on block M-1's device
+        # (accelerate moves it inside block M), and the mask was built on B's embedding device.
+        own = transfer(own, mapped.device)
+        selected = None if self.selected is None else transfer(self.selected, mapped.device)
+        return self.combine.apply(own, mapped, selected)
 
 
 EVERYWHERE = Write()  # replace at every position: the plain splice

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from stitch.checks import check_choice, check_layer, check_texts
 from stitch.models.hooked import HookedLM
+from stitch.models.placement import transfer
 from stitch.splice.combine import Write, combine_for
 from stitch.splice.generate import config_from, generate, resolve_eos
 from stitch.splice.injection import injection_for
@@ -113,15 +114,17 @@ class Communicate(Prompt):
     def prompt_write(self) -> tuple[Tensor, Write]:
         comm, target = self.comm, self.rows.target
         rows_b, cols_b = _gather(target, comm.positions, "positions")
-        mapped = torch.zeros(*target.shape, self.B.d_model, device=self.B.device)
-        selected = torch.zeros(target.shape, dtype=torch.bool, device=self.B.device)
+        where = self.B.device_of(comm.target_layer)  # the write happens on B's block j's device
+        mapped = torch.zeros(*target.shape, self.B.d_model, device=where)
+        selected = torch.zeros(target.shape, dtype=torch.bool, device=where)
         if comm.control == "none":
             return mapped, Write(comm.combine, selected)
         vectors = self.vectors()
         if comm.control == "random":
             vectors = self.random_like(vectors, rows_b, cols_b)
-        mapped[rows_b, cols_b] = vectors.to(mapped.dtype)
-        selected[rows_b, cols_b] = True
+        at = rows_b.to(where), cols_b.to(where)
+        mapped[at] = transfer(vectors, where, mapped.dtype)  # A's vectors cross once
+        selected[at] = True
         self.last_vector = vectors[:, -1]
         return mapped, Write(comm.combine, selected)
 
@@ -130,7 +133,9 @@ class Communicate(Prompt):
         source = self.A.encode(self.comm.prompts_a, padding_side="left")
         states = self.A.residuals(source, [self.comm.k])[self.comm.k]
         rows, cols = _gather(source, self.comm.source_positions, "source_positions")
-        adapted = self.comm.adapter(states[rows, cols].to(next(iter(self.comm.adapter.parameters()), states).dtype))
+        param = next(iter(self.comm.adapter.parameters()), None)  # the adapter runs on A's side here
+        picked = states[rows.to(states.device), cols.to(states.device)]
+        adapted = self.comm.adapter(picked if param is None else transfer(picked, param.device, param.dtype))
         return adapted.to(self.B.dtype)
 
     def random_like(self, vectors: Tensor, rows: Tensor, cols: Tensor) -> Tensor:

@@ -107,7 +107,7 @@ def generate(splice, prompts, config: GenerationConfig, *, streamer=None, output
     rows = Rows.start(splice.B, prompts)
     _check_room(splice.B, rows, config.max_new_tokens)
     policy = (policy or policy_for(config.policy))(splice, rows)
-    run = _Run(config, rows, _processors(config), _generator(config, splice.B.device), [None] * len(prompts))
+    run = _Run(config, rows, _processors(config), _generator(config, splice.B.output_device), [None] * len(prompts))
     if streamer is not None:
         streamer.put(rows.target.input_ids.cpu())
     logits = policy.start() if config.use_cache else policy.reference()

@@ -126,9 +126,9 @@ class SourceTokens:
     def __init__(self, splice, rows: Rows):
         self.splice, self.rows, self.A = splice, rows, splice.A
         self.layer = splice.source_layer
+        self.zero = splice.adapt(torch.zeros(1, self.A.d_model, device=self.A.device, dtype=self.A.dtype))
         self.mapped: list[Tensor] = [self._adapt_empty() for _ in range(len(rows))]
         self.raw: list[Tensor] = [torch.zeros(0, self.A.d_model, device=self.A.device) for _ in range(len(rows))]
-        self.zero = splice.adapt(torch.zeros(1, self.A.d_model, device=self.A.device, dtype=self.A.dtype))
 
     @staticmethod
     def for_splice(splice, rows: Rows) -> SourceTokens:
@@ -136,7 +136,7 @@ class SourceTokens:
         return (SharedTokens if shared else Retokenized)(splice, rows)
 
     def _adapt_empty(self) -> Tensor:
-        return torch.zeros(0, self.splice.B.d_model, device=self.A.device)
+        return torch.zeros(0, self.splice.B.d_model, device=self.zero.device)  # mapped states live on B's side
 
     def run(self, kv: KVCache, ids: list[list[int]], first: list[int]) -> None:
         """A's blocks [0, N) on tokens first[r].. of each row (ids[r]); their mapped states replace the old."""
@@ -151,7 +151,7 @@ class SourceTokens:
         for r, cols in enumerate(index):
             take = [c for c, _ in cols]
             for store, new in ((self.mapped, mapped), (self.raw, captured[0])):
-                keep = store[r][: first[r]].to(new.dtype)
+                keep = store[r][: first[r]].to(new.device, new.dtype)  # a sharded A: its layer-N device
                 store[r] = torch.cat([keep, new[r, take]]) if cols else keep
 
     def mapped_block(self, index: list, feeding: list[list[int]]) -> Tensor:

@@ -217,7 +217,7 @@ def _reference_ce(pairing: Pairing, splices, references: References) -> dict:
     for sp in splices:
         key = _ablation_key(sp)
         if key not in out:  # the mean state where and how the splice writes; B's own states elsewhere
-            mean = references.mean_states[sp.write_point].to(device=B.device, dtype=B.dtype)
+            mean = references.mean_states[sp.write_point].to(device=sp.write_device, dtype=B.dtype)
             constant = mean.expand(*target.shape, -1).contiguous()
             out[key] = token_cross_entropy(sp.target_logits(constant, target, sp.selected(pairing)), labels)
     return out

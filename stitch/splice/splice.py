@@ -324,7 +324,7 @@ class Splice(nn.Module):
                 f"where the adapter runs; use adapter.to({str(states.device)!r}) or sp.to(...)"
             )
         dtype = states.dtype if param is None else param.dtype
-        inputs = (states.to(dtype),) if condition is None else (states.to(dtype), condition.to(states.device, dtype))
+        inputs = (states.to(dtype),) if condition is None else (states.to(dtype), transfer(condition, states.device, dtype))
         mapped = self.adapter(*inputs)
         if not isinstance(mapped, Tensor) or not mapped.is_floating_point():
             got = f"a {mapped.dtype} tensor" if isinstance(mapped, Tensor) else type(mapped).__name__

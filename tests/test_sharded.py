@@ -1,0 +1,130 @@
+"""Models sharded with device_map: every tensor stitch hands a block is on that block's device, moved once.
+
+On CPU, "meta" stands in for a second GPU: a tiny model's upper blocks are dispatched there with
+accelerate's own hooks (what `device_map` installs), so every op checks its operands' devices exactly as
+on two GPUs and a tensor left on the wrong device raises; meta tensors hold no data, so these tests check
+placement and moves, and the two-GPU test at the end checks values against one device.
+"""
+
+import pytest
+import torch
+from accelerate.hooks import AlignDevicesHook, SequentialHook, add_hook_to_module
+
+import stitch
+from stitch.adapters.conditioned import TokenConditioned
+from stitch.models.kv import KVCache, Step
+from stitch.models.placement import module_device, record_moves
+from tests.tiny import byte_bpe_tokenizer, tiny_model
+
+META = torch.device("meta")
+CPU = torch.device("cpu")
+
+
+def shard(hf, device_map: dict) -> None:
+    """Dispatch `hf`'s modules as accelerate's `dispatch_model` does: weights moved, an AlignDevicesHook each."""
+    for name, device in device_map.items():
+        module = hf.get_submodule(name).to(device)
+        add_hook_to_module(module, AlignDevicesHook(execution_device=device, io_same_device=False))
+    hf.hf_device_map = dict(device_map)
+
+
+def llama_map(split: int, n_layers: int, upper) -> dict:
+    """Embedding and blocks [0, split) on the CPU; blocks [split, L), the final norm and lm_head on `upper`."""
+    layers = {f"model.layers.{i}": "cpu" if i < split else upper for i in range(n_layers)}
+    return {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", **layers, "model.norm": upper, "lm_head": upper}
+
+
+@pytest.fixture(scope="module")
+def pair():
+    tok_a, tok_b = byte_bpe_tokenizer(300), byte_bpe_tokenizer(400, bos=False)
+    A = stitch.load_model(tiny_model("llama", vocab_size=len(tok_a)), tokenizer=tok_a)
+    hf = tiny_model("llama", vocab_size=len(tok_b), n_layers=4, seed=1)
+    shard(hf, llama_map(2, 4, "meta"))
+    return A, stitch.HookedLM(hf, tok_b)
+
+
+def test_devices_are_read_from_the_module_that_consumes(pair):
+    _, B = pair
+    assert (B.device, [B.device_of(i) for i in range(5)], B.output_device) == (CPU, [CPU, CPU, META, META, META], META)
+    offloaded = torch.nn.Linear(2, 2)  # weights kept on the CPU, computed on "meta": accelerate's offload
+    offloaded._hf_hook = SequentialHook(AlignDevicesHook(execution_device="meta"))
+    assert module_device(offloaded) == META and offloaded.weight.device == CPU
+
+
+@pytest.mark.parametrize(
+    "options, moved",
+    [
+        (dict(), ["states"]),
+        (dict(combine="sum"), ["states", "own"]),
+        (dict(combine="mean", positions="shared"), ["states", "own", "mask"]),
+        (dict(injection="hybrid"), ["states", "own", "mask"]),
+        (dict(adapter="conditioned"), ["states", "condition"]),
+    ],
+    ids=["replace", "sum", "mean-shared", "hybrid", "token-conditioned"],
+)
+def test_splice_writes_on_block_m_device_and_moves_each_tensor_once(pair, texts, options, moved):
+    A, B = pair
+    adapter = TokenConditioned(32, 32) if options.pop("adapter", None) else stitch.adapters.Affine(32)
+    sp = stitch.Splice(A, B, 2, 2, adapter=adapter, **options)  # B's block 2 is the first on "meta"
+    assert sp.write_device == META and next(adapter.parameters()).device == META
+    with record_moves() as moves:
+        out = sp(texts[:2])
+    assert out.logits.device == META and out.labels.device == META  # logits come out on lm_head's device
+    n_s, n_t = out.source.shape, out.target.shape
+    shapes = {"states": (*n_s, A.d_model), "own": (*n_t, B.d_model), "mask": n_t,
+              "condition": (*n_t, getattr(adapter, "d_condition", 0))}
+    assert [m.shape for m in moves] == [shapes[k] for k in moved]  # each once, nothing else crosses
+    assert all(m.source == CPU and m.device == sp.write_device for m in moves)
+    assert [m.dtype for m in moves if m.shape == shapes["states"]] == [torch.float32]
+
+
+def test_inputs_embeds_write_on_the_embedding_device(pair, texts):
+    A, B = pair
+    sp = stitch.Splice(A, B, 2, adapter=stitch.adapters.Affine(32), injection="inputs_embeds", combine="sum")
+    with record_moves() as moves:
+        out = sp(texts[:2])
+    assert sp.write_device == CPU and moves == [] and out.logits.device == META
+
+
+def test_cached_forward_keeps_each_cache_layer_on_its_block_device(pair):
+    A, B = pair
+    batch = B.encode(["one two three", "four"])
+    sp = stitch.Splice(A, B, 2, 2, adapter=stitch.adapters.Affine(32), combine="sum")
+    kv = KVCache.empty(B, 2)
+    mapped = torch.zeros(*batch.shape, B.d_model, device=sp.write_device)
+    step = Step(batch.input_ids, batch.position_ids, batch.attention_mask.bool())
+    with record_moves() as moves:
+        last = sp.strategy.run_cached(B, mapped, kv, step, 2, sp.write(batch.attention_mask.bool()))
+    assert last.device == B.output_device
+    assert [layer.keys.device for layer in kv.cache.layers] == [B.device_of(i) for i in range(B.n_layers)]
+    assert [(m.shape, m.device) for m in moves] == [((*batch.shape, B.d_model), META), (batch.shape, META)]
+    one = Step(batch.input_ids[:, -1:], batch.position_ids[:, -1:] + 1, torch.ones(2, 1, dtype=torch.bool))
+    assert sp.strategy.run_cached(B, mapped[:, -1:], kv, one, 2, sp.write(None)).device == META
+    assert [layer.keys.shape[2] for layer in kv.cache.layers] == [batch.shape[1] + 1] * B.n_layers
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_a_model_sharded_over_two_gpus_gives_the_one_gpu_results(texts):
+    tok_a, tok_b = byte_bpe_tokenizer(300), byte_bpe_tokenizer(400, bos=False)
+    A = stitch.load_model(tiny_model("llama", vocab_size=len(tok_a)), tokenizer=tok_a, device="cuda:0")
+    one = stitch.load_model(tiny_model("llama", vocab_size=len(tok_b), n_layers=4, seed=1), tokenizer=tok_b,
+                            device="cuda:0")
+    hf = tiny_model("llama", vocab_size=len(tok_b), n_layers=4, seed=1)
+    shard(hf, llama_map(2, 4, "cuda:1"))
+    two = stitch.HookedLM(hf, tok_b)
+    assert two.device_of(2) == torch.device("cuda:1")
+    for options in (dict(), dict(combine="sum", positions="shared"), dict(injection="hybrid")):
+        adapter = stitch.adapters.Affine(32)
+        ref = stitch.Splice(A, one, 2, 2, adapter=adapter, **options)
+        got = stitch.Splice(A, two, 2, 2, adapter=adapter, **options)
+        torch.testing.assert_close(got(texts).logits.cpu(), ref(texts).logits.cpu(), rtol=0, atol=1e-5)
+        prompts = ["The quick brown", "Numbers like"]
+        assert got.generate(prompts, max_new_tokens=6) == ref.generate(prompts, max_new_tokens=6)
+    conditioned = TokenConditioned(32, 32)
+    torch.nn.init.normal_(conditioned.condition_weight, std=0.1)  # the conditioning must matter
+    got = stitch.Splice(A, two, 2, 2, adapter=conditioned)(texts).logits.cpu()
+    torch.testing.assert_close(got, stitch.Splice(A, one, 2, 2, adapter=conditioned)(texts).logits.cpu(),
+                               rtol=0, atol=1e-5)
+    fit_one = stitch.fit_adapter(A, one, texts, 2, 2, kind="affine", progress=False)
+    fit_two = stitch.fit_adapter(A, two, texts, 2, 2, kind="affine", progress=False)
+    torch.testing.assert_close(fit_two.weight.cpu(), fit_one.weight.cpu(), rtol=1e-4, atol=1e-5)
