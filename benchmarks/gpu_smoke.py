@@ -9,7 +9,10 @@ With two or more GPUs A and B each get their own; with one, both share it and, i
 stated number of their layers is kept (`--layers`, or chosen from free memory). It runs a splice, a
 streamed fit, a CKA heatmap (minibatch CKA), a generation and a few training steps, and prints per step
 its time, the time ratio against the plain HF forward of A and B on the same texts, and the peak memory
-of every device. Without CUDA it prints one "skipped" line and exits 0. Format: benchmarks/README.md.
+of every device. With two or more GPUs it then runs the same steps again with B sharded over all of them
+as `from_pretrained(device_map="auto")` shards it (accelerate's balanced map and dispatch hooks; blocks on
+different GPUs), A staying on cuda:0; `--no-shard` skips that part. Without CUDA it prints one "skipped"
+line and exits 0. Format: benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -51,6 +54,20 @@ def build(config: dict, n_layers: int, device: str, tokenizer) -> stitch.HookedL
     with torch.device(device):  # initialised on the GPU, never on the CPU
         hf = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
     return stitch.load_model(hf, tokenizer=tokenizer, name=f"{config['model_type']}-random-{n_layers}L")
+
+
+def shard(lm: stitch.HookedLM, n_gpus: int) -> dict:
+    """Spread `lm` over every GPU as device_map="auto" does: a balanced map of whole blocks, then dispatched."""
+    import accelerate  # only the sharded run needs it (installed with transformers' device_map support)
+    from accelerate.utils import get_balanced_memory
+
+    hf, no_split = lm.model, lm.model._no_split_modules
+    memory = get_balanced_memory(hf, no_split_module_classes=no_split, dtype=torch.bfloat16)
+    device_map = accelerate.infer_auto_device_map(
+        hf, max_memory={i: memory[i] for i in range(n_gpus)}, no_split_module_classes=no_split, dtype=torch.bfloat16
+    )
+    accelerate.dispatch_model(hf, device_map)  # moves each block to its GPU and installs the dispatch hooks
+    return device_map
 
 
 def param_bytes(config: dict, n_layers: int) -> int:
@@ -100,6 +117,7 @@ def main() -> int:
     parser.add_argument("--layers", type=int, default=0, help="layers per model (default: all that fit)")
     parser.add_argument("--seq", type=int, default=512, help="tokens per text (about)")
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--no-shard", action="store_true", help="skip the run with B sharded over all GPUs")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("gpu_smoke: skipped (no CUDA device)")
@@ -111,11 +129,27 @@ def main() -> int:
     A = build(LLAMA_3_1_8B, n_layers, devices[0], tok_a)
     B = build(MISTRAL_7B_V0_3, n_layers, devices[1], tok_b)
     texts = texts_of(args.seq, args.batch)
-    meter = Meter(devices)
     lines = [
         f"gpu_smoke: Llama-3.1-8B -> Mistral-7B-v0.3 configs, random bf16, {n_layers}/32 layers each, "
         f"A on {devices[0]}, B on {devices[1]}, batch {args.batch} x ~{args.seq} tokens, torch {torch.__version__}"
     ]
+    lines += run_steps(A, B, texts, args, Meter(devices), n_layers)
+    if n_gpus > 1 and not args.no_shard:
+        device_map = shard(B, n_gpus)
+        where = sorted({str(d) for d in device_map.values()})
+        lines.append(
+            f"sharded: B over {', '.join(where)} (device_map balanced as \"auto\"; B's block {n_layers // 2} on "
+            f"{B.device_of(n_layers // 2)}, lm_head on {B.output_device}), A on {devices[0]}"
+        )
+        lines += run_steps(A, B, texts, args, Meter([f"cuda:{i}" for i in range(n_gpus)]), n_layers)
+    print("\n".join(lines))
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text("\n".join(lines) + "\n")
+    return 0
+
+
+def run_steps(A, B, texts, args, meter: Meter, n_layers: int) -> list[str]:
+    """One line per step: the HF forward of A and B (the baseline), then splice, fit, CKA, generation, training."""
     N = M = n_layers // 2
     sp = stitch.Splice(A, B, N, M, adapter=stitch.adapters.Affine(4096))  # fp32 adapter on B's GPU
 
@@ -127,7 +161,7 @@ def main() -> int:
 
     meter(hf_forward)  # warm-up (kernels, allocator)
     base, peaks, _ = meter(hf_forward)
-    lines.append(_line("HF forward A + B", base, base, peaks))
+    lines = [_line("HF forward A + B", base, base, peaks)]
     steps = {
         "splice": lambda: _no_grad(lambda: sp(texts)),
         "streamed fit (affine, 4x texts)": lambda: stitch.fit_adapter(
@@ -143,10 +177,7 @@ def main() -> int:
     for name, fn in steps.items():
         seconds, peaks, _ = meter(fn)
         lines.append(_line(name, seconds, base, peaks))
-    print("\n".join(lines))
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text("\n".join(lines) + "\n")
-    return 0
+    return lines
 
 
 def _no_grad(fn):

@@ -8,6 +8,7 @@ placement and moves, and the two-GPU test at the end checks values against one d
 
 import pytest
 import torch
+from accelerate import dispatch_model
 from accelerate.hooks import AlignDevicesHook, SequentialHook, add_hook_to_module
 
 import stitch
@@ -49,6 +50,10 @@ def test_devices_are_read_from_the_module_that_consumes(pair):
     offloaded = torch.nn.Linear(2, 2)  # weights kept on the CPU, computed on "meta": accelerate's offload
     offloaded._hf_hook = SequentialHook(AlignDevicesHook(execution_device="meta"))
     assert module_device(offloaded) == META and offloaded.weight.device == CPU
+    whole = tiny_model("llama", vocab_size=len(B.tokenizer), n_layers=4)
+    shard(whole, llama_map(2, 4, "meta"))
+    whole._hf_hook = AlignDevicesHook(io_same_device=True)  # dispatch_model's: outputs back to the inputs' device
+    assert stitch.HookedLM(whole, B.tokenizer).output_device == CPU
 
 
 @pytest.mark.parametrize(
@@ -110,9 +115,11 @@ def test_a_model_sharded_over_two_gpus_gives_the_one_gpu_results(texts):
     one = stitch.load_model(tiny_model("llama", vocab_size=len(tok_b), n_layers=4, seed=1), tokenizer=tok_b,
                             device="cuda:0")
     hf = tiny_model("llama", vocab_size=len(tok_b), n_layers=4, seed=1)
-    shard(hf, llama_map(2, 4, "cuda:1"))
-    two = stitch.HookedLM(hf, tok_b)
-    assert two.device_of(2) == torch.device("cuda:1")
+    dispatch_model(hf, llama_map(2, 4, "cuda:1") | {"model.embed_tokens": "cuda:0", "model.rotary_emb": "cuda:0",
+                                                    "model.layers.0": "cuda:0", "model.layers.1": "cuda:0"})
+    two = stitch.HookedLM(hf, tok_b)  # as from_pretrained(device_map=...) leaves it: hooks, hf_device_map
+    assert (two.device_of(1), two.device_of(2), two.output_device) == (torch.device("cuda:0"), torch.device("cuda:1"),
+                                                                      torch.device("cuda:0"))
     for options in (dict(), dict(combine="sum", positions="shared"), dict(injection="hybrid")):
         adapter = stitch.adapters.Affine(32)
         ref = stitch.Splice(A, one, 2, 2, adapter=adapter, **options)

@@ -76,6 +76,40 @@ def layer_of(name: str, n_layers: int) -> int:
     return int(match.group(1)) + (match.group(2) == "post")
 
 
+def no_match(name: str, names_filter, n_layers: int) -> str:
+    """The error for a name filter matching no hook point (its hook would silently never run)."""
+    return (
+        f"{name}: the name filter {getattr(names_filter, '__name__', names_filter)!r} matches no hook "
+        f"point, so its hook would never run; names are {hook_names(n_layers)[:2]} ... {hook_names(n_layers)[-1:]}"
+    )
+
+
+def passes(names_filter, name: str) -> bool:
+    """Whether hook `name` passes `names_filter` (None: all; a name; a predicate; a collection of names)."""
+    if names_filter is None:
+        return True
+    if isinstance(names_filter, str):
+        return name == names_filter
+    if callable(names_filter):
+        return bool(names_filter(name))
+    return name in names_filter
+
+
+def resolve_hooks(points: dict[str, HookPoint], fwd_hooks, n_layers: int) -> list[tuple[HookPoint, HookFn]]:
+    """`[(name or name filter, fn)]` as `(HookPoint, fn)` pairs; unknown names and empty filters refused."""
+    resolved = []
+    for name, fn in fwd_hooks:
+        if callable(name):
+            matched = [(p, fn) for n, p in points.items() if name(n)]
+            if not matched:  # a filter that matches nothing would make the hook a silent no-op
+                raise ValueError(no_match("fwd_hooks", name, n_layers))
+            resolved += matched
+        else:
+            layer_of(name, n_layers)  # raises listing valid names
+            resolved.append((points[name], fn))
+    return resolved
+
+
 def _stream_arg(args: tuple, kwargs: dict) -> Tensor:
     return args[0] if args else kwargs["hidden_states"]
 

@@ -46,6 +46,13 @@ def _execution_device(hook):
     return None
 
 
+def returns_to_input_device(model: nn.Module) -> bool:
+    """Whether `model`'s outputs are moved back to its inputs' device: what accelerate's `dispatch_model`
+    (so `from_pretrained(device_map=...)`) does to the whole model, whatever device its last block is on."""
+    hook = getattr(model, "_hf_hook", None)
+    return any(getattr(h, "io_same_device", False) for h in (hook, *getattr(hook, "hooks", ())))
+
+
 def devices_of(model: nn.Module) -> list[torch.device]:
     """Every distinct device holding the model's parameters, in order of first appearance."""
     return list(dict.fromkeys(p.device for p in model.parameters()))
