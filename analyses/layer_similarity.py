@@ -52,6 +52,7 @@ from stitch.alignment.pairing import pair_batches
 from stitch.batch import Batch
 from stitch.checks import check_choice, check_layer, check_texts
 from stitch.chunks import corpus_texts
+from stitch.models.placement import transfer
 
 PAIRINGS = ("mean", "shared")
 
@@ -282,7 +283,7 @@ def paired_batches(A, B, texts, layers_a, layers_b, pairing, batch_size, adapter
             res_b = res_a if same else B.residuals(batch_b, layers=layers_b)
             pick_a, pick_b = _selectors(batch_a, batch_b, pairing, chunk, start)
             xs = [_cpu(pick_a(res_a[layer])) for layer in layers_a]
-            adapted = None if adapter is None else [_cpu(pick_a(adapter(res_a[layer]))) for layer in layers_a]
+            adapted = None if adapter is None else [_cpu(pick_a(_adapt(adapter, res_a[layer]))) for layer in layers_a]
             ys = xs if same else [_cpu(pick_b(res_b[layer])) for layer in layers_b]
         del res_a, res_b  # before the next batch runs: one batch of states at a time
         yield xs, adapted, ys
@@ -332,6 +333,13 @@ def _check_any_shared(n: int) -> None:
         )
 
 
+def _adapt(adapter, states: Tensor) -> Tensor:
+    """`adapter(states)` where the adapter is (a Splice puts it on B's side) and in its dtype; a plain
+    function (no parameters) gets the states as they are."""
+    param = next(iter(adapter.parameters()), None) if isinstance(adapter, torch.nn.Module) else None
+    return adapter(states if param is None else transfer(states, param.device, param.dtype))
+
+
 def _cpu(states: Tensor) -> Tensor:
     return states.detach().float().cpu()
 
@@ -345,7 +353,10 @@ def _selectors(batch_a: Batch, batch_b: Batch, pairing: str, chunk: list[str], o
     if pairing == "mean":
         weights = [_pool_weights(b, chunk, offset) for b in (batch_a, batch_b)]
         # Pool in float32 whatever the model's dtype: a bfloat16 sum over hundreds of tokens loses digits.
-        return tuple((lambda states, w=w: torch.einsum("bp,bpd->bd", w, states.float())) for w in weights)
+        # (weights to the states' device: a layer of a model sharded with device_map may be on another GPU)
+        return tuple(
+            (lambda states, w=w: torch.einsum("bp,bpd->bd", w.to(states.device), states.float())) for w in weights
+        )
     rows, cols_a, cols_b = pair_batches(batch_a, batch_b).pairs(drop_special=True, classes=["shared"])
     return (
         lambda states: states[rows.to(states.device), cols_a.to(states.device)],

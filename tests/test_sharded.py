@@ -12,6 +12,7 @@ from accelerate import dispatch_model
 from accelerate.hooks import AlignDevicesHook, SequentialHook, add_hook_to_module
 
 import stitch
+from analyses.layer_similarity import layer_similarity, splice_cka
 from stitch.adapters.conditioned import TokenConditioned
 from stitch.models.kv import KVCache, Step
 from stitch.models.placement import module_device, record_moves
@@ -135,3 +136,8 @@ def test_a_model_sharded_over_two_gpus_gives_the_one_gpu_results(texts):
     fit_one = stitch.fit_adapter(A, one, texts, 2, 2, kind="affine", progress=False)
     fit_two = stitch.fit_adapter(A, two, texts, 2, 2, kind="affine", progress=False)
     torch.testing.assert_close(fit_two.weight.cpu(), fit_one.weight.cpu(), rtol=1e-4, atol=1e-5)
+    for pairing in ("mean", "shared"):
+        rec_two = layer_similarity(A, two, texts, pairing=pairing)
+        torch.testing.assert_close(rec_two.matrix, layer_similarity(A, one, texts, pairing=pairing).matrix)
+    sim_two = splice_cka(A, two, fit_two, 2, 2, texts)  # the adapter sits on B's side, A's states go to it
+    assert sim_two.after == pytest.approx(splice_cka(A, one, fit_one, 2, 2, texts).after, abs=1e-4)
