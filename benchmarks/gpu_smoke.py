@@ -4,7 +4,8 @@
     python benchmarks/gpu_smoke.py --layers 8 --seq 256
 
 No download: the models are built from the configurations written below and initialised at random on
-their GPU (the tokenizers are stitch's tiny byte-level ones; only ids below each vocabulary are used).
+their GPU (the tokenizers are stitch's tiny byte-level ones; only ids below each vocabulary are used, and
+generation masks the logits of the others).
 With two or more GPUs A and B each get their own; with one, both share it and, if they do not fit, a
 stated number of their layers is kept (`--layers`, or chosen from free memory). It runs a splice, a
 streamed fit, a CKA heatmap (minibatch CKA), a generation and a few training steps, and prints per step
@@ -171,13 +172,27 @@ def run_steps(A, B, texts, args, meter: Meter, n_layers: int) -> list[str]:
         "CKA heatmap (minibatch, all layers)": lambda: layer_similarity(
             A, B, texts * 2, measure="minibatch_cka", batch_size=args.batch, max_length=args.seq
         ),
-        "generation (16 new tokens)": lambda: sp.generate([t[:200] for t in texts], max_new_tokens=16),
+        "generation (16 new tokens)": lambda: _decodable(B, lambda: sp.generate([t[:200] for t in texts], max_new_tokens=16)),
         "3 training steps (Adam)": lambda: _train(sp, texts, 3),
     }
     for name, fn in steps.items():
         seconds, peaks, _ = meter(fn)
         lines.append(_line(name, seconds, base, peaks))
     return lines
+
+
+def _decodable(lm: stitch.HookedLM, fn):
+    """`fn()` with the logits of ids past the (tiny) tokenizer's vocabulary at -inf, so generated ids decode."""
+    n = len(lm.tokenizer)
+
+    def mask(module, args, out):
+        out[..., n:] = torch.finfo(out.dtype).min
+
+    handle = lm.model.get_output_embeddings().register_forward_hook(mask)
+    try:
+        return fn()
+    finally:
+        handle.remove()
 
 
 def _no_grad(fn):

@@ -12,12 +12,16 @@ from stitch.testing import CORPUS, peak_torch_cpu_bytes
 from tests.tiny import byte_bpe_tokenizer, tiny_model
 
 
-def _graphs_alive() -> list:
-    """Every live tensor that is part of an autograd graph (has a grad_fn)."""
+def _live_tensors() -> list:
     gc.collect()
     with warnings.catch_warnings():  # isinstance on some of torch's deprecated module aliases warns
         warnings.simplefilter("ignore")
-        return [o for o in gc.get_objects() if isinstance(o, torch.Tensor) and o.grad_fn is not None]
+        return [o for o in gc.get_objects() if isinstance(o, torch.Tensor)]
+
+
+def _graphs_alive() -> list:
+    """Every live tensor that is part of an autograd graph (has a grad_fn)."""
+    return [t for t in _live_tensors() if t.grad_fn is not None]
 
 
 @pytest.fixture
@@ -45,6 +49,11 @@ def test_analysis_calls_keep_no_graph(fresh, texts):
     assert not rec.matrix.requires_grad and isinstance(sim.after, float)
     assert len(_graphs_alive()) == before  # no graph over the weights anywhere
     assert all(p.grad is None and p.requires_grad for p in fresh.model.parameters())
+    # No tensor anywhere requires grad but the parameters themselves (the model's, as HF left them, and
+    # the fitted adapter's): nothing the calls computed or kept does.
+    owned = {id(p) for module in (fresh.model, adapter) for p in module.parameters()}
+    stray = [t for t in _live_tensors() if t.requires_grad and id(t) not in owned and not isinstance(t, torch.nn.Parameter)]
+    assert stray == [], [tuple(t.shape) for t in stray]
 
 
 def test_splice_leaves_flags_alone(tok, texts):
@@ -52,6 +61,9 @@ def test_splice_leaves_flags_alone(tok, texts):
     B = stitch.load_model(tiny_model("mistral", vocab_size=len(tok), seed=1), tokenizer=tok)
     B.model.model.layers[0].requires_grad_(False)  # a mix of flags, as a caller might have left them
     flags = {m: [p.requires_grad for p in m.model.parameters()] for m in (A, B)}
+    for options in (dict(), dict(combine="sum", positions="shared"), dict(injection="hybrid")):
+        stitch.Splice(A, B, 2, adapter=stitch.adapters.Affine(32), **options)  # built and discarded
+        assert {m: [p.requires_grad for p in m.model.parameters()] for m in (A, B)} == flags
     sp = stitch.Splice(A, B, 2, adapter=stitch.adapters.Affine(32))
     sp(texts).loss.backward()
     assert sp.adapter.weight.grad is not None

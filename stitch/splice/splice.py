@@ -22,12 +22,14 @@ boundary (the embedding module only: no block of B below M runs for them).
 Devices: A and B may live on different devices, or be sharded with `device_map`. The adapter runs on B's
 side: the Splice moves it (in place, dtype kept) to the device where B's stream enters layer M
 (`B.device_of(M)`; B's embedding device for `inputs_embeds`), and A's layer-N states cross once per call,
-to that device in the adapter's dtype (`stitch.models.placement.record_moves` shows every move). A bf16
+to that device in the adapter's dtype (`stitch.models.placement.record_moves` shows every move); a write
+that keeps B's own states brings B's stream and the position mask there too (`stitch.splice.combine`). A bf16
 A spliced into an fp32 B with an fp32 adapter stays fp32 after A. `sp.to(device)` moves A, B and the
 adapter (a sharded model is refused: it has no single device); `sp.to(dtype)` casts the adapter only.
 
-Gradients: the models' `requires_grad` flags are never changed. A runs under `no_grad`; B builds a graph
-only through the injected stream, with its weights frozen for the duration of that call, so
+Gradients: the models' `requires_grad` flags are never changed (building a Splice does put both models in
+eval mode, dropout off, as `load_model` already leaves them). A runs under `no_grad`; B builds a graph only
+through the injected stream, with its weights frozen for the duration of that call, so
 `out.loss.backward()` reaches the adapter and nothing else. `sp(texts, batch_size=8)` runs the texts in
 batches of 8 and returns one output (padded to the longest batch).
 """
