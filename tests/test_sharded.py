@@ -16,6 +16,7 @@ from analyses.layer_similarity import layer_similarity, splice_cka
 from stitch.adapters.conditioned import TokenConditioned
 from stitch.models.kv import KVCache, Step
 from stitch.models.placement import module_device, record_moves
+from stitch.splice.score import References, score_splices
 from tests.tiny import byte_bpe_tokenizer, tiny_model
 
 META = torch.device("meta")
@@ -139,5 +140,12 @@ def test_a_model_sharded_over_two_gpus_gives_the_one_gpu_results(texts):
     for pairing in ("mean", "shared"):
         rec_two = layer_similarity(A, two, texts, pairing=pairing)
         torch.testing.assert_close(rec_two.matrix, layer_similarity(A, one, texts, pairing=pairing).matrix)
+    scores = [
+        score_splices([stitch.Splice(A, b, 2, 2, adapter=fit, combine="sum", positions="shared")], texts,
+                      References.build(A, b, texts, [2]), progress=False)[0].classes["all"]
+        for b, fit in ((one, fit_one), (two, fit_two))
+    ]
+    for field in ("n_tokens", "ce_spliced", "ce_native", "ce_context_free", "ce_mean_ablation"):
+        assert getattr(scores[1], field) == pytest.approx(getattr(scores[0], field), abs=1e-4), field
     sim_two = splice_cka(A, two, fit_two, 2, 2, texts)  # the adapter sits on B's side, A's states go to it
     assert sim_two.after == pytest.approx(splice_cka(A, one, fit_one, 2, 2, texts).after, abs=1e-4)

@@ -233,18 +233,24 @@ def _class_sums(pairing: Pairing, sp, spliced: Float[Tensor, "batch pos"], refs:
     if sp.alignment == "source":
         rows, cols = (pairing.source_labels != IGNORE).nonzero(as_tuple=True)
         at = pairing.source_label_positions()[rows, cols]
-        values = [spliced[rows, cols], refs["native"][rows, at], refs["free"][rows, at], mean[rows, at]]
+        values = [_pick(spliced, rows, cols), *(_pick(refs[k], rows, at) for k in ("native", "free")), _pick(mean, rows, at)]
         classes = torch.full_like(rows, CLASSES["shared"])
     else:
         rows, cols = (refs["labels"] != IGNORE).nonzero(as_tuple=True)
-        values = [spliced[rows, cols], refs["native"][rows, cols], refs["free"][rows, cols], mean[rows, cols]]
+        values = [_pick(t, rows, cols) for t in (spliced, refs["native"], refs["free"], mean)]
         classes = pairing.classes[rows, cols]
-    stacked = torch.stack([torch.ones_like(values[0]), *values], dim=-1).double().cpu()
+    stacked = torch.stack([torch.ones_like(values[0]), *values], dim=-1)
     out = torch.zeros(len(CLASS_NAMES), len(_SUMS), dtype=torch.float64)
     out[0] = stacked.sum(0)
     for k, code in enumerate(CLASSES.values(), start=1):
         out[k] = stacked[classes.cpu() == code].sum(0)
     return out
+
+
+def _pick(values: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """values[rows, cols] in float64 on the CPU: a sharded B's CE sits on its output device, the labels' on its
+    embedding's."""
+    return values[rows.to(values.device), cols.to(values.device)].double().cpu()
 
 
 def _score(sp, sums: Tensor) -> SpliceScore:
