@@ -12,7 +12,8 @@ A `Combine` says how mapped and own states meet at a selected position:
 
 Every forward that writes mapped states (a splice forward, a cached generation step, its reference, a
 communication) goes through `Write.__call__`; injections and policies never branch on the combine. A new way
-is one `Combine` subclass plus `register_combine`.
+is one `Combine` subclass plus `register_combine`. The write happens on the mapped states' device (B's block
+M's): B's own stream and the mask are brought there (`stitch.models.placement.transfer`, once per write).
 """
 
 from __future__ import annotations
