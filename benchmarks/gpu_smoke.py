@@ -67,7 +67,8 @@ def shard(lm: stitch.HookedLM, n_gpus: int) -> dict:
     device_map = accelerate.infer_auto_device_map(
         hf, max_memory={i: memory[i] for i in range(n_gpus)}, no_split_module_classes=no_split, dtype=torch.bfloat16
     )
-    accelerate.dispatch_model(hf, device_map)  # moves each block to its GPU and installs the dispatch hooks
+    # as from_pretrained(device_map=...) does: each block moved to its GPU, dispatch hooks, the cache never moved
+    accelerate.dispatch_model(hf, device_map, skip_keys=getattr(hf, "_skip_keys_device_placement", None))
     return device_map
 
 

@@ -117,8 +117,9 @@ def test_a_model_sharded_over_two_gpus_gives_the_one_gpu_results(texts):
     one = stitch.load_model(tiny_model("llama", vocab_size=len(tok_b), n_layers=4, seed=1), tokenizer=tok_b,
                             device="cuda:0")
     hf = tiny_model("llama", vocab_size=len(tok_b), n_layers=4, seed=1)
-    dispatch_model(hf, llama_map(2, 4, "cuda:1") | {"model.embed_tokens": "cuda:0", "model.rotary_emb": "cuda:0",
-                                                    "model.layers.0": "cuda:0", "model.layers.1": "cuda:0"})
+    device_map = llama_map(2, 4, "cuda:1") | {"model.embed_tokens": "cuda:0", "model.rotary_emb": "cuda:0",
+                                              "model.layers.0": "cuda:0", "model.layers.1": "cuda:0"}
+    dispatch_model(hf, device_map, skip_keys=hf._skip_keys_device_placement)  # what from_pretrained calls
     two = stitch.HookedLM(hf, tok_b)  # as from_pretrained(device_map=...) leaves it: hooks, hf_device_map
     assert (two.device_of(1), two.device_of(2), two.output_device) == (torch.device("cuda:0"), torch.device("cuda:1"),
                                                                       torch.device("cuda:0"))
