@@ -11,8 +11,8 @@ stated number of their layers is kept (`--layers`, or chosen from free memory). 
 streamed fit, a CKA heatmap (minibatch CKA), a generation and a few training steps, and prints per step
 its time, the time ratio against the plain HF forward of A and B on the same texts, and the peak memory
 of every device. With two or more GPUs it then runs the same steps again with B sharded over all of them
-as `from_pretrained(device_map="auto")` shards it (accelerate's balanced map and dispatch hooks; blocks on
-different GPUs), A staying on cuda:0; `--no-shard` skips that part. Without CUDA it prints one "skipped"
+by `stitch.load_model(B.model, device_map="auto")`, as `from_pretrained(device_map="auto")` shards it
+(accelerate's balanced map and dispatch hooks; blocks on different GPUs), A staying on cuda:0; `--no-shard` skips that part. Without CUDA it prints one "skipped"
 line and exits 0. Format: benchmarks/README.md.
 """
 
@@ -57,19 +57,9 @@ def build(config: dict, n_layers: int, device: str, tokenizer) -> stitch.HookedL
     return stitch.load_model(hf, tokenizer=tokenizer, name=f"{config['model_type']}-random-{n_layers}L")
 
 
-def shard(lm: stitch.HookedLM, n_gpus: int) -> dict:
-    """Spread `lm` over every GPU as device_map="auto" does: a balanced map of whole blocks, then dispatched."""
-    import accelerate  # only the sharded run needs it (installed with transformers' device_map support)
-    from accelerate.utils import get_balanced_memory
-
-    hf, no_split = lm.model, lm.model._no_split_modules
-    memory = get_balanced_memory(hf, no_split_module_classes=no_split, dtype=torch.bfloat16)
-    device_map = accelerate.infer_auto_device_map(
-        hf, max_memory={i: memory[i] for i in range(n_gpus)}, no_split_module_classes=no_split, dtype=torch.bfloat16
-    )
-    # as from_pretrained(device_map=...) does: each block moved to its GPU, dispatch hooks, the cache never moved
-    accelerate.dispatch_model(hf, device_map, skip_keys=getattr(hf, "_skip_keys_device_placement", None))
-    return device_map
+def shard(lm: stitch.HookedLM) -> stitch.HookedLM:
+    """`lm` spread over every GPU by `load_model(device_map="auto")`: from_pretrained's balanced map, dispatched."""
+    return stitch.load_model(lm.model, tokenizer=lm.tokenizer, device_map="auto", name=lm.name)
 
 
 def param_bytes(config: dict, n_layers: int) -> int:
@@ -137,11 +127,11 @@ def main() -> int:
     ]
     lines += run_steps(A, B, texts, args, Meter(devices), n_layers)
     if n_gpus > 1 and not args.no_shard:
-        device_map = shard(B, n_gpus)
-        where = sorted({str(d) for d in device_map.values()})
+        B = shard(B)
+        where = sorted({str(d) for d in B.model.hf_device_map.values()})
         lines.append(
             f"sharded: B over {', '.join(where)} (device_map balanced as \"auto\"; B's block {n_layers // 2} on "
-            f"{B.device_of(n_layers // 2)}, lm_head on {B.output_device}), A on {devices[0]}"
+            f"{B.device_of(n_layers // 2)}, logits on {B.output_device}), A on {devices[0]}"
         )
         lines += run_steps(A, B, texts, args, Meter([f"cuda:{i}" for i in range(n_gpus)]), n_layers)
     print("\n".join(lines))

@@ -77,3 +77,29 @@ def test_bf16_source_into_fp32_target_keeps_the_adapter_fp32(texts):
     [move] = moves  # A's states cross once, into the adapter's dtype
     assert (move.source_dtype, move.dtype) == (torch.bfloat16, torch.float32)
     assert out.logits.dtype is torch.float32
+
+
+def test_a_loaded_model_is_sharded_as_from_pretrained_shards_it(monkeypatch, tok):
+    """device_map= on a loaded model: from_pretrained's strategies (balanced memory for "auto"), its skip_keys."""
+    import accelerate
+    import accelerate.utils
+
+    calls = []
+    dispatch = accelerate.dispatch_model
+    monkeypatch.setattr(accelerate.utils, "get_balanced_memory", lambda model, **kw: calls.append(("balanced", kw)) or {0: 7})
+    monkeypatch.setattr(accelerate, "infer_auto_device_map", lambda model, **kw: calls.append(("infer", kw)) or {"": "cpu"})
+    monkeypatch.setattr(accelerate, "dispatch_model", lambda model, **kw: calls.append(("dispatch", kw)) or dispatch(model, **kw))
+    hf = tiny_model("llama", vocab_size=len(tok))
+    reference = stitch.load_model(tiny_model("llama", vocab_size=len(tok)), tokenizer=tok).logits(["a text"])
+    lm = stitch.load_model(hf, tokenizer=tok, device_map="auto")
+    assert calls == [
+        ("balanced", {"no_split_module_classes": ["LlamaDecoderLayer"], "low_zero": False}),
+        ("infer", {"max_memory": {0: 7}, "no_split_module_classes": ["LlamaDecoderLayer"]}),
+        ("dispatch", {"device_map": {"": "cpu"}, "skip_keys": hf._skip_keys_device_placement}),
+    ]
+    torch.testing.assert_close(lm.logits(["a text"]), reference, rtol=0, atol=0)
+    calls.clear()
+    stitch.load_model(tiny_model("llama", vocab_size=len(tok)), tokenizer=tok, device_map="sequential")
+    assert [name for name, _ in calls] == ["infer", "dispatch"] and calls[0][1]["max_memory"] is None
+    with pytest.raises(ValueError, match=r"device_map: got 'fast'; valid: one of \['auto', 'balanced'"):
+        stitch.load_model(tiny_model("llama", vocab_size=len(tok)), tokenizer=tok, device_map="fast")

@@ -95,19 +95,29 @@ def _loaded(model, tokenizer, dtype, device, device_map, extra: dict):
     return hf_model, tokenizer if tokenizer is not None else wrapped_tokenizer
 
 
-def _dispatch(hf_model: nn.Module, device_map) -> nn.Module:
-    """Shard a loaded model with accelerate, as `from_pretrained(device_map=...)` would have."""
-    import accelerate
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # the strategies from_pretrained takes
 
-    if device_map == "auto":
-        no_split = getattr(hf_model, "_no_split_modules", None) or []
-        device_map = accelerate.infer_auto_device_map(hf_model, no_split_module_classes=no_split)
+
+def _dispatch(hf_model: nn.Module, device_map) -> nn.Module:
+    """Shard a loaded model with accelerate, as `from_pretrained(device_map=...)` does: "auto" and "balanced"
+    spread whole blocks evenly over the GPUs, "balanced_low_0" keeps GPU 0 light, "sequential" fills them in
+    order; the dispatch hooks leave the KV cache where each layer put it."""
+    import accelerate
+    from accelerate.utils import get_balanced_memory
+
+    if isinstance(device_map, str) and device_map in DEVICE_MAPS:
+        no_split = sorted(getattr(hf_model, "_no_split_modules", None) or [])  # a set in transformers 5
+        memory = None if device_map == "sequential" else get_balanced_memory(
+            hf_model, no_split_module_classes=no_split, low_zero=device_map == "balanced_low_0"
+        )
+        device_map = accelerate.infer_auto_device_map(hf_model, max_memory=memory, no_split_module_classes=no_split)
     if not isinstance(device_map, dict):
         raise ValueError(
-            f"device_map: got {device_map!r}; valid: 'auto' or a dict {{module name: device}} "
+            f"device_map: got {device_map!r}; valid: one of {list(DEVICE_MAPS)} or a dict {{module name: device}} "
             "(for one device, pass device= instead)"
         )
-    return accelerate.dispatch_model(hf_model, device_map=device_map)
+    skip = getattr(hf_model, "_skip_keys_device_placement", None)
+    return accelerate.dispatch_model(hf_model, device_map=device_map, skip_keys=skip)
 
 
 def _check_weights_loaded(hf_model: nn.Module) -> None:
