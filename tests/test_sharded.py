@@ -15,6 +15,7 @@ import stitch
 from analyses.layer_similarity import layer_similarity, splice_cka
 from stitch.adapters.conditioned import TokenConditioned
 from stitch.models.kv import KVCache, Step
+from stitch.models.loading import random_init
 from stitch.models.placement import module_device, record_moves
 from stitch.splice.score import References, score_splices
 from tests.tiny import byte_bpe_tokenizer, tiny_model
@@ -43,7 +44,7 @@ def pair():
     A = stitch.load_model(tiny_model("llama", vocab_size=len(tok_a)), tokenizer=tok_a)
     hf = tiny_model("llama", vocab_size=len(tok_b), n_layers=4, seed=1)
     shard(hf, llama_map(2, 4, "meta"))
-    return A, stitch.HookedLM(hf, tok_b)
+    return A, stitch.load_model(hf, tokenizer=tok_b)  # weights on "meta" under accelerate's hooks: accepted
 
 
 def test_devices_are_read_from_the_module_that_consumes(pair):
@@ -56,6 +57,9 @@ def test_devices_are_read_from_the_module_that_consumes(pair):
     shard(whole, llama_map(2, 4, "meta"))
     whole._hf_hook = AlignDevicesHook(io_same_device=True)  # dispatch_model's: outputs back to the inputs' device
     assert stitch.HookedLM(whole, B.tokenizer).output_device == CPU
+    bare = tiny_model("llama", vocab_size=len(B.tokenizer)).to("meta")  # meta without a hook: never loaded
+    with pytest.raises(ValueError, match=r"model: its weights are on the 'meta' device"):
+        stitch.load_model(bare, tokenizer=B.tokenizer)
 
 
 @pytest.mark.parametrize(
@@ -150,3 +154,20 @@ def test_a_model_sharded_over_two_gpus_gives_the_one_gpu_results(texts):
         assert getattr(scores[1], field) == pytest.approx(getattr(scores[0], field), abs=1e-4), field
     sim_two = splice_cka(A, two, fit_two, 2, 2, texts)  # the adapter sits on B's side, A's states go to it
     assert sim_two.after == pytest.approx(splice_cka(A, one, fit_one, 2, 2, texts).after, abs=1e-4)
+
+
+def test_random_init_control_of_a_sharded_model_is_sharded_alike(pair, monkeypatch):
+    _, B = pair
+    built_on = []
+
+    def dispatch(hf, device_map):  # accelerate's dispatch_model takes "meta" for offloading: shard() as above
+        built_on.append({p.device for p in hf.parameters()})
+        shard(hf, device_map)
+        return hf
+
+    monkeypatch.setattr(stitch.models.loading, "_dispatch", dispatch)
+    R = random_init(B, seed=0)
+    assert built_on == [{CPU}]  # built whole on the CPU, never on one of B's devices
+    assert R.model.hf_device_map == B.model.hf_device_map
+    assert [R.device_of(i) for i in range(B.n_layers + 1)] == [B.device_of(i) for i in range(B.n_layers + 1)]
+    assert not torch.equal(R.model.model.embed_tokens.weight, B.model.model.embed_tokens.weight)  # fresh weights

@@ -28,6 +28,7 @@ from torch import nn
 from stitch.checks import check_device
 from stitch.models.hooked import HookedLM
 from stitch.models.interop import unwrap_model
+from stitch.models.placement import is_sharded
 
 _DTYPES = {
     "float32": torch.float32,
@@ -121,8 +122,15 @@ def _dispatch(hf_model: nn.Module, device_map) -> nn.Module:
 
 
 def _check_weights_loaded(hf_model: nn.Module) -> None:
-    # a model built on the meta device has shapes but no weights: its first forward would crash deep in torch
-    if any(p.is_meta for p in hf_model.parameters()):
+    # A model built on the meta device has shapes but no weights: its first forward would crash deep in torch.
+    # A module dispatched by accelerate is different: its weights may sit on "meta" because they are offloaded
+    # (to the CPU or disk), and its hook brings them in for each forward.
+    dispatched = [name for name, module in hf_model.named_modules() if hasattr(module, "_hf_hook")]
+    unloaded = (
+        name for name, p in hf_model.named_parameters()
+        if p.is_meta and not any(d == "" or name.startswith(d + ".") for d in dispatched)
+    )
+    if next(unloaded, None) is not None:
         raise ValueError(
             "model: its weights are on the 'meta' device (shapes only, never loaded); load the weights "
             "or pass device='cpu' / 'cuda' to load_model"
@@ -215,6 +223,8 @@ def random_init(model: HookedLM, seed: int = 0) -> HookedLM:
     Built by `AutoModelForCausalLM.from_config` in `model`'s dtype and on its device, with the global RNG
     seeded by `seed` inside a forked RNG state (the caller's random stream is left as it was); the same
     seed gives the same weights. The control of "how alike would these architectures look untrained".
+    A model sharded with `device_map` gets a copy sharded the same way (built on the CPU, then dispatched
+    with `model`'s `hf_device_map`: no one GPU has to hold all of it).
     """
     from transformers import AutoModelForCausalLM
 
@@ -222,9 +232,12 @@ def random_init(model: HookedLM, seed: int = 0) -> HookedLM:
         raise TypeError(f"model: expected a HookedLM (from stitch.load_model), got {type(model).__name__}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed: got {seed!r}; valid: an integer >= 0")
-    device = model.device
+    device_map = getattr(model.model, "hf_device_map", None) if is_sharded(model.model) else None
+    device = torch.device("cpu") if device_map else model.device
     cuda = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda), torch.device(device):
         torch.manual_seed(seed)
         hf_model = AutoModelForCausalLM.from_config(model.model.config, dtype=model.dtype)
+    if device_map:
+        hf_model = _dispatch(hf_model, dict(device_map))
     return load_model(hf_model, tokenizer=model.tokenizer, name=f"{model.name} (random init, seed {seed})")
