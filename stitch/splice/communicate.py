@@ -141,7 +141,8 @@ class Communicate(Prompt):
     def random_like(self, vectors: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
         """Gaussian directions scaled to the norm of B's own state there (or of A's mapped state)."""
         if self.comm.random_norm == "own":
-            reference = self.B.residuals(self.rows.target, [self.comm.target_layer])[self.comm.target_layer][rows, cols]
+            own = self.B.residuals(self.rows.target, [self.comm.target_layer])[self.comm.target_layer]
+            reference = own[rows.to(own.device), cols.to(own.device)].to(vectors.device)  # own: a sharded B's block j-1
         else:
             reference = vectors
         g = torch.Generator(device="cpu").manual_seed(self.comm.seed)
