@@ -7,8 +7,15 @@
 
 A model sharded with `device_map` (accelerate) has no single device: its inputs go to the embedding's
 device, its stream enters layer ℓ on block ℓ's device (layer L: the final norm's) and its logits come out on
-the unembedding's. A splice therefore moves A's layer-N states once, to B's device at layer M, in the
-adapter's dtype (the adapter runs on B's side); nothing else of A crosses over.
+the unembedding's (or back on the inputs' device, when accelerate dispatched the whole model). Every such
+question goes through `module_device`: where the module that consumes a tensor computes. A splice
+therefore moves A's layer-N states once, to B's device at layer M, in the adapter's dtype (the adapter runs
+on B's side); nothing else of A crosses over. A write that keeps B's own states brings B's stream (still on
+block M-1's device at block M's pre-hook) and the position mask to block M's device, once
+(`stitch.splice.combine.Write`). What HF computes itself - masks, position ids, cache positions, rotary
+embeddings - is moved to each block by accelerate's dispatch hooks, and a `DynamicCache` layer is created on
+the device of the keys its block writes, so a KV cache (`stitch.models.kv`) keeps each layer on its block's
+device with nothing moved by stitch (tests/test_sharded.py).
 """
 
 from __future__ import annotations
