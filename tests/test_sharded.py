@@ -152,6 +152,10 @@ def test_a_model_sharded_over_two_gpus_gives_the_one_gpu_results(texts):
     ]
     for field in ("n_tokens", "ce_spliced", "ce_native", "ce_context_free", "ce_mean_ablation"):
         assert getattr(scores[1], field) == pytest.approx(getattr(scores[0], field), abs=1e-4), field
+    for options in (dict(combine="sum"), dict(inject="generated", control="random")):
+        talk = [stitch.communicate(A, b, ["A reads this", "and this"], ["B says", "B also"], 2, 2, max_new_tokens=4,
+                                   seed=0, **options) for b in (one, two)]
+        assert talk[1] == talk[0], options
     sim_two = splice_cka(A, two, fit_two, 2, 2, texts)  # the adapter sits on B's side, A's states go to it
     assert sim_two.after == pytest.approx(splice_cka(A, one, fit_one, 2, 2, texts).after, abs=1e-4)
 
