@@ -1,9 +1,12 @@
 """Models sharded with device_map: every tensor stitch hands a block is on that block's device, moved once.
 
 On CPU, "meta" stands in for a second GPU: a tiny model's upper blocks are dispatched there with
-accelerate's own hooks (what `device_map` installs), so every op checks its operands' devices exactly as
-on two GPUs and a tensor left on the wrong device raises; meta tensors hold no data, so these tests check
-placement and moves, and the two-GPU test at the end checks values against one device.
+accelerate's own hooks (what `device_map` installs). Elementwise ops and `torch.where` check
+their operands' devices as on two GPUs (a matmul of a meta input by CPU weights does not), so a write
+mixing block M-1's and block M's devices raises (the sum, mean, hybrid and cached-write cases did on the
+code before). Meta tensors hold no data, so these tests check placement and moves; the two-GPU test at the
+end checks values against one device (its body also ran on CPU with both "GPUs" set to "cpu" and
+accelerate's hooks forced).
 """
 
 import pytest
