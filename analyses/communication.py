@@ -12,7 +12,7 @@ matched-norm random vector at the same positions), both per (k, j); and, once pe
 text-only controls: "none" (B alone on its own prompt), "a_context" (B alone with A's context text, the
 example's `context`, before its prompt), "a_prompt" (B with A's whole prompt text directly before its own)
 and "natural_language" (A's own greedy continuation of its prompt given to B as context). Each record:
-condition, k, j, example id, task, `b_input` (the text B read: its prompt, after any context), `a_said`
+condition, k, j, example id, task, `prompt_a` (what A read), `b_input` (the text B read: its prompt, after any context), `a_said`
 (natural_language: what A generated; else absent), the prediction and the task's metrics
 (`analyses.evaluation`).
 """
@@ -61,7 +61,7 @@ def communication_sweep(
     for condition in (c for c in conditions if c not in PER_LAYER):
         fn, extras = _text_condition(A, B, condition, nl_tokens, gen)
         out = evaluate(examples, fn, batch_size=batch_size, progress=progress, label=condition)
-        records += _tagged([{**r, **x} for r, x in zip(out, extras, strict=True)], condition, None, None)
+        records += _tagged(examples, [{**r, **x} for r, x in zip(out, extras, strict=True)], condition, None, None)
     for k in ks:
         for j in js:
             for condition in (c for c in conditions if c in PER_LAYER):
@@ -71,7 +71,7 @@ def communication_sweep(
                         adapter_of(k, j), positions, source_positions=source_positions,
                         inject=inject, control=condition, seed=seed, **gen)
                 out = evaluate(examples, fn, batch_size=batch_size, progress=progress, label=f"{condition} {k}→{j}")
-                records += _tagged([{**r, "b_input": e.prompt_b} for r, e in zip(out, examples, strict=True)],
+                records += _tagged(examples, [{**r, "b_input": e.prompt_b} for r, e in zip(out, examples, strict=True)],
                                    condition, k, j)
     return records
 
@@ -117,8 +117,9 @@ def _text_condition(A, B, condition: str, nl_tokens: int, gen: dict):
     return run, extras
 
 
-def _tagged(records: list[dict], condition: str, k, j) -> list[dict]:
-    return [{"condition": condition, "k": k, "j": j, **r} for r in records]
+def _tagged(examples, records: list[dict], condition: str, k, j) -> list[dict]:
+    return [{"condition": condition, "k": k, "j": j, **r, "prompt_a": e.prompt_a}
+            for e, r in zip(examples, records, strict=True)]
 
 
 def pair_adapters(
