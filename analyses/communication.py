@@ -30,7 +30,7 @@ from analyses.evaluation import Example, bootstrap_ci, evaluate
 from stitch.adapters.fit import check_fit_options, collect_stats
 from stitch.adapters.linear import fit_closed_form
 from stitch.checks import check_choice, check_texts
-from stitch.kinds import DEFAULT_KIND
+from stitch.kinds import DEFAULT_KIND, TRAINABLE
 from stitch.splice.communicate import make_communication
 
 CONDITIONS = ("activation", "random", "none", "a_context", "a_prompt", "natural_language")
@@ -149,6 +149,7 @@ def pair_adapters(
         return adapters
     if ridge is not None:
         raise ValueError("ridge: only method='closed_form' takes a ridge penalty")
+    check_choice("kind", kind, tuple(k for k in TRAINABLE if not k.startswith("token_conditioned")))
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(save_dir or scratch)
         return {(k, j): _trained(A, B, texts, k, j, kind, steps, lr, batch_size, root / f"k{k}_j{j}", progress, seed)

@@ -134,3 +134,40 @@ def test_bad_inputs_are_named_errors(pair, tok):
         stitch.communicate(A, B, PA, PB, 1, 1, positions=[40])
     adapter = stitch.adapters.Projection(A.d_model, 48)
     assert len(stitch.communicate(A, wide, PA, PB, 1, 1, adapter=adapter, max_new_tokens=2)) == 2
+
+
+def test_a_positions_mapping_equals_the_two_lists(pair):
+    A, B = pair
+    kw = dict(max_new_tokens=1, output_scores=True, combine="sum")
+    mapped = stitch.communicate(A, B, PA, PB, 2, 1, positions={0: 1, -1: -1}, **kw)
+    lists = stitch.communicate(A, B, PA, PB, 2, 1, positions=[0, -1], source_positions=[1, -1], **kw)
+    torch.testing.assert_close(mapped.logits[0], lists.logits[0], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="source_positions: give either a positions mapping"):
+        stitch.communicate(A, B, PA, PB, 2, 1, positions={0: 1}, source_positions=[0])
+
+
+def test_per_pair_adapters_and_their_errors(pair, tok):
+    """A {(k, j): adapter} mapping is looked up per pair (a missing pair is named before anything runs);
+    bad methods and kinds are refused before any model runs."""
+    from analyses.communication import communication_sweep, pair_adapters
+    from analyses.evaluation import load_tasks, tasks_path
+
+    A, B = pair
+    wide = stitch.load_model(tiny_model("llama", vocab_size=len(tok), d_model=48), tokenizer=tok)
+    examples = load_tasks(tasks_path("qa"))[:1]
+    adapters = {(1, 1): stitch.adapters.Projection(A.d_model, 48), (2, 1): stitch.adapters.Projection(A.d_model, 48)}
+    records = communication_sweep(A, wide, examples, [1, 2], [1], adapter=adapters, conditions=["activation"],
+                                  max_new_tokens=2, progress=False)
+    for (k, j), ad in adapters.items():
+        [record] = [r for r in records if (r["k"], r["j"]) == (k, j)]
+        expected = stitch.communicate(A, wide, [examples[0].prompt_a], [examples[0].prompt_b], k, j, adapter=ad,
+                                      max_new_tokens=2, stop_at_eos=False)
+        assert record["prediction"] == expected[0]
+    with pytest.raises(ValueError, match=r"adapter: no adapter for \(k, j\) = \(3, 1\)"):
+        communication_sweep(A, wide, examples, [1, 3], [1], adapter=adapters, progress=False)
+    with pytest.raises(ValueError, match="method"):
+        pair_adapters(A, wide, ["a text"], [(1, 1)], method="magic")
+    with pytest.raises(ValueError, match="kind"):
+        pair_adapters(A, wide, ["a text"], [(1, 1)], kind="mlp")
+    with pytest.raises(ValueError, match="ridge: only method='closed_form'"):
+        pair_adapters(A, wide, ["a text"], [(1, 1)], method="trained", ridge=0.1)
