@@ -28,8 +28,8 @@ import plotly.io as pio
 from analyses.communication import PER_LAYER
 from analyses.figures.communication import communication_heatmap
 from analyses.figures.sweep import sweep_figure
-from analyses.generation import escape_text
 from analyses.figures.training import training_curves
+from analyses.generation import escape_text
 from analyses.report import Header, Section, write_report
 from analyses.sweep import SweepRecord
 

@@ -103,7 +103,7 @@ def _communication_run(directory, hostile):
     from analyses.communication import summary_rows
 
     records = []
-    for i, (ex_id, said) in enumerate([(hostile, hostile + "\nline two"), ("qa-1", "plain")]):
+    for ex_id, said in [(hostile, hostile + "\nline two"), ("qa-1", "plain")]:
         base = {"id": ex_id, "task": "qa", "prompt_a": hostile, "b_input": "Q?\n" + hostile}
         records.append({**base, "condition": "none", "k": None, "j": None, "prediction": said,
                         "exact_match": 0.0, "f1": 0.0})

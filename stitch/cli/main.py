@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 import yaml
 
 import stitch
+from stitch.cli.communicate_config import CommunicateConfig
 from stitch.cli.configs import (
     AlignConfig,
     CkaConfig,
@@ -42,7 +43,6 @@ from stitch.cli.configs import (
     SweepConfig,
     TrainCommandConfig,
 )
-from stitch.cli.communicate_config import CommunicateConfig
 from stitch.cli.options import flag
 from stitch.cli.preflight import preflight
 from stitch.kinds import ADAPTER_METHODS
