@@ -73,26 +73,32 @@ def training_section(directory: Path, spec: dict) -> list[Section]:
 
 
 def communication_section(directory: Path, spec: dict) -> list[Section]:
-    """A `stitch communicate` run: the (k, j) heatmap per task, the summary with its bootstrap intervals
-    (`summary`: a file of `analyses.communication.summary_rows`) and sample exchanges of the first
-    `samples` examples (every text control, and the activation and random conditions at the best pair),
-    text escaped (newlines and control characters visible, HTML escaped by the report)."""
+    """A `stitch communicate` run: `file` (records.jsonl) and `summary` (summary.json) as
+    `communication_sections`."""
     lines = (directory / spec["file"]).read_text(encoding="utf-8").splitlines()
     records = [json.loads(line) for line in lines if line.strip()]
     rows = json.loads((directory / spec["summary"]).read_text(encoding="utf-8"))
-    title = spec.get("title", "Activation communication")
+    return communication_sections(records, rows, spec.get("title", "Activation communication"),
+                                   note=spec.get("note", ""), samples=spec.get("samples", 3))
+
+
+def communication_sections(records: list[dict], rows: list[dict], title: str = "Activation communication",
+                           note: str = "", samples: int = 3) -> list[Section]:
+    """The (k, j) heatmap per task, the summary (`analyses.communication.summary_rows`) with its bootstrap
+    intervals, and sample exchanges of the first `samples` examples (every text control, and the activation
+    and random conditions at the best pair), text escaped (newlines and control characters visible, HTML
+    escaped by the report)."""
     sections = []
     for task in dict.fromkeys(r["task"] for r in rows if r["condition"] == "activation"):
-        fig = communication_heatmap(rows, task=task)
-        sections.append(Section(f"{title}: {task} by (k, j)", fig, note=spec.get("note", "")))
+        sections.append(Section(f"{title}: {task} by (k, j)", communication_heatmap(rows, task=task), note=note))
     table = [{k: v for k, v in r.items() if k not in ("k", "j")} | {"k": _layer(r["k"]), "j": _layer(r["j"])}
              for r in rows]
     sections.append(Section(f"{title}: scores with 95% bootstrap intervals", table, flags=_nan_flags(rows),
                             note="mean, low and high: the primary metric of each task and its percentile bootstrap "
                             "interval over examples; k = j = — for the text-only controls."))
-    samples = _exchanges(records, rows, spec.get("samples", 3))
-    if samples:
-        sections.append(Section(f"{title}: sample exchanges", samples,
+    exchanges = _exchanges(records, rows, samples)
+    if exchanges:
+        sections.append(Section(f"{title}: sample exchanges", exchanges,
                                 note="Text as generated, escaped: \\n is a newline, \\t a tab, \\uXXXX a control character."))
     return sections
 

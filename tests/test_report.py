@@ -1,5 +1,6 @@
 """The HTML report is self-contained, escapes text, and is written atomically."""
 
+import json
 import os
 import re
 
@@ -98,8 +99,6 @@ def test_atomic_directory_leaves_nothing_on_error(tmp_path):
 
 def _communication_run(directory, hostile):
     """A `stitch communicate` run directory written by hand: 2 examples, text controls and a 2 × 1 grid."""
-    import json
-
     from analyses.communication import summary_rows
 
     records = []
@@ -135,6 +134,12 @@ def test_communication_run_report_heatmap_intervals_and_escaped_exchanges(tmp_pa
         ("none", "—"), ("natural_language", "—"), ("activation", 2), ("random", 2)}  # best pair: k = 2
     assert any(r["prediction"] == hostile.replace("\u2028", "\\u2028") + "\\nline two" for r in samples.content)
     assert "Token alignment" not in " ".join(s.title for s in sections)  # summary.json is not an align table
+    from stitch.cli.communicate import report_sections  # what a report embedding a communication run uses
+
+    records = [json.loads(line) for line in (tmp_path / "comm" / "records.jsonl").read_text().splitlines()]
+    embedded = report_sections(records, json.loads((tmp_path / "comm" / "summary.json").read_text()))
+    assert [(s.title, s.content if isinstance(s.content, list) else None) for s in embedded] == \
+        [(s.title, s.content if isinstance(s.content, list) else None) for s in sections]
     text = write_run_report(tmp_path / "comm").read_text(encoding="utf-8")
     rest = text[text.index("</script>") + len("</script>"):]  # after the inlined plotly.js: all ours
     assert "<script>alert" not in rest and "<script>x" not in rest and "<!--" not in rest and "\u2028" not in rest

@@ -22,13 +22,13 @@ from pathlib import Path
 import stitch
 from analyses.communication import communication_sweep, pair_adapters, summary_rows
 from analyses.evaluation import load_tasks
-from analyses.report import Header, model_facts
-from analyses.run_report import RUN_FILE, write_run_report
+from analyses.report import Header, Section, model_facts
+from analyses.run_report import RUN_FILE, communication_sections, write_run_report
 from stitch.cli.common import load_models, read_texts, save_run_config, write_json
 from stitch.cli.communicate_config import CommunicateConfig
 from stitch.files import write_atomic
 
-__all__ = ["CommunicateConfig", "adapters_for", "run"]
+__all__ = ["CommunicateConfig", "adapters_for", "report_sections", "run"]
 
 
 def run(config: CommunicateConfig) -> list[dict]:
@@ -71,3 +71,9 @@ def adapters_for(config: CommunicateConfig, A, B, save_dir: Path):
         steps=config.train_steps or 100, lr=config.lr or 1e-3, seed=config.seed)
     return pair_adapters(A, B, texts, pairs, method, config.kind, batch_size=config.batch_size,
                          save_dir=save_dir, progress=config.progress, **options)
+
+
+def report_sections(records: list[dict], rows: list[dict], n_samples: int = 3) -> list[Section]:
+    """Heatmap, the summary table with intervals, and sample exchanges (escaped text): the report's sections
+    of a communication run (`analyses.run_report.communication_sections`), for reports that embed one."""
+    return communication_sections(records, rows, samples=n_samples)
