@@ -12,9 +12,9 @@ matched-norm random vector at the same positions), both per (k, j); and, once pe
 text-only controls: "none" (B alone on its own prompt), "a_context" (B alone with A's context text, the
 example's `context`, before its prompt), "a_prompt" (B with A's whole prompt text directly before its own)
 and "natural_language" (A's own greedy continuation of its prompt given to B as context). Each record:
-condition, k, j, example id, task, `prompt_a` (what A read), `b_input` (the text B read: its prompt, after any context), `a_said`
-(natural_language: what A generated; else absent), the prediction and the task's metrics
-(`analyses.evaluation`).
+condition, k, j, example id, task, `prompt_a` (what A read), `b_input` (the text B read: its prompt, after
+any context), `a_said` (natural_language only: what A generated), the prediction and the task's metrics
+(`analyses.evaluation`). With `adapter=None` the widths must match; `pair_adapters` learns one per (k, j).
 """
 
 from __future__ import annotations
