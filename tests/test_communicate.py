@@ -171,3 +171,30 @@ def test_per_pair_adapters_and_their_errors(pair, tok):
         pair_adapters(A, wide, ["a text"], [(1, 1)], kind="mlp")
     with pytest.raises(ValueError, match="ridge: only method='closed_form'"):
         pair_adapters(A, wide, ["a text"], [(1, 1)], method="trained", ridge=0.1)
+
+
+def test_other_positions_write_exactly_there_as_a_raw_hook_sees_it(pair):
+    """What enters B's block j (a raw torch pre-hook records it) is B's own HF hidden state j at every real
+    prompt position except the chosen ones, which hold A's HF hidden state k at its source positions."""
+    A, B = pair
+    seen = []
+    handle = B.blocks[1].register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append((args[0] if args else kwargs["hidden_states"]).detach().clone()),
+        with_kwargs=True)
+    try:
+        with torch.no_grad():
+            stitch.communicate(A, B, PA, PB, 2, 1, positions=[0, 2], source_positions=[-1, 1], max_new_tokens=1)
+    finally:
+        handle.remove()
+    ba, bb = A.encode(PA, padding_side="left"), B.encode(PB, padding_side="left")
+    with torch.no_grad():
+        a_states = A.model(ba.input_ids, attention_mask=ba.attention_mask, output_hidden_states=True).hidden_states[2]
+        own = B.model(bb.input_ids, attention_mask=bb.attention_mask, position_ids=bb.position_ids,
+                      output_hidden_states=True).hidden_states[1]
+    [written] = seen  # the prompt pass (generation stops after one token)
+    for r in range(len(PB)):
+        start, a_start = bb.shape[1] - int(bb.attention_mask[r].sum()), ba.shape[1] - int(ba.attention_mask[r].sum())
+        changed = ((written[r] - own[r]).abs().amax(-1) > 1e-6).nonzero().flatten().tolist()
+        assert [c - start for c in changed if c >= start] == [0, 2]
+        torch.testing.assert_close(written[r, start], a_states[r, -1], rtol=0, atol=1e-5)
+        torch.testing.assert_close(written[r, start + 2], a_states[r, a_start + 1], rtol=0, atol=1e-5)
