@@ -38,6 +38,19 @@ PER_LAYER = ("activation", "random")
 ADAPTER_METHODS = ("identity", "closed_form", "trained")
 FIT_KINDS = ("procrustes", "linear", "affine")  # closed-form kinds a communication can use (no conditioning)
 PRIMARY = {"qa": "f1", "math": "accuracy", "mc": "accuracy", "similarity": "similarity"}
+DEFINITIONS = {  # what a communication report's words mean (`stitch communicate` puts them in its run.json)
+    "k, j": "A's layer k is read (0 = embeddings, L = last block's output); B's stream entering layer j is written.",
+    "activation": "B reads its own prompt; at the chosen positions its layer-j stream is combined (replace, sum "
+    "or mean) with A's layer-k state of A's prompt, through the adapter.",
+    "random": "the same, with a random direction of the norm of B's own state there instead of A's state.",
+    "none": "B alone on its own prompt (no communication).",
+    "a_context": "B alone on the example's context text (A's information without A's framing), then its prompt.",
+    "a_prompt": "B alone on A's whole prompt text, then its own prompt.",
+    "natural_language": "A's greedy continuation of its prompt given to B as text before its prompt.",
+    "metrics": "qa: SQuAD token F1 (and exact match); math: the final number (after ####, else the last) equals "
+    "the answer; mc: the first standalone letter is the answer; similarity: token F1 with the reference.",
+    "mean [low, high]": "the primary metric's mean over examples and its 95% percentile bootstrap interval.",
+}
 
 
 def communication_sweep(

@@ -7,7 +7,8 @@ A directory with `run.json` (the demo writes one) lists its header, summary and 
 names a `kind` in `SECTION_KINDS` and the file (relative to the directory) or data it is drawn from:
 
     {"title": ..., "header": Header.to_dict(), "summary": [{...}, ...],
-     "sections": [{"kind": "sweep", "title": ..., "file": "sweep/records.json", "note": ...}, ...]}
+     "sections": [{"kind": "sweep", "title": ..., "file": "sweep/records.json", "note": ...}, ...],
+     "definitions": {"term": "meaning", ...}}       # optional: the report's definitions (default: the splice's)
 
 A new kind of result (generations, ...) is one builder here plus a registry entry; `stitch communicate`
 writes a `communication` section (`records.jsonl` + `summary.json`). A directory without `run.json` is read
@@ -144,7 +145,10 @@ def write_run_report(directory: str | Path, out: str | Path | None = None, plotl
     """Write the report of `directory` to `out` (default `directory/report.html`)."""
     title, header, summary, sections = run_sections(directory)
     path = Path(out) if out else Path(directory) / "report.html"
-    return write_report(path, sections, title, header=header, summary=summary, plotlyjs=plotlyjs)
+    run_file = Path(directory) / RUN_FILE
+    definitions = json.loads(run_file.read_text(encoding="utf-8")).get("definitions") if run_file.is_file() else None
+    return write_report(path, sections, title, header=header, summary=summary, plotlyjs=plotlyjs,
+                        definitions=definitions)
 
 
 def _from_run_file(directory: Path):

@@ -339,6 +339,7 @@ def test_communicate_writes_a_run_directory(pair, tmp_path):
     assert all(r["low"] <= r["mean"] <= r["high"] for r in summary)
     report = (out / "report.html").read_text()
     assert "sample exchanges" in report and "bootstrap intervals" in report
+    assert "<dt>a_context</dt>" in report and "loss recovered" not in report  # its own definitions
     assert read_config(out / "config.yaml")["ks"] == [1, 2]
     rebuilt = tmp_path / "rebuilt.html"
     assert main(["report", str(out), "--out", str(rebuilt)]) == 0  # the report is rebuilt from the records

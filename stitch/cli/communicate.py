@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 
 import stitch
-from analyses.communication import communication_sweep, pair_adapters, summary_rows
+from analyses.communication import DEFINITIONS, communication_sweep, pair_adapters, summary_rows
 from analyses.evaluation import load_tasks
 from analyses.report import Header, Section, model_facts
 from analyses.run_report import RUN_FILE, communication_sections, write_run_report
@@ -51,6 +51,7 @@ def run(config: CommunicateConfig) -> list[dict]:
         "sections": [{"kind": "communication", "title": "Activation communication", "file": "records.jsonl",
                       "summary": "summary.json", "note": f"combine={config.combine}, adapter={config.adapter}, "
                       f"positions={list(config.positions)}, inject={config.inject}"}],
+        "definitions": DEFINITIONS,
     })
     write_run_report(out)
     print(f"wrote {out / 'records.jsonl'}, {out / 'summary.json'} and {out / 'report.html'}")
