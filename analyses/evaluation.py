@@ -5,8 +5,14 @@
     >>> summarize(records, n_boot=1000, seed=0)                         # {metric: (mean, low, high)}
 
 File format: one JSON object per line (blank lines and lines starting with `//` are skipped), with
-`"task"` one of `TASKS` and the fields below; `id` is optional (default: file:line). A's prompt is what the
-sending model reads (a context); B's is what the receiving model answers.
+`"task"` one of `TASKS` and the fields below. Every task has:
+
+- `prompt_a` (required): A's whole prompt, what the sending model reads (instructions and all).
+- `prompt_b` (required): B's prompt, what the receiving model answers.
+- `context` (optional; default `prompt_a`): the information in A's prompt as plain text, without A's
+  framing. The controls of `analyses.communication` give B this ("a_context") or A's whole prompt
+  ("a_prompt") before its own; the shipped files frame `prompt_a` so the two differ.
+- `id` (optional; default `file:line`): names the example in the records.
 
 - `qa`: `prompt_a`, `prompt_b`, `answers` (list of strings). Metrics `exact_match`, `f1` (SQuAD: lower case,
   no punctuation, no articles, whitespace collapsed; best over the answers).
@@ -54,6 +60,11 @@ class Example:
     prompt_a: str
     prompt_b: str
     gold: dict = field(default_factory=dict)
+    context: str = ""  # the information in A's prompt (default: A's prompt); see the module docstring
+
+    def __post_init__(self):
+        if not self.context:
+            object.__setattr__(self, "context", self.prompt_a)
 
 
 def tasks_path(name: str) -> Path:
@@ -94,7 +105,7 @@ def _example(path: Path, number: int, line: str) -> Example:
     missing = [k for k in REQUIRED[task] if k not in data]
     if missing:
         raise ValueError(f"{where}: a {task!r} example needs {list(REQUIRED[task])}; missing {missing}")
-    for key in ("prompt_a", "prompt_b"):
+    for key in ("prompt_a", "prompt_b", *(["context"] if "context" in data else [])):
         if not isinstance(data[key], str) or not data[key]:
             raise ValueError(f"{where}: {key}: expected a non-empty string, got {data[key]!r}")
     if task == "qa" and (not isinstance(data["answers"], list) or not data["answers"]):
@@ -103,9 +114,9 @@ def _example(path: Path, number: int, line: str) -> Example:
                          or data["answer"] not in string.ascii_uppercase[: len(data["choices"])]):
         raise ValueError(f"{where}: mc: expected >= 2 choices and an answer letter among them, got "
                          f"{data.get('answer')!r} for {len(data['choices'])} choices")
-    gold = {k: v for k, v in data.items() if k not in ("task", "id", "prompt_a", "prompt_b")}
+    gold = {k: v for k, v in data.items() if k not in ("task", "id", "prompt_a", "prompt_b", "context")}
     prompt_b = _mc_prompt(data["prompt_b"], data["choices"]) if task == "mc" else data["prompt_b"]
-    return Example(task, str(data.get("id", where)), data["prompt_a"], prompt_b, gold)
+    return Example(task, str(data.get("id", where)), data["prompt_a"], prompt_b, gold, data.get("context", ""))
 
 
 def _mc_prompt(question: str, choices: list) -> str:

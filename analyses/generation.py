@@ -23,8 +23,10 @@ POLICIES = (Prompt.name, Restitch.name)
 
 
 def escape_text(text: str) -> str:
-    """`text` with newlines, tabs, backslashes and control characters escaped; other characters as they are."""
-    return json.dumps(text, ensure_ascii=False)[1:-1].replace('\\"', '"')
+    """`text` with newlines, tabs, backslashes, control characters and the line separators U+2028/U+2029
+    escaped (all invisible or line-breaking in a table); other characters as they are."""
+    escaped = json.dumps(text, ensure_ascii=False)[1:-1].replace('\\"', '"')
+    return escaped.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
 
 
 def side_by_side(

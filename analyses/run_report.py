@@ -7,12 +7,14 @@ A directory with `run.json` (the demo writes one) lists its header, summary and 
 names a `kind` in `SECTION_KINDS` and the file (relative to the directory) or data it is drawn from:
 
     {"title": ..., "header": Header.to_dict(), "summary": [{...}, ...],
-     "sections": [{"kind": "sweep", "title": ..., "file": "sweep/records.json", "note": ...}, ...]}
+     "sections": [{"kind": "sweep", "title": ..., "file": "sweep/records.json", "note": ...}, ...],
+     "definitions": {"term": "meaning", ...}}       # optional: the report's definitions (default: the splice's)
 
-A new kind of result (generations, communication, ...) is one builder here plus a registry entry. A
-directory without `run.json` is read by what it holds: `config.json` (the header's config), `records.json`
-(a layer sweep), `metrics.jsonl` (a training run), `summary.json` / `similarity.json` (align / cka tables),
-in it or in its immediate subdirectories.
+A new kind of result (generations, ...) is one builder here plus a registry entry; `stitch communicate`
+writes a `communication` section (`records.jsonl` + `summary.json`). A directory without `run.json` is read
+by what it holds: `config.json` (the header's config), `records.jsonl` with `summary.json` (a communication
+run), `records.json` (a layer sweep), `metrics.jsonl` (a training run), `summary.json` / `similarity.json`
+(align / cka tables), in it or in its immediate subdirectories.
 """
 
 from __future__ import annotations
@@ -24,8 +26,11 @@ from pathlib import Path
 
 import plotly.io as pio
 
+from analyses.communication import PER_LAYER
+from analyses.figures.communication import communication_heatmap
 from analyses.figures.sweep import sweep_figure
 from analyses.figures.training import training_curves
+from analyses.generation import escape_text
 from analyses.report import Header, Section, write_report
 from analyses.sweep import SweepRecord
 
@@ -68,11 +73,61 @@ def training_section(directory: Path, spec: dict) -> list[Section]:
     return [Section(spec["title"], training_curves(history, closed_form=closed), note=spec.get("note", ""), flags=flags)]
 
 
+def communication_section(directory: Path, spec: dict) -> list[Section]:
+    """A `stitch communicate` run: `file` (records.jsonl) and `summary` (summary.json) as
+    `communication_sections`."""
+    lines = (directory / spec["file"]).read_text(encoding="utf-8").splitlines()
+    records = [json.loads(line) for line in lines if line.strip()]
+    rows = json.loads((directory / spec["summary"]).read_text(encoding="utf-8"))
+    return communication_sections(records, rows, spec.get("title", "Activation communication"),
+                                   note=spec.get("note", ""), samples=spec.get("samples", 3))
+
+
+def communication_sections(records: list[dict], rows: list[dict], title: str = "Activation communication",
+                           note: str = "", samples: int = 3) -> list[Section]:
+    """The (k, j) heatmap per task, the summary (`analyses.communication.summary_rows`) with its bootstrap
+    intervals, and sample exchanges of the first `samples` examples (every text control, and the activation
+    and random conditions at the best pair), text escaped (newlines and control characters visible, HTML
+    escaped by the report)."""
+    sections = []
+    for task in dict.fromkeys(r["task"] for r in rows if r["condition"] == "activation"):
+        sections.append(Section(f"{title}: {task} by (k, j)", communication_heatmap(rows, task=task), note=note))
+    table = [{k: v for k, v in r.items() if k not in ("k", "j")} | {"k": _layer(r["k"]), "j": _layer(r["j"])}
+             for r in rows]
+    sections.append(Section(f"{title}: scores with 95% bootstrap intervals", table, flags=_nan_flags(rows),
+                            note="mean, low and high: the primary metric of each task and its percentile bootstrap "
+                            "interval over examples; k = j = — for the text-only controls."))
+    exchanges = _exchanges(records, rows, samples)
+    if exchanges:
+        sections.append(Section(f"{title}: sample exchanges", exchanges,
+                                note="Text as generated, escaped: \\n is a newline, \\t a tab, \\uXXXX a control character."))
+    return sections
+
+
+def _layer(value):
+    return "—" if value is None else value
+
+
+def _exchanges(records: list[dict], rows: list[dict], n: int) -> list[dict]:
+    """The first `n` examples' records under every text control and at the best activation pair."""
+    best = {}
+    for r in rows:
+        if r["condition"] == "activation" and (r["task"] not in best or r["mean"] > best[r["task"]][0]):
+            best[r["task"]] = (r["mean"], (r["k"], r["j"]))
+    ids = list(dict.fromkeys(r["id"] for r in records))[:n]
+    chosen = [r for r in records if r["id"] in ids and
+              (r["condition"] not in PER_LAYER or (r["k"], r["j"]) == best.get(r["task"], (0, None))[1])]
+    text = ("prompt_a", "a_said", "b_input", "prediction")
+    return [{"id": escape_text(str(r["id"])), "condition": r["condition"], "k": _layer(r["k"]), "j": _layer(r["j"]),
+             **{f: escape_text(r[f]) for f in text if isinstance(r.get(f), str)}} for r in chosen]
+
+
 SECTION_KINDS: dict[str, Callable[[Path, dict], list[Section]]] = {
     "figure": figure_section,
     "table": table_section,
     "sweep": sweep_section,
     "training": training_section,
+    "communication": communication_section,
 }
 
 
@@ -90,7 +145,10 @@ def write_run_report(directory: str | Path, out: str | Path | None = None, plotl
     """Write the report of `directory` to `out` (default `directory/report.html`)."""
     title, header, summary, sections = run_sections(directory)
     path = Path(out) if out else Path(directory) / "report.html"
-    return write_report(path, sections, title, header=header, summary=summary, plotlyjs=plotlyjs)
+    run_file = Path(directory) / RUN_FILE
+    definitions = json.loads(run_file.read_text(encoding="utf-8")).get("definitions") if run_file.is_file() else None
+    return write_report(path, sections, title, header=header, summary=summary, plotlyjs=plotlyjs,
+                        definitions=definitions)
 
 
 def _from_run_file(directory: Path):
@@ -111,8 +169,9 @@ def _discovered(directory: Path):
         rel = folder.relative_to(directory).as_posix()
         where = "" if rel == "." else f" ({rel})"
         for name, kind, title in _KNOWN:
-            if (folder / name).is_file():
-                spec = {"kind": kind, "title": title + where, "file": (folder / name).relative_to(directory).as_posix()}
+            if (folder / name).is_file() and not (name == "summary.json" and (folder / "records.jsonl").is_file()):
+                spec = {"kind": kind, "title": title + where, "file": (folder / name).relative_to(directory).as_posix(),
+                        "summary": (folder / "summary.json").relative_to(directory).as_posix()}
                 sections += SECTION_KINDS[kind](directory, spec)
     if not sections:
         known = ", ".join(name for name, _, _ in _KNOWN)
@@ -123,6 +182,7 @@ def _discovered(directory: Path):
 
 
 _KNOWN = (
+    ("records.jsonl", "communication", "Activation communication"),  # before summary.json: it reads that too
     ("records.json", "sweep", "Layer sweep"),
     ("metrics.jsonl", "training", "Training"),
     ("summary.json", "table", "Token alignment summary"),

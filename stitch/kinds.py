@@ -67,4 +67,6 @@ def check_fit_options(kind: str, options: dict) -> None:
 # activation communication (`stitch communicate`)
 COMBINE_NAMES = ("replace", "sum", "mean")  # stitch.splice.combine.COMBINES
 INJECT = ("prompt", "generated")  # stitch.splice.communicate.INJECT
-CONDITIONS = ("activation", "random", "none", "a_text", "natural_language")  # analyses.communication.CONDITIONS
+CONDITIONS = ("activation", "random", "none", "a_context", "a_prompt", "natural_language")  # analyses.communication.CONDITIONS
+ADAPTER_METHODS = ("identity", "closed_form", "trained")  # analyses.communication.ADAPTER_METHODS
+COMMUNICATION_FIT_KINDS = ("procrustes", "linear", "affine")  # analyses.communication.FIT_KINDS

@@ -20,6 +20,7 @@ from analyses.sweep import layer_sweep
 from stitch.adapters.fit import fit_adapter
 from stitch.adapters.io import read_adapter_record
 from stitch.cli import COMMANDS, main, read_yaml
+from stitch.cli.texts import read_texts
 from stitch.testing import CORPUS, byte_bpe_tokenizer, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -333,10 +334,50 @@ def test_communicate_writes_a_run_directory(pair, tmp_path):
                       f"max_new_tokens: 2\nlimit: 2\nn_boot: 20\nprogress: false\nout: {out}\n")
     assert main(["communicate", "--config", str(config)]) == 0
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
-    assert len(records) == 2 * (3 + 2 * 2)
+    assert len(records) == 2 * (4 + 2 * 2)
     summary = read_json(out / "summary.json")
     assert all(r["low"] <= r["mean"] <= r["high"] for r in summary)
-    assert "Sample exchanges" in (out / "report.html").read_text() and (out / "config.json").exists()
+    report = (out / "report.html").read_text()
+    assert "sample exchanges" in report and "bootstrap intervals" in report
+    assert "<dt>a_context</dt>" in report and "loss recovered" not in report  # its own definitions
+    assert read_config(out / "config.yaml")["ks"] == [1, 2]
+    rebuilt = tmp_path / "rebuilt.html"
+    assert main(["report", str(out), "--out", str(rebuilt)]) == 0  # the report is rebuilt from the records
+    assert _without_date(rebuilt.read_text()) == _without_date(report)
+    with pytest.raises(SystemExit):  # the run's outputs are not clobbered without --overwrite
+        main(["communicate", "--config", str(config)])
+
+
+def _without_date(html):
+    return re.sub(r"\d{4}-\d\d-\d\dT[\d:+]+", "DATE", html)
+
+
+@pytest.mark.parametrize("method", ["closed_form", "trained"])
+def test_communicate_learns_one_adapter_per_pair_when_widths_differ(pair, tmp_path, method):
+    """32 → 48: --adapter closed_form fits every (k, j) on --fit-texts in one pass, each equal to the single
+    pair fit of `stitch.fit_adapter`; trained runs `stitch.train_adapter` per pair and keeps its run."""
+    root, A, B = pair
+    out = tmp_path / method
+    extra = ["--kind", "projection", "--train-steps", "2"] if method == "trained" else ["--ridge", "0.01"]
+    argv = ["communicate", *flags(root), "--tasks", "qa", "--ks", "1", "2", "--js", "1", "--limit", "1",
+            "--max-new-tokens", "2", "--n-boot", "10", "--no-progress", "--conditions", "activation",
+            "--adapter", method, "--fit-texts", str(root / "texts.txt"), "--out", str(out), *extra]
+    assert main(argv) == 0
+    assert {(r["k"], r["j"]) for r in read_jsonl(out / "records.jsonl")} == {(1, 1), (2, 1)}
+    texts = read_texts("texts", str(root / "texts.txt"))
+    for k in (1, 2):
+        if method == "closed_form":
+            saved = stitch.load_adapter(out / "adapters" / f"k{k}_j1.safetensors")
+            reference = stitch.fit_adapter(A, B, texts, k, 1, kind="affine", ridge=0.01, progress=False)
+            torch.testing.assert_close(saved.weight, reference.weight, rtol=1e-4, atol=1e-5)
+        else:
+            saved = stitch.load_adapter(out / "adapters" / f"k{k}_j1")
+            assert saved.kind == "projection" and saved.weight.shape == (48, 32)
+            assert (out / "adapters" / f"k{k}_j1" / "metrics.jsonl").is_file()
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def test_communicate_validates_before_loading(pair, tmp_path, capsys):

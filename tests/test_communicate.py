@@ -134,3 +134,67 @@ def test_bad_inputs_are_named_errors(pair, tok):
         stitch.communicate(A, B, PA, PB, 1, 1, positions=[40])
     adapter = stitch.adapters.Projection(A.d_model, 48)
     assert len(stitch.communicate(A, wide, PA, PB, 1, 1, adapter=adapter, max_new_tokens=2)) == 2
+
+
+def test_a_positions_mapping_equals_the_two_lists(pair):
+    A, B = pair
+    kw = dict(max_new_tokens=1, output_scores=True, combine="sum")
+    mapped = stitch.communicate(A, B, PA, PB, 2, 1, positions={0: 1, -1: -1}, **kw)
+    lists = stitch.communicate(A, B, PA, PB, 2, 1, positions=[0, -1], source_positions=[1, -1], **kw)
+    torch.testing.assert_close(mapped.logits[0], lists.logits[0], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="source_positions: give either a positions mapping"):
+        stitch.communicate(A, B, PA, PB, 2, 1, positions={0: 1}, source_positions=[0])
+
+
+def test_per_pair_adapters_and_their_errors(pair, tok):
+    """A {(k, j): adapter} mapping is looked up per pair (a missing pair is named before anything runs);
+    bad methods and kinds are refused before any model runs."""
+    from analyses.communication import communication_sweep, pair_adapters
+    from analyses.evaluation import load_tasks, tasks_path
+
+    A, B = pair
+    wide = stitch.load_model(tiny_model("llama", vocab_size=len(tok), d_model=48), tokenizer=tok)
+    examples = load_tasks(tasks_path("qa"))[:1]
+    adapters = {(1, 1): stitch.adapters.Projection(A.d_model, 48), (2, 1): stitch.adapters.Projection(A.d_model, 48)}
+    records = communication_sweep(A, wide, examples, [1, 2], [1], adapter=adapters, conditions=["activation"],
+                                  max_new_tokens=2, progress=False)
+    for (k, j), ad in adapters.items():
+        [record] = [r for r in records if (r["k"], r["j"]) == (k, j)]
+        expected = stitch.communicate(A, wide, [examples[0].prompt_a], [examples[0].prompt_b], k, j, adapter=ad,
+                                      max_new_tokens=2, stop_at_eos=False)
+        assert record["prediction"] == expected[0]
+    with pytest.raises(ValueError, match=r"adapter: no adapter for \(k, j\) = \(3, 1\)"):
+        communication_sweep(A, wide, examples, [1, 3], [1], adapter=adapters, progress=False)
+    with pytest.raises(ValueError, match="method"):
+        pair_adapters(A, wide, ["a text"], [(1, 1)], method="magic")
+    with pytest.raises(ValueError, match="kind"):
+        pair_adapters(A, wide, ["a text"], [(1, 1)], kind="mlp")
+    with pytest.raises(ValueError, match="ridge: only method='closed_form'"):
+        pair_adapters(A, wide, ["a text"], [(1, 1)], method="trained", ridge=0.1)
+
+
+def test_other_positions_write_exactly_there_as_a_raw_hook_sees_it(pair):
+    """What enters B's block j (a raw torch pre-hook records it) is B's own HF hidden state j at every real
+    prompt position except the chosen ones, which hold A's HF hidden state k at its source positions."""
+    A, B = pair
+    seen = []
+    handle = B.blocks[1].register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append((args[0] if args else kwargs["hidden_states"]).detach().clone()),
+        with_kwargs=True)
+    try:
+        with torch.no_grad():
+            stitch.communicate(A, B, PA, PB, 2, 1, positions=[0, 2], source_positions=[-1, 1], max_new_tokens=1)
+    finally:
+        handle.remove()
+    ba, bb = A.encode(PA, padding_side="left"), B.encode(PB, padding_side="left")
+    with torch.no_grad():
+        a_states = A.model(ba.input_ids, attention_mask=ba.attention_mask, output_hidden_states=True).hidden_states[2]
+        own = B.model(bb.input_ids, attention_mask=bb.attention_mask, position_ids=bb.position_ids,
+                      output_hidden_states=True).hidden_states[1]
+    [written] = seen  # the prompt pass (generation stops after one token)
+    for r in range(len(PB)):
+        start, a_start = bb.shape[1] - int(bb.attention_mask[r].sum()), ba.shape[1] - int(ba.attention_mask[r].sum())
+        changed = ((written[r] - own[r]).abs().amax(-1) > 1e-6).nonzero().flatten().tolist()
+        assert [c - start for c in changed if c >= start] == [0, 2]
+        torch.testing.assert_close(written[r, start], a_states[r, -1], rtol=0, atol=1e-5)
+        torch.testing.assert_close(written[r, start + 2], a_states[r, a_start + 1], rtol=0, atol=1e-5)

@@ -7,6 +7,7 @@ import pytest
 from analyses import evaluation as ev
 from analyses.communication import communication_sweep, summary_rows
 from analyses.figures.communication import communication_heatmap
+from tests.test_generation import hf_greedy
 
 
 @pytest.mark.parametrize("text, number", [
@@ -61,11 +62,44 @@ def test_communication_sweep_records_every_condition(llama):
     records = communication_sweep(llama, llama, examples, [1, 2], [2], max_new_tokens=3, nl_tokens=3,
                                   progress=False)
     conditions = {(r["condition"], r["k"], r["j"]) for r in records}
-    assert conditions == {("none", None, None), ("a_text", None, None), ("natural_language", None, None),
-                          ("activation", 1, 2), ("activation", 2, 2), ("random", 1, 2), ("random", 2, 2)}
-    assert len(records) == 7 * 3 and all("accuracy" in r for r in records)
+    assert conditions == {("none", None, None), ("a_context", None, None), ("a_prompt", None, None),
+                          ("natural_language", None, None), ("activation", 1, 2), ("activation", 2, 2),
+                          ("random", 1, 2), ("random", 2, 2)}
+    assert len(records) == 8 * 3 and all("accuracy" in r for r in records)
     rows = summary_rows(records, n_boot=50)
     assert all(r["low"] <= r["mean"] <= r["high"] for r in rows)
     assert communication_heatmap(rows).data[0].z is not None
     with pytest.raises(ValueError, match="k"):
         communication_sweep(llama, llama, examples, [99], [1], progress=False)
+
+
+def test_text_controls_are_distinct_and_give_b_what_they_say(llama):
+    """none / a_context / a_prompt / natural_language: B read exactly the text each names (recorded as
+    b_input), and its prediction equals B alone generating from that text."""
+    ex = ev.load_tasks(ev.tasks_path("qa"))[:2]
+    assert all(e.context != e.prompt_a and e.context in e.prompt_a for e in ex)  # the shipped framing
+    records = communication_sweep(llama, llama, ex, [1], [1], conditions=["none", "a_context", "a_prompt",
+                                  "natural_language"], max_new_tokens=3, nl_tokens=2, progress=False)
+    by = {(r["condition"], r["id"]): r for r in records}
+    for e in ex:
+        said = by["natural_language", e.id]["a_said"]
+        expected = {"none": e.prompt_b, "a_context": f"{e.context}\n{e.prompt_b}",
+                    "a_prompt": f"{e.prompt_a}\n{e.prompt_b}", "natural_language": f"{said}\n{e.prompt_b}"}
+        for condition, text in expected.items():
+            record = by[condition, e.id]
+            assert record["b_input"] == text
+            assert record["prediction"] == llama.tokenizer.decode(hf_greedy(llama, [text], 3)[0])
+        assert said == llama.tokenizer.decode(hf_greedy(llama, [e.prompt_a], 2)[0]).strip()
+    assert len({by[c, ex[0].id]["b_input"] for c in ("none", "a_context", "a_prompt")}) == 3
+
+
+def test_context_defaults_to_prompt_a_and_is_checked(tmp_path):
+    path = tmp_path / "t.jsonl"
+    rows = [{"task": "math", "prompt_a": "Say: 2 + 2", "prompt_b": "y", "answer": "4"},
+            {"task": "math", "prompt_a": "Say: 2 + 2", "context": "2 + 2", "prompt_b": "y", "answer": "4"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    plain, framed = ev.load_tasks(path)
+    assert (plain.context, framed.context) == ("Say: 2 + 2", "2 + 2") and "context" not in framed.gold
+    path.write_text(json.dumps({**rows[1], "context": ""}) + "\n")
+    with pytest.raises(ValueError, match="t.jsonl:1: context: expected a non-empty string"):
+        ev.load_tasks(path)

@@ -236,4 +236,5 @@ def test_side_by_side_records(cross, tok):
     own = [A.tokenizer.decode(ids, skip_special_tokens=True) for ids in hf_greedy(A, PROMPTS, 5)]
     assert [r["A alone"] for r in records] == [analyses.generation.escape_text(t) for t in own]
     assert analyses.generation.escape_text("a\nb\t\x1b") == "a\\nb\\t\\u001b"
+    assert analyses.generation.escape_text("a\u2028b\u2029") == "a\\u2028b\\u2029"
     assert "<table>" in render_report([Section("Generations", records)])

@@ -91,3 +91,21 @@ def test_generate_in_batches_equals_one_batch(pair):
     assert parts.texts == whole.texts and parts.token_ids == whole.token_ids
     with pytest.raises(ValueError, match=r"batch_size: 2 splits 3 prompts into batches, but output_scores"):
         sp.generate(prompts, max_new_tokens=2, output_scores=True, batch_size=2)
+
+
+def test_communicate_moves_only_a_picked_states_once_to_b_side(pair):
+    """Activation communication: A's states at the source positions cross once, in the adapter's dtype, to
+    B's device at layer j; the adapter is moved there; the cached and from-scratch runs agree."""
+    A, B = pair
+    adapter = stitch.adapters.Affine(32, 48).to(torch.float64)
+    prompts_a, prompts_b = ["Alice was born in Paris.", "Five red balls"], ["Where?", "How many balls are there?"]
+    kw = dict(positions=[0, -1], source_positions=[-1, -2], max_new_tokens=3, stop_at_eos=False, return_ids=True)
+    with record_moves() as moves:
+        out = stitch.communicate(A, B, prompts_a, prompts_b, 3, 2, adapter=adapter, **kw)
+    [move] = moves  # the prompt pass only: generated tokens are B's own
+    assert move.shape == (2, 2, A.d_model)  # two rows × the two picked positions, nothing else of A
+    assert move.device == B.device_of(2) and (move.source_dtype, move.dtype) == (torch.float32, torch.float64)
+    assert next(adapter.parameters()).device == B.device_of(2)
+    with record_moves() as moves:
+        reference = stitch.communicate(A, B, prompts_a, prompts_b, 3, 2, adapter=adapter, use_cache=False, **kw)
+    assert reference.token_ids == out.token_ids and len(moves) == 3  # one prompt pass per from-scratch step

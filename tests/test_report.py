@@ -1,5 +1,6 @@
 """The HTML report is self-contained, escapes text, and is written atomically."""
 
+import json
 import os
 import re
 
@@ -94,3 +95,53 @@ def test_atomic_directory_leaves_nothing_on_error(tmp_path):
     with atomic_directory(tmp_path / "model") as tmp:
         (tmp / "weights").write_text("whole")
     assert [p.name for p in tmp_path.iterdir()] == ["model"] and (tmp_path / "model" / "weights").read_text() == "whole"
+
+
+def _communication_run(directory, hostile):
+    """A `stitch communicate` run directory written by hand: 2 examples, text controls and a 2 × 1 grid."""
+    from analyses.communication import summary_rows
+
+    records = []
+    for ex_id, said in [(hostile, hostile + "\nline two"), ("qa-1", "plain")]:
+        base = {"id": ex_id, "task": "qa", "prompt_a": hostile, "b_input": "Q?\n" + hostile}
+        records.append({**base, "condition": "none", "k": None, "j": None, "prediction": said,
+                        "exact_match": 0.0, "f1": 0.0})
+        records.append({**base, "condition": "natural_language", "k": None, "j": None, "a_said": hostile,
+                        "prediction": said, "exact_match": 0.0, "f1": 0.5})
+        for k, f1 in ((1, 0.25), (2, 0.75)):
+            for condition in ("activation", "random"):
+                records.append({**base, "condition": condition, "k": k, "j": 1, "prediction": f"{condition} {k}",
+                                "exact_match": 0.0, "f1": f1 if condition == "activation" else 0.0})
+    directory.mkdir()
+    (directory / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    (directory / "summary.json").write_text(json.dumps(summary_rows(records, n_boot=50)), encoding="utf-8")
+    return records
+
+
+def test_communication_run_report_heatmap_intervals_and_escaped_exchanges(tmp_path):
+    """`stitch report` of a communicate run: a heatmap, the summary with bootstrap intervals, and sample
+    exchanges (every text control, activation and random at the best pair) with hostile text escaped."""
+    from analyses.run_report import run_sections, write_run_report
+
+    hostile = HOSTILE + " <!-- <script>x</script>"
+    _communication_run(tmp_path / "comm", hostile)
+    _, _, _, sections = run_sections(tmp_path / "comm")
+    heat, table, samples = sections
+    assert isinstance(heat.content, go.Figure) and [list(row) for row in heat.content.data[0].z] == [[0.25], [0.75]]
+    assert "bootstrap" in table.title and all(r["low"] <= r["mean"] <= r["high"] for r in table.content)
+    assert {(r["condition"], r["k"]) for r in table.content} >= {("none", "—"), ("activation", 1), ("activation", 2)}
+    assert {(r["condition"], r["k"]) for r in samples.content} == {
+        ("none", "—"), ("natural_language", "—"), ("activation", 2), ("random", 2)}  # best pair: k = 2
+    assert any(r["prediction"] == hostile.replace("\u2028", "\\u2028") + "\\nline two" for r in samples.content)
+    assert "Token alignment" not in " ".join(s.title for s in sections)  # summary.json is not an align table
+    from stitch.cli.communicate import report_sections  # what a report embedding a communication run uses
+
+    records = [json.loads(line) for line in (tmp_path / "comm" / "records.jsonl").read_text().splitlines()]
+    embedded = report_sections(records, json.loads((tmp_path / "comm" / "summary.json").read_text()))
+    assert [(s.title, s.content if isinstance(s.content, list) else None) for s in embedded] == \
+        [(s.title, s.content if isinstance(s.content, list) else None) for s in sections]
+    text = write_run_report(tmp_path / "comm").read_text(encoding="utf-8")
+    rest = text[text.index("</script>") + len("</script>"):]  # after the inlined plotly.js: all ours
+    assert "<script>alert" not in rest and "<script>x" not in rest and "<!--" not in rest and "\u2028" not in rest
+    assert rest.count("<script") == 1  # the heatmap's own script only
+    assert "&lt;/script&gt;&lt;script&gt;alert(1)" in rest and "\\nline two" in rest

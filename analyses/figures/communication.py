@@ -13,7 +13,7 @@ from analyses.communication import heatmap_grid
 
 
 def communication_heatmap(rows: Sequence[dict], condition: str = "activation", task: str | None = None) -> go.Figure:
-    """Mean primary metric per (A layer k, B layer j); references ("none", "a_text", ...) in the title."""
+    """Mean primary metric per (A layer k, B layer j); references ("none", "a_context", ...) in the title."""
     ks, js, values = heatmap_grid(rows, condition, task)
     refs = ", ".join(f"{r['condition']} {r['mean']:.3f}" for r in rows if r["k"] is None
                      and (task is None or r["task"] == task))

@@ -33,10 +33,7 @@ from stitch.config import Config, option
 from stitch.kinds import (
     ALIGNMENTS,
     CLOSED_FORM,
-    COMBINE_NAMES,
-    CONDITIONS,
     DEFAULT_KIND,
-    INJECT,
     INJECTIONS,
     POLICIES,
     POSITION_SELECTIONS,
@@ -418,38 +415,3 @@ class TrainCommandConfig(TrainConfig, ModelPairConfig):
                 f"--adapter-options: rank={rank} is above the models' width; valid: 1..{min(widths)} "
                 f"(min(d_source, d_target); A {a.d_model}, B {b.d_model})"
             )
-
-
-@dataclass(frozen=True, kw_only=True)
-class CommunicateConfig(ModelPairConfig):
-    tasks: str = option(help="task file (.jsonl, see analyses.evaluation) or a shipped task: qa, math, mc, similarity")
-    ks: tuple[int, ...] = option(help="A layers k to read")
-    js: tuple[int, ...] = option(help="B layers j to write at")
-    out: str = option(help="output directory")
-    adapter: str | None = option(None, help="adapter saved by `stitch fit`, used for every (k, j) (default: identity; "
-                                 "needed when the widths differ)")
-    combine: str = option("replace", choices=COMBINE_NAMES, help="how A's state meets B's own")
-    positions: tuple[int, ...] = option((-1,), help="B prompt token indices written (-1 = last)")
-    source_positions: tuple[int, ...] = option((-1,), help="A prompt token indices read, one per position (or one)")
-    inject: str = option("prompt", choices=INJECT, help="write on the prompt pass only, or also every generated token")
-    conditions: tuple[str, ...] = option(CONDITIONS, help=f"conditions to run: {', '.join(CONDITIONS)}")
-    max_new_tokens: int = option(16, help="tokens B generates per example")
-    limit: int | None = option(None, help="use only the first N examples")
-    batch_size: int = option(8, help="examples generated together")
-    n_boot: int = option(1000, help="bootstrap resamples for the intervals")
-    seed: int = option(0, help="seed of the random control and the bootstrap")
-    progress: bool = option(True, help="show progress bars")
-
-    def __post_init__(self):
-        bad = [c for c in self.conditions if c not in CONDITIONS]
-        if bad:
-            raise ValueError(f"{flag('conditions')}: got {bad}; valid: {list(CONDITIONS)}")
-        for name in ("max_new_tokens", "batch_size", "n_boot"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{flag(name)}: expected an integer >= 1, got {value!r}")
-        if not self.ks or not self.js:
-            raise ValueError(f"{flag('ks')} / {flag('js')}: give at least one layer each")
-        if len(self.source_positions) not in (1, len(self.positions)):
-            raise ValueError(f"{flag('source_positions')}: {len(self.source_positions)} indices for "
-                             f"{len(self.positions)} positions; give one, or one per position")

@@ -32,10 +32,10 @@ from typing import Any, NamedTuple
 import yaml
 
 import stitch
+from stitch.cli.communicate_config import CommunicateConfig
 from stitch.cli.configs import (
     AlignConfig,
     CkaConfig,
-    CommunicateConfig,
     DemoConfig,
     FitConfig,
     GenerateConfig,
@@ -45,6 +45,7 @@ from stitch.cli.configs import (
 )
 from stitch.cli.options import flag
 from stitch.cli.preflight import preflight
+from stitch.kinds import ADAPTER_METHODS
 
 
 class Command(NamedTuple):
@@ -145,9 +146,10 @@ def make_config(command: str, config_path: str | None, flags: dict[str, Any]):
 
 
 def absolute_path(value: str, role: str) -> str:
-    """A path made absolute; a model or tokenizer that is not a local path stays a hub id."""
+    """A path made absolute; a model or tokenizer that is not a local path stays a hub id, and an
+    `--adapter` method name (identity, closed_form, trained) stays a name."""
     path = os.path.expanduser(value)
-    if role in ("model", "tokenizer") and not os.path.exists(path):
+    if (role in ("model", "tokenizer") and not os.path.exists(path)) or (role == "adapter_method" and value in ADAPTER_METHODS):
         return value
     return os.path.abspath(path)
 

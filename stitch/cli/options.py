@@ -10,7 +10,7 @@
 
 Every message names the option as typed on the command line (`--batch-size`, not `batch_size`). Field
 metadata says what a path option is (`texts`, `file`, `dir`, `model`, `tokenizer`, `adapter`, `splice`,
-`out_dir`, `out_file`, `resumable_dir`), which `stitch.cli.preflight` checks before anything loads.
+`adapter_method`, `out_dir`, `out_file`, `resumable_dir`), which `stitch.cli.preflight` checks before anything loads.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from typing import NamedTuple
 from stitch.checks import check_device
 from stitch.cli.options import flag
 from stitch.cli.texts import read_texts
+from stitch.kinds import ADAPTER_METHODS
 
 SPLICE_CONFIG = "splice.json"  # stitch.splice.io.CONFIG_NAME (a test keeps them equal)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -106,6 +107,11 @@ def _read_shape(directory: Path) -> ModelShape:
     return ModelShape(depth, width)
 
 
+def _adapter_method(name: str, value: str) -> dict | None:
+    """A way to make adapters (`stitch.kinds.ADAPTER_METHODS`), else the path of a saved adapter."""
+    return None if value in ADAPTER_METHODS else _adapter(name, value)
+
+
 def _adapter(name: str, path: str) -> dict:
     file = Path(path)
     weights = file if file.suffix == ".safetensors" else file / "adapter.safetensors"
@@ -166,6 +172,7 @@ _CHECKS = {
     "model": _existing_dir("model"),
     "tokenizer": _existing_dir("tokenizer"),
     "adapter": _adapter,
+    "adapter_method": _adapter_method,
     "splice": _splice,
     "out_dir": _out_dir,
     "out_file": _out_file,

@@ -12,6 +12,9 @@ closed-form fit on paired text with `stitch.fit_adapter`, or a trained one other
 (`replace`, `sum`, `mean`: `stitch.splice.combine`) with B's own residual stream at layer j at `positions` of
 `prompts_b` (paired one to one with `source_positions`). B runs all its blocks on its own prompt and generates
 with every control of `Splice.generate` (sampling, stop strings, streamer, `use_cache=False` reference).
+A and B may live on different devices: only A's picked states cross, once per prompt pass, to B's device at
+layer j in the adapter's dtype, and the adapter runs there (moved in place, as `stitch.Splice` does;
+`stitch.models.placement.record_moves` shows the move).
 
 `inject`: "prompt" writes on the prompt pass only (generated tokens are B's own); "generated" also writes A's
 last communicated state at every generated token. `control`: "activation" (the communication), "random" (a
@@ -30,7 +33,7 @@ from torch import Tensor, nn
 
 from stitch.checks import check_choice, check_layer, check_texts
 from stitch.models.hooked import HookedLM
-from stitch.models.placement import transfer
+from stitch.models.placement import adapter_on, transfer
 from stitch.splice.combine import Write, combine_for
 from stitch.splice.generate import config_from, generate, resolve_eos
 from stitch.splice.injection import injection_for
@@ -63,6 +66,11 @@ class Communication:
 
     def __post_init__(self):
         self.strategy = injection_for("residual")
+
+    @property
+    def write_device(self) -> torch.device:
+        """Where B's stream enters layer j: A's picked states cross there once, and the adapter runs there."""
+        return self.B.device_of(self.target_layer)
 
 
 def _indices(name: str, value) -> tuple[int, ...]:
@@ -112,37 +120,36 @@ class Communicate(Prompt):
         self.comm = comm
 
     def prompt_write(self) -> tuple[Tensor, Write]:
-        comm, target = self.comm, self.rows.target
-        rows_b, cols_b = _gather(target, comm.positions, "positions")
-        where = self.B.device_of(comm.target_layer)  # the write happens on B's block j's device
-        mapped = torch.zeros(*target.shape, self.B.d_model, device=where)
-        selected = torch.zeros(target.shape, dtype=torch.bool, device=where)
+        comm, target, device = self.comm, self.rows.target, self.comm.write_device
+        rows_b, cols_b = (t.to(device) for t in _gather(target, comm.positions, "positions"))
+        mapped = torch.zeros(*target.shape, self.B.d_model, device=device)
+        selected = torch.zeros(target.shape, dtype=torch.bool, device=device)
         if comm.control == "none":
             return mapped, Write(comm.combine, selected)
         vectors = self.vectors()
         if comm.control == "random":
             vectors = self.random_like(vectors, rows_b, cols_b)
-        at = rows_b.to(where), cols_b.to(where)
-        mapped[at] = transfer(vectors, where, mapped.dtype)  # A's vectors cross once
-        selected[at] = True
+        mapped[rows_b, cols_b] = vectors.to(mapped.dtype)
+        selected[rows_b, cols_b] = True
         self.last_vector = vectors[:, -1]
         return mapped, Write(comm.combine, selected)
 
     def vectors(self) -> Tensor:
-        """A's states at the source positions, through the adapter: [batch, n_positions, d_B]."""
+        """A's states at the source positions, through the adapter: [batch, n_positions, d_B]. Only the
+        picked states cross to B's device (once, in the adapter's dtype); the adapter runs on B's side."""
         source = self.A.encode(self.comm.prompts_a, padding_side="left")
         states = self.A.residuals(source, [self.comm.k])[self.comm.k]
         rows, cols = _gather(source, self.comm.source_positions, "source_positions")
-        param = next(iter(self.comm.adapter.parameters()), None)  # the adapter runs on A's side here
         picked = states[rows.to(states.device), cols.to(states.device)]
-        adapted = self.comm.adapter(picked if param is None else transfer(picked, param.device, param.dtype))
-        return adapted.to(self.B.dtype)
+        param = next(self.comm.adapter.parameters(), None)
+        dtype = picked.dtype if param is None or not param.is_floating_point() else param.dtype
+        return self.comm.adapter(transfer(picked, self.comm.write_device, dtype)).to(self.B.dtype)
 
     def random_like(self, vectors: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
         """Gaussian directions scaled to the norm of B's own state there (or of A's mapped state)."""
         if self.comm.random_norm == "own":
             own = self.B.residuals(self.rows.target, [self.comm.target_layer])[self.comm.target_layer]
-            reference = own[rows.to(own.device), cols.to(own.device)].to(vectors.device)  # own: a sharded B's block j-1
+            reference = own[rows.to(own.device), cols.to(own.device)].to(vectors.device)
         else:
             reference = vectors
         g = torch.Generator(device="cpu").manual_seed(self.comm.seed)
@@ -225,10 +232,10 @@ def make_communication(A, B, prompts_a, prompts_b, k, j, combine="replace", adap
     check_choice("control", control, CONTROLS)
     check_choice("random_norm", random_norm, RANDOM_NORMS)
     b_idx, a_idx = _pairs(positions, source_positions)
-    adapter = _checked_adapter(adapter, A.d_model, B.d_model)
-    return Communication(A, B, prompts_a, check_layer("k", k, A.n_layers), check_layer("j", j, B.n_layers),
-                         combine_for(combine), adapter.to(A.device), b_idx, a_idx, inject, control, random_norm,
-                         0 if seed is None else seed)
+    k, j = check_layer("k", k, A.n_layers), check_layer("j", j, B.n_layers)
+    adapter = adapter_on(_checked_adapter(adapter, A.d_model, B.d_model), B.device_of(j))  # B's side, in place
+    return Communication(A, B, prompts_a, k, j, combine_for(combine), adapter, b_idx, a_idx, inject, control,
+                         random_norm, 0 if seed is None else seed)
 
 
 __all__ = ["CONTROLS", "INJECT", "Communication", "communicate", "make_communication"]
