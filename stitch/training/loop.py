@@ -39,9 +39,9 @@ from tqdm.auto import tqdm
 
 from stitch.adapters import Adapter, Procrustes
 from stitch.checks import check_texts
-from stitch.losses import IGNORE, token_cross_entropy
+from stitch.chunks import corpus_texts
+from stitch.losses import IGNORE
 from stitch.models.hooked import HookedLM
-from stitch.splice.splice import Splice
 from stitch.training import distributed
 from stitch.training.checkpoint import latest_checkpoint, save_checkpoint
 from stitch.training.config import TrainConfig, check_warmup
@@ -52,11 +52,12 @@ from stitch.training.inputs import training_inputs
 from stitch.training.pairs import LayerPairs
 from stitch.training.precision import precision_for
 from stitch.training.probes import PairProbe, Similarity
-from stitch.training.records import NonFiniteError, nonfinite
+from stitch.training.records import NonFiniteError, nonfinite, nonfinite_message
 from stitch.training.resume import resume_from, run_id, run_identity
+from stitch.training.samples import generation_samples, sample_prompts
 from stitch.training.schedule import TextOrder, learning_rate, micro_batches, steps_per_epoch
 from stitch.training.sinks import open_sinks
-from stitch.training.step import PairView, Term, step_backward
+from stitch.training.step import PairView, backward, pair_terms, step_backward
 
 
 @dataclass
@@ -86,37 +87,29 @@ def train(
     dist: distributed.Dist | None = None,
     metadata: dict[str, Any] | None = None,
     similarity: Similarity | None = None,
+    max_length: int | None = None,
+    stride: int = 0,
 ) -> TrainResult:
     """Train the adapter of `config` from A's layer N to B's layer M on `texts`; see the module docstring.
 
     Under torchrun the process group is created from the environment (and destroyed at the end) unless a
     `dist` from `stitch.training.distributed.init()` is given. `metadata` goes into the saved adapter's record.
     `similarity(x, y) -> float` (e.g. `analyses.cka.linear_cka`) adds CKA before/after to each evaluation.
+    `max_length=n` (or `config.max_length`) cuts training and held-out texts longer than n tokens of A or B
+    into chunks cut at the same characters for both (`stitch.chunks`), with `stride` tokens of context.
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config: expected a stitch.training.loop.TrainConfig, got {type(config).__name__}")
-    texts = check_texts(texts)
-    eval_texts = None if eval_texts is None else check_texts(eval_texts)
+    if max_length is not None or stride:
+        config = config.chunked(max_length, stride)
+    tokenizers, window = [A.tokenizer, B.tokenizer], (config.max_length, config.stride)
+    texts = corpus_texts(tokenizers, check_texts(texts), *window)
+    eval_texts = None if eval_texts is None else corpus_texts(tokenizers, check_texts(eval_texts), *window)
     with distributed.session(dist) as dist:
         return _Run(A, B, texts, eval_texts, config, dist, metadata or {}, similarity).run()
 
 
 __all__ = ["TrainConfig", "TrainResult", "backward", "learning_rate", "train"]
-
-
-def backward(sp: Splice, texts: list[str], dist: distributed.Dist) -> tuple[float, int]:
-    """Forward and backward of the splice on this rank's `texts`; returns (mean loss, tokens) over all ranks.
-
-    The adapter's gradients equal those of one process on every rank's texts together (see
-    `distributed.global_mean`), however unevenly the tokens are spread over the ranks.
-    """
-    out = sp(texts)
-    count = int((out.labels != IGNORE).sum())
-    # a share without labels backpropagates a zero through the adapter: DDP waits for every rank's backward
-    local = out.loss if count else token_cross_entropy(out.logits, out.labels).sum()
-    loss, mean, count = distributed.global_mean(local, count, dist)
-    loss.backward()
-    return mean, count
 
 
 class _Run:
@@ -136,7 +129,7 @@ class _Run:
         progress = config.progress and dist.is_main
         self.pairs = LayerPairs.build(A, B, config, texts, fit=checkpoint is None, progress=progress)
         distributed.broadcast_parameters(self.pairs.group, dist)
-        self.terms = _terms(self.pairs, config.loss_objectives())
+        self.terms = pair_terms(self.pairs.keys, self.pairs.weights, config.loss_objectives())
         self.optimizer = torch.optim.AdamW(self.pairs.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.precision = precision_for(config.autocast, A.device)
         self.rule = EarlyStopping(
@@ -219,14 +212,7 @@ class _Run:
         cause = nonfinite(loss, {f"{what} {name}": t for name, t in tensors.items()})
         if cause is None:
             return
-        last = self._last_checkpoint
-        kept = f"the last good checkpoint, {last.name}, is kept" if last else "no checkpoint was written"
-        pairs = ", ".join(f"source layer {n} → target layer {m}" for n, m in self.pairs.layers)
-        message = (
-            f"training step {self.step + 1} ({pairs}): {cause}; stopped before anything non-finite was "
-            f"written ({kept}). Lower lr or grad_clip, or check the texts of this step (a changed config "
-            "needs a new out directory)"
-        )
+        message = nonfinite_message(self.step + 1, self.pairs.layers, cause, self._last_checkpoint)
         self.history.log({"split": "train", "step": self.step + 1, "loss": loss, "error": message})
         if self.dist.is_main:
             self.history.write()
@@ -252,6 +238,8 @@ class _Run:
             if self.dist.is_main and config.progress:
                 values = ", ".join(f"{k} {v:.4f}" for k, v in record.items() if _real(v))
                 tqdm.write(f"step {self.step}{f' {key}' if several else ''}: {values}")
+        if config.samples and self.dist.is_main:  # generation runs no collective: rank 0 alone
+            self._samples()
         state = self._guide()
         if state.best_step == self.step and self.dist.is_main:
             self.pairs.save(self.out / "best", self._adapter_metadata(), self._evals_at(self.step), step=self.step)
@@ -261,6 +249,13 @@ class _Run:
                               "waited": state.waited})  # fmt: skip
         if self.dist.is_main:
             self.history.write()
+
+    def _samples(self) -> None:
+        prompts = sample_prompts(self.eval_texts, self.config.samples)
+        for key, sp in zip(self.pairs.keys, self.pairs.splices, strict=True):
+            samples = generation_samples(sp, prompts, self.config.sample_tokens)
+            pair = {"pair": key} if len(self.pairs.layers) > 1 else {}
+            self.history.log({"split": "samples", "step": self.step, **pair, "samples": samples})
 
     def _guide(self):
         weights = dict(zip(self.pairs.keys, self.pairs.weights, strict=True))
@@ -303,15 +298,6 @@ class _Run:
             "objectives": list(config.objectives),
             "train_config": config.to_dict(),
         }
-
-
-def _terms(pairs: LayerPairs, objectives) -> list[Term]:
-    several = len(pairs.layers) > 1
-    return [
-        Term(f"{key}/{o.label}" if several else o.label, i, o, weight * o.weight)
-        for i, (key, weight) in enumerate(zip(pairs.keys, pairs.weights, strict=True))
-        for o in objectives
-    ]
 
 
 def _real(value) -> bool:
