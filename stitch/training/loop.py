@@ -13,11 +13,13 @@ gradients (`distributed.sum_gradients`): the full-batch gradient whatever the wo
 run on 2 ranks follows the same path as a run on 1. Inputs come from the models every step, or from an
 activation store (`cache`, `stitch.activations`) built once. AdamW, optional warm-up and decay, gradient
 clipping; Procrustes adapters are re-orthogonalised after every step (`project_`). Every `eval_every` steps
-each pair is scored by the one evaluator, probed (cosine, CKA) and the best step so far exported to
-`OUT/best/`; `early_stopping_patience` stops the run (`stitch.training.guide`). Rank 0 writes `OUT/adapter.safetensors` (`stitch.save_adapter`), `OUT/metrics.jsonl` and
-`OUT/checkpoints/` (`stitch.training.checkpoint`); `resume=True` continues from the latest checkpoint bit-exactly.
-The order of the texts is a pure function of (seed, epoch) and the learning rate of the step, so the
-step, the adapter, the optimizer and the RNG are the whole state of a run.
+each pair is scored by the one evaluator, probed (cosine, CKA), sampled (`samples`: greedy generations,
+`stitch.training.samples`) and the best step so far exported to `OUT/best/`; `early_stopping_patience`
+stops the run (`stitch.training.guide`). Rank 0 writes `OUT/adapter.safetensors` (`stitch.save_adapter`),
+`OUT/metrics.jsonl` (`stitch.training.history`) and `OUT/checkpoints/` (`stitch.training.checkpoint`);
+`resume=True` continues from the latest checkpoint bit-exactly (`stitch.training.resume`). The order of the
+texts and the learning rate are functions of the step (`stitch.training.schedule`), so the step, the
+adapter, the optimizer and the RNG are the whole state of a run.
 
 Every step checks that the loss and every gradient are finite before the optimizer moves, and that the
 adapter still is after: a NaN or infinity stops the run with a `NonFiniteError` naming the step and the
