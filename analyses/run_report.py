@@ -70,7 +70,18 @@ def training_section(directory: Path, spec: dict) -> list[Section]:
     closed = spec.get("closed_form")
     flags = tuple(f"step {r['step']}: loss recovered undefined" for r in history
                   if r.get("split") == "eval" and not _real(r.get("loss_recovered")))
-    return [Section(spec["title"], training_curves(history, closed_form=closed), note=spec.get("note", ""), flags=flags)]
+    sections = [Section(spec["title"], training_curves(history, closed_form=closed), note=spec.get("note", ""), flags=flags)]
+    return sections + _sample_sections(spec["title"], history)
+
+
+def _sample_sections(title: str, history: list[dict]) -> list[Section]:
+    """The generation samples of each evaluation (`samples` in the training config), one row per prompt."""
+    rows = [
+        {"step": r["step"], **({"pair": r["pair"]} if "pair" in r else {}), **sample}
+        for r in history if r.get("split") == "samples" for sample in r.get("samples", [])
+    ]  # fmt: skip
+    note = "B's greedy continuations under the adapter of each evaluation step, on fixed held-out openings"
+    return [Section(f"{title}: generation samples", rows, note=note)] if rows else []
 
 
 def communication_section(directory: Path, spec: dict) -> list[Section]:

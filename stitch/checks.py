@@ -94,3 +94,14 @@ def check_range(name: str, value, low, high) -> None:
     """A number (not a bool) with low <= value <= high."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
         raise ValueError(f"{name}: got {value!r}; valid: a number in [{low}, {high}]")
+
+
+def check_max_length(max_length, stride: int = 0) -> None:
+    """Tokens per text or chunk (>= 2) and a stride of context below half of it (`stitch.chunks`)."""
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
+        raise ValueError(f"max_length: expected an integer >= 2 (tokens per text or chunk), got {max_length!r}")
+    if isinstance(stride, bool) or not isinstance(stride, int) or not 0 <= stride < max_length // 2:
+        raise ValueError(
+            f"stride: expected an integer in [0, {max_length // 2}) (tokens of context repeated per chunk, "
+            f"less than half of max_length={max_length}), got {stride!r}"
+        )

@@ -19,8 +19,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from stitch.alignment.spans import TokenSpans, token_spans_batch
+from stitch.checks import check_max_length
 
 OVERFLOW = ("error", "truncate", "chunk")
+__all__ = ["OVERFLOW", "Chunk", "check_max_length", "chunk_texts", "corpus_texts", "fit_to_length"]
 
 
 @dataclass(frozen=True)
@@ -32,16 +34,6 @@ class Chunk:
     index: int
     start: int
     context: int = 0
-
-
-def check_max_length(max_length, stride: int = 0) -> None:
-    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
-        raise ValueError(f"max_length: expected an integer >= 2 (tokens per text or chunk), got {max_length!r}")
-    if isinstance(stride, bool) or not isinstance(stride, int) or not 0 <= stride < max_length // 2:
-        raise ValueError(
-            f"stride: expected an integer in [0, {max_length // 2}) (tokens of context repeated per chunk, "
-            f"less than half of max_length={max_length}), got {stride!r}"
-        )
 
 
 def chunk_texts(

@@ -1,4 +1,5 @@
-"""Long texts: chunks cut at the same characters for both tokenizers; chunked results equal each chunk alone."""
+"""Long texts: chunks cut at the same characters for both tokenizers; chunked results (fits, CKA, training)
+equal each chunk alone."""
 
 import pytest
 import torch
@@ -84,3 +85,22 @@ def test_corpus_calls_take_max_length(two, long_text):
     assert rec.n == ref.n
     with pytest.raises(ValueError, match=r"max_length: expected an integer >= 2"):
         stitch.fit_adapter(A, B, [long_text], 2, max_length=0, **kwargs)
+
+
+def test_train_adapter_takes_max_length(two, long_text, tmp_path):
+    A, B = two
+    chunks = [c.text for c in chunk_texts([long_text], [A.tokenizer, B.tokenizer], N_CTX, stride=4)]
+    base = dict(source_layer=1, kind="affine", steps=3, batch_size=2, lr=1e-2, progress=False, eval_every=3)
+    with pytest.raises(ValueError, match="tokens exceed"):  # 10x the context, whole: refused
+        stitch.train_adapter(A, B, [long_text], stitch.TrainConfig(out=str(tmp_path / "whole"), **{**base, "batch_size": 1}))
+    cut = stitch.train_adapter(A, B, [long_text], stitch.TrainConfig(out=str(tmp_path / "kw"), **base),
+                               eval_texts=[long_text], max_length=N_CTX, stride=4)  # fmt: skip
+    config = stitch.TrainConfig(out=str(tmp_path / "cfg"), max_length=N_CTX, stride=4, **base)
+    in_config = stitch.train_adapter(A, B, [long_text], config, eval_texts=[long_text])
+    separate = stitch.train_adapter(A, B, chunks, stitch.TrainConfig(out=str(tmp_path / "sep"), **base), eval_texts=chunks)
+    for run in (cut, in_config):
+        torch.testing.assert_close(run.adapter.weight, separate.adapter.weight, rtol=0, atol=0)
+        assert run.last_eval["tokens"] == separate.last_eval["tokens"]
+    assert (cut.adapter.weight - torch.eye(32)).abs().max() > 1e-4  # it trained
+    with pytest.raises(ValueError, match="max_length: 32 .* the config already has max_length=64"):
+        stitch.train_adapter(A, B, [long_text], config, max_length=32)

@@ -4,6 +4,7 @@
 import json
 
 import pytest
+import yaml
 
 import stitch
 from stitch.alignment.spans import token_spans_batch
@@ -51,7 +52,7 @@ def test_chunks_overlap_by_the_stride_and_fit(model):
 
 def test_train_command_checks_window_options_before_loading():
     base = dict(source_model="a", target_model="b", train_texts="t.txt", out="o", source_layer=1)
-    with pytest.raises(ValueError, match="max_tokens: --pack and --stride need --max-tokens > 0"):
+    with pytest.raises(ValueError, match="max_tokens: --pack needs --max-tokens > 0"):
         TrainCommandConfig(**base, pack=True)
     with pytest.raises(ValueError, match="stride: expected an integer in"):
         TrainCommandConfig(**base, max_tokens=8, stride=9)
@@ -67,7 +68,8 @@ def test_stitch_train_with_objectives_layer_pairs_and_cache(tmp_path):
     argv = ["train", "--source-model", str(tmp_path / "a"), "--target-model", str(tmp_path / "b"),
             "--train-texts", str(tmp_path / "t.txt"), "--eval-texts", str(tmp_path / "t.txt"), "--out", str(tmp_path / "run"),
             "--layer-pairs", "1:1", "2:1", "--objectives", "ce", "cosine:weight=0.5", "--cache", str(tmp_path / "cache"),
-            "--steps", "2", "--batch-size", "2", "--eval-every", "2", "--no-progress"]  # fmt: skip
+            "--steps", "2", "--batch-size", "2", "--eval-every", "2", "--no-progress",
+            "--samples", "2", "--sample-tokens", "3", "--max-tokens", "48", "--stride", "4"]  # fmt: skip
     assert main(argv) == 0
     run = tmp_path / "run"
     assert (run / "pairs" / "1-1" / "adapter.safetensors").is_file() and (run / "pairs" / "2-1").is_dir()
@@ -78,3 +80,9 @@ def test_stitch_train_with_objectives_layer_pairs_and_cache(tmp_path):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert {"1:1/ce", "2:1/cosine"} <= set(next(r for r in records if r["split"] == "train"))
     assert all("cka_after" in r for r in records if r["split"] == "eval")
+    samples = [r for r in records if r["split"] == "samples"]
+    assert [(r["step"], r["pair"], len(r["samples"])) for r in samples] == [(0, "1:1", 2), (0, "2:1", 2), (2, "1:1", 2), (2, "2:1", 2)]
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert [saved[k] for k in ("samples", "sample_tokens", "max_tokens", "max_length", "stride")] == [2, 3, 48, 48, 4]
+    assert main(["report", str(run)]) == 0
+    assert "generation samples" in (run / "report.html").read_text()

@@ -1,7 +1,8 @@
 """The loop's new features: cached and on-the-fly training give the same adapter, gradient accumulation is
 exact, early stopping stops where a hand-simulated patience rule says (and the exported best is that step's),
 three layer pairs write three adapters with per-pair records, a finished run extends, metrics carry tokens/s
-and the gradient norm, optional loggers and CUDA autocast are called as they should be (recorders on CPU)."""
+and the gradient norm, optional loggers and CUDA autocast are called as they should be (recorders on CPU),
+evaluations write greedy generation samples under the current adapter."""
 
 import json
 import sys
@@ -13,6 +14,7 @@ import torch
 import stitch
 import stitch.training.precision as precision_mod
 from analyses.cka import linear_cka
+from analyses.run_report import write_run_report
 from stitch.testing import CORPUS, byte_bpe_tokenizer, rotated_copy, tiny_model
 from stitch.training.config import TrainConfig
 from stitch.training.loop import train
@@ -216,3 +218,42 @@ def test_cuda_autocast_paths_with_recorders(monkeypatch):
         assert torch.equal(w.grad, torch.full((2,), 2.0))  # adapter weights and their gradients stay fp32
     with pytest.raises(ValueError, match="autocast: 'bf16' needs a CUDA device"):
         precision_mod.precision_for("bf16", torch.device("cpu"))
+
+
+def test_each_evaluation_writes_greedy_samples_under_that_steps_adapter(models, tmp_path):
+    A, B = models
+    held_out = ["The <b>cat</b> & the dog sat by the warm fire all day long.", *TEXTS[:3]]
+    run = config(tmp_path / "s", steps=4, eval_every=2, samples=2, sample_tokens=4, checkpoint_every=2, keep_checkpoints=3)
+    result = train(A, B, TEXTS, run, eval_texts=held_out)
+    samples = [r for r in result.history if r["split"] == "samples"]
+    assert [r["step"] for r in samples] == [0, 2, 4]
+    # the prompts: the first two held-out texts cut to their openings (half of each, at a space), by hand
+    prompts = [s["prompt"] for s in samples[0]["samples"]]
+    assert prompts == ["The <b>cat</b> & the dog sat", held_out[1][: held_out[1][: len(held_out[1]) // 2].rfind(" ")]]
+    # each evaluation's samples are greedy decoding under the adapter of that step (its checkpoint)
+    for record in samples[1:]:
+        adapter = stitch.adapters.load_adapter(tmp_path / "s" / "checkpoints" / f"step-{record['step']:08d}")
+        want = stitch.Splice(A, B, 1, adapter=adapter).generate(prompts, max_new_tokens=4, do_sample=False)
+        assert [s["continuation"] for s in record["samples"]] == want
+    on_disk = [json.loads(line) for line in (tmp_path / "s" / "metrics.jsonl").read_text().splitlines()]
+    assert [r for r in on_disk if r["split"] == "samples"] == samples
+    html = write_run_report(tmp_path / "s").read_text()
+    assert "generation samples" in html and "The &lt;b&gt;cat&lt;/b&gt; &amp; the dog sat" in html
+    assert "<b>cat" not in html
+    quiet = train(A, B, TEXTS, config(tmp_path / "q", steps=2, eval_every=2), eval_texts=held_out)
+    assert not [r for r in quiet.history if r["split"] == "samples"]  # samples=0: none
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (dict(samples=-1), r"samples: expected an integer >= 0, got -1"),
+        (dict(samples=2, sample_tokens=0), r"sample_tokens: expected an integer >= 1, got 0"),
+        (dict(samples=2, alignment="source"), r"samples: 2 needs alignment='target'"),
+        (dict(stride=2), r"stride: 2 needs max_length"),
+        (dict(max_length=8, stride=4), r"stride: expected an integer in \[0, 4\)"),
+    ],
+)
+def test_sample_and_chunk_options_are_checked_when_the_config_is_built(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        config(tmp_path, **overrides)

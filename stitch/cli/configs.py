@@ -389,19 +389,23 @@ class TrainCommandConfig(TrainConfig, ModelPairConfig):
     train_texts: str = train_texts_option()
     eval_texts: str | None = eval_texts_option(required=False)
     text_field: str = option("text", help="the field holding the text in .jsonl files and datasets")
-    max_tokens: int = option(0, help="cut texts to at most this many of A's tokens (0: keep them whole)")
-    stride: int = option(0, help="tokens shared by consecutive chunks of a cut text")
-    pack: bool = option(False, help="join short texts up to --max-tokens (needs --max-tokens)")
+    max_tokens: int = option(0, help="cut texts to at most this many tokens (0: keep them whole); the same as "
+                             "--max-length, or with --pack the size texts are packed to (A's tokens)")
+    pack: bool = option(False, help="join short texts up to --max-tokens of A's tokens (needs --max-tokens)")
 
     def __post_init__(self):
         ModelPairConfig.__post_init__(self)
-        TrainConfig.__post_init__(self)
         if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 0:
             raise ValueError(f"max_tokens: expected an integer >= 0, got {self.max_tokens!r}")
-        if self.max_tokens and not 0 <= self.stride < self.max_tokens:
-            raise ValueError(f"stride: expected an integer in [0, max_tokens={self.max_tokens}), got {self.stride!r}")
-        if (self.pack or self.stride) and not self.max_tokens:
-            raise ValueError("max_tokens: --pack and --stride need --max-tokens > 0")
+        if self.pack and not self.max_tokens:
+            raise ValueError("max_tokens: --pack needs --max-tokens > 0")
+        if self.pack and (self.stride or self.max_length is not None):
+            raise ValueError("pack: --pack joins texts up to --max-tokens; it takes no --stride or --max-length")
+        if self.max_tokens and not self.pack:  # --max-tokens N is --max-length N: one chunker (stitch.chunks)
+            if self.max_length not in (None, self.max_tokens):
+                raise ValueError(f"max_tokens: {self.max_tokens} and max_length: {self.max_length} differ; give one")
+            object.__setattr__(self, "max_length", self.max_tokens)
+        TrainConfig.__post_init__(self)
 
     def outputs(self) -> list[Path]:
         return []  # a rerun continues from the checkpoints: nothing here is clobbered

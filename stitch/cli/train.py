@@ -23,7 +23,7 @@ from analyses.figures.training import training_curves
 from analyses.report import Section, write_report
 from stitch.cli.common import load_models, read_texts, save_run_config
 from stitch.cli.configs import TrainCommandConfig
-from stitch.data import chunk_texts, pack_texts
+from stitch.data import pack_texts
 from stitch.training import distributed
 from stitch.training.loop import TrainResult, train
 
@@ -53,9 +53,5 @@ def run(config: TrainCommandConfig) -> TrainResult:
 
 
 def _windows(texts: list[str], A, config: TrainCommandConfig) -> list[str]:
-    """Texts cut (and packed) to --max-tokens of A's tokens, or as read."""
-    if not config.max_tokens:
-        return texts
-    if config.pack:
-        return pack_texts(texts, A, config.max_tokens)
-    return chunk_texts(texts, A, config.max_tokens, config.stride)
+    """Texts packed to --max-tokens of A's tokens with --pack, or as read (`train` cuts them to --max-length)."""
+    return pack_texts(texts, A, config.max_tokens) if config.pack else texts

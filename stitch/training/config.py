@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import math
@@ -13,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from stitch.checks import check_choice
+from stitch.checks import check_choice, check_max_length
 from stitch.config import Config, option
 from stitch.kinds import (
     ADAPTER_OPTIONS,
@@ -33,7 +34,7 @@ SCHEDULES, INITS = ("constant", "linear", "cosine"), ("default", "fit")
 # activations are obtained (not what any step computes); extending a finished run = more steps or epochs
 FREE_ON_RESUME = (
     "resume", "progress", "keep_checkpoints", "device", "steps", "epochs", "eval_every", "log_every",
-    "checkpoint_every", "log_to", "wandb_project", "cache", "early_stopping_patience",
+    "checkpoint_every", "log_to", "wandb_project", "cache", "early_stopping_patience", "samples", "sample_tokens",
 )  # fmt: skip
 _FREE_ON_RESUME = FREE_ON_RESUME
 
@@ -87,6 +88,11 @@ class TrainConfig(Config):
     warmup: int = option(0, help="steps of linear warm-up to --lr")
     schedule: str = option("constant", choices=SCHEDULES, help="learning rate after the warm-up")
     eval_every: int = option(0, help="evaluate on the held-out texts every N steps (0: at start and end)")
+    samples: int = option(
+        0, help="at each evaluation, greedy continuations under the splice of the first N held-out texts' "
+        "openings, written to metrics.jsonl and shown by `stitch report` (0: none)",
+    )
+    sample_tokens: int = option(16, help="new tokens B generates per sample")
     early_stopping_patience: int = option(
         0, help="stop after this many evaluations in a row without improvement (0: never stop early)"
     )
@@ -94,6 +100,11 @@ class TrainConfig(Config):
         "ce_spliced", choices=tuple(METRICS), help="held-out metric early stopping and the best checkpoint follow"
     )
     early_stopping_min_delta: float = option(0.0, help="how much better than the best an evaluation must be")
+    max_length: int | None = option(
+        None, help="cut training and held-out texts longer than this many tokens of A or B (special tokens "
+        "included) into chunks at the same characters (stitch.chunks; default: keep texts whole)",
+    )
+    stride: int = option(0, help="with max_length: tokens of context each chunk repeats from the one before")
     grad_accumulation: int = option(1, help="micro-batches per optimizer step on each rank (exact accumulation)")
     cache: str = option(
         "none", help="none (run A every step), memory, or a directory: activations computed once and reused"
@@ -134,6 +145,10 @@ class TrainConfig(Config):
         self._check_pairs()
         self._check_objectives()
         self._check_guide()
+        if self.max_length is not None or self.stride:
+            if self.max_length is None:
+                raise ValueError(f"stride: {self.stride!r} needs max_length (it is the context chunks repeat)")
+            check_max_length(self.max_length, self.stride)
         for name in self.log_to:
             check_choice("log_to", name, SINKS)
         if self.batch_size < self.grad_accumulation:
@@ -181,8 +196,20 @@ class TrainConfig(Config):
             raise ValueError(
                 f"early_stopping_patience: {self.early_stopping_patience} needs evaluations; set eval_every > 0"
             )
+        if self.samples and self.alignment == "source":
+            raise ValueError(f"samples: {self.samples} needs alignment='target' (B generates its own tokens)")
         if not isinstance(self.cache, str) or not self.cache:
             raise ValueError(f"cache: expected 'none', 'memory' or a directory, got {self.cache!r}")
+
+    def chunked(self, max_length: int | None, stride: int = 0) -> TrainConfig:
+        """This config cutting texts to `max_length` tokens (`train_adapter`'s keywords); refuses a different
+        value already set in the config."""
+        if self.max_length is not None and (self.max_length, self.stride) != (max_length, stride):
+            raise ValueError(
+                f"max_length: {max_length!r} (stride {stride!r}) given to train, but the config already has "
+                f"max_length={self.max_length!r} (stride {self.stride!r}); set it in one place"
+            )
+        return dataclasses.replace(self, max_length=max_length, stride=stride)
 
     def pairs(self) -> list[tuple[int, int | None]]:
         """The layer pairs (N, M); M is None where it defaults to N."""
@@ -261,7 +288,8 @@ _RANGES = {
     "source_layer": (int, 0, False), "target_layer": (int, 0, False), "init_texts": (int, 1, False),
     "steps": (int, 1, False), "epochs": (int, 1, False), "batch_size": (int, 1, False),
     "lr": (float, 0.0, True), "weight_decay": (float, 0.0, False), "grad_clip": (float, 0.0, False),
-    "warmup": (int, 0, False), "eval_every": (int, 0, False), "log_every": (int, 1, False),
+    "warmup": (int, 0, False), "eval_every": (int, 0, False), "samples": (int, 0, False),
+    "sample_tokens": (int, 1, False), "stride": (int, 0, False), "log_every": (int, 1, False),
     "checkpoint_every": (int, 0, False), "keep_checkpoints": (int, 1, False), "seed": (int, 0, False),
 }  # fmt: skip
 _OPTIONAL = ("source_layer", "target_layer", "steps", "epochs")

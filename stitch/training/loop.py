@@ -13,11 +13,13 @@ gradients (`distributed.sum_gradients`): the full-batch gradient whatever the wo
 run on 2 ranks follows the same path as a run on 1. Inputs come from the models every step, or from an
 activation store (`cache`, `stitch.activations`) built once. AdamW, optional warm-up and decay, gradient
 clipping; Procrustes adapters are re-orthogonalised after every step (`project_`). Every `eval_every` steps
-each pair is scored by the one evaluator, probed (cosine, CKA) and the best step so far exported to
-`OUT/best/`; `early_stopping_patience` stops the run (`stitch.training.guide`). Rank 0 writes `OUT/adapter.safetensors` (`stitch.save_adapter`), `OUT/metrics.jsonl` and
-`OUT/checkpoints/` (`stitch.training.checkpoint`); `resume=True` continues from the latest checkpoint bit-exactly.
-The order of the texts is a pure function of (seed, epoch) and the learning rate of the step, so the
-step, the adapter, the optimizer and the RNG are the whole state of a run.
+each pair is scored by the one evaluator, probed (cosine, CKA), sampled (`samples`: greedy generations,
+`stitch.training.samples`) and the best step so far exported to `OUT/best/`; `early_stopping_patience`
+stops the run (`stitch.training.guide`). Rank 0 writes `OUT/adapter.safetensors` (`stitch.save_adapter`),
+`OUT/metrics.jsonl` (`stitch.training.history`) and `OUT/checkpoints/` (`stitch.training.checkpoint`);
+`resume=True` continues from the latest checkpoint bit-exactly (`stitch.training.resume`). The order of the
+texts and the learning rate are functions of the step (`stitch.training.schedule`), so the step, the
+adapter, the optimizer and the RNG are the whole state of a run.
 
 Every step checks that the loss and every gradient are finite before the optimizer moves, and that the
 adapter still is after: a NaN or infinity stops the run with a `NonFiniteError` naming the step and the
@@ -27,8 +29,6 @@ layer pair, before anything non-finite is written, so the last good checkpoint s
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -41,22 +41,25 @@ from tqdm.auto import tqdm
 
 from stitch.adapters import Adapter, Procrustes
 from stitch.checks import check_texts
-from stitch.files import write_atomic
-from stitch.losses import IGNORE, token_cross_entropy
+from stitch.chunks import corpus_texts
+from stitch.losses import IGNORE
 from stitch.models.hooked import HookedLM
-from stitch.splice.splice import Splice
 from stitch.training import distributed
-from stitch.training.checkpoint import latest_checkpoint, load_checkpoint, read_record, save_checkpoint
+from stitch.training.checkpoint import latest_checkpoint, save_checkpoint
 from stitch.training.config import TrainConfig, check_warmup
 from stitch.training.evaluate import eval_references, evaluate
 from stitch.training.guide import EarlyStopping, evaluations
+from stitch.training.history import RunHistory
 from stitch.training.inputs import training_inputs
 from stitch.training.pairs import LayerPairs
 from stitch.training.precision import precision_for
 from stitch.training.probes import PairProbe, Similarity
-from stitch.training.records import NonFiniteError, nonfinite, strict_record
+from stitch.training.records import NonFiniteError, nonfinite, nonfinite_message
+from stitch.training.resume import resume_from, run_id, run_identity
+from stitch.training.samples import generation_samples, sample_prompts
+from stitch.training.schedule import TextOrder, learning_rate, micro_batches, steps_per_epoch
 from stitch.training.sinks import open_sinks
-from stitch.training.step import PairView, Term, step_backward
+from stitch.training.step import PairView, backward, pair_terms, step_backward
 
 
 @dataclass
@@ -86,46 +89,29 @@ def train(
     dist: distributed.Dist | None = None,
     metadata: dict[str, Any] | None = None,
     similarity: Similarity | None = None,
+    max_length: int | None = None,
+    stride: int = 0,
 ) -> TrainResult:
     """Train the adapter of `config` from A's layer N to B's layer M on `texts`; see the module docstring.
 
     Under torchrun the process group is created from the environment (and destroyed at the end) unless a
     `dist` from `stitch.training.distributed.init()` is given. `metadata` goes into the saved adapter's record.
     `similarity(x, y) -> float` (e.g. `analyses.cka.linear_cka`) adds CKA before/after to each evaluation.
+    `max_length=n` (or `config.max_length`) cuts training and held-out texts longer than n tokens of A or B
+    into chunks cut at the same characters for both (`stitch.chunks`), with `stride` tokens of context.
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config: expected a stitch.training.loop.TrainConfig, got {type(config).__name__}")
-    texts = check_texts(texts)
-    eval_texts = None if eval_texts is None else check_texts(eval_texts)
+    if max_length is not None or stride:
+        config = config.chunked(max_length, stride)
+    tokenizers, window = [A.tokenizer, B.tokenizer], (config.max_length, config.stride)
+    texts = corpus_texts(tokenizers, check_texts(texts), *window)
+    eval_texts = None if eval_texts is None else corpus_texts(tokenizers, check_texts(eval_texts), *window)
     with distributed.session(dist) as dist:
         return _Run(A, B, texts, eval_texts, config, dist, metadata or {}, similarity).run()
 
 
-def backward(sp: Splice, texts: list[str], dist: distributed.Dist) -> tuple[float, int]:
-    """Forward and backward of the splice on this rank's `texts`; returns (mean loss, tokens) over all ranks.
-
-    The adapter's gradients equal those of one process on every rank's texts together (see
-    `distributed.global_mean`), however unevenly the tokens are spread over the ranks.
-    """
-    out = sp(texts)
-    count = int((out.labels != IGNORE).sum())
-    # a share without labels backpropagates a zero through the adapter: DDP waits for every rank's backward
-    local = out.loss if count else token_cross_entropy(out.logits, out.labels).sum()
-    loss, mean, count = distributed.global_mean(local, count, dist)
-    loss.backward()
-    return mean, count
-
-
-def learning_rate(step: int, total: int, config: TrainConfig) -> float:
-    """The learning rate of step `step` (0-based) of `total`: linear warm-up, then the schedule."""
-    if step < config.warmup:
-        return config.lr * (step + 1) / config.warmup
-    progress = (step - config.warmup) / max(1, total - config.warmup)
-    if config.schedule == "linear":
-        return config.lr * (1.0 - progress)
-    if config.schedule == "cosine":
-        return config.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
-    return config.lr
+__all__ = ["TrainConfig", "TrainResult", "backward", "learning_rate", "train"]
 
 
 class _Run:
@@ -135,8 +121,9 @@ class _Run:
         self.config, self.dist, self.texts, self.eval_texts = config, dist, texts, eval_texts
         self.A, self.B, self.similarity = A, B, similarity
         self.out = Path(config.out)
-        self.per_epoch = _steps_per_epoch(len(texts), config, dist)
-        self.total = config.steps or (config.epochs or 1) * self.per_epoch
+        per_epoch = steps_per_epoch(len(texts), config, dist)
+        self.order = TextOrder(len(texts), config.batch_size, config.seed)
+        self.total = config.steps or (config.epochs or 1) * per_epoch
         check_warmup(config.warmup, self.total)  # with --epochs the run's length is known only here
         self.directory = self.out / "checkpoints"
         checkpoint = latest_checkpoint(self.directory)
@@ -144,17 +131,21 @@ class _Run:
         progress = config.progress and dist.is_main
         self.pairs = LayerPairs.build(A, B, config, texts, fit=checkpoint is None, progress=progress)
         distributed.broadcast_parameters(self.pairs.group, dist)
-        self.terms = _terms(self.pairs, config.loss_objectives())
+        self.terms = pair_terms(self.pairs.keys, self.pairs.weights, config.loss_objectives())
         self.optimizer = torch.optim.AdamW(self.pairs.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.precision = precision_for(config.autocast, A.device)
         self.rule = EarlyStopping(
             config.early_stopping_metric, config.early_stopping_patience, config.early_stopping_min_delta
         )
         self.metadata = {"source_model": A.name, "target_model": B.name, **metadata}
-        self.history: list[dict[str, Any]] = []
+        self.identity = run_identity(config, texts)
+        self.history = RunHistory(self.out)
         self._last_checkpoint = checkpoint
-        self.step = 0 if checkpoint is None else self._resume(checkpoint)
-        self._order: tuple[int, torch.Tensor] | None = None
+        self.step = 0
+        if checkpoint is not None:
+            self.step, records = resume_from(checkpoint, self.identity, self.pairs.group, self.optimizer,
+                                             total=self.total, allowed=config.resume, directory=self.directory)  # fmt: skip
+            self.history = RunHistory(self.out, records)
         self.inputs = training_inputs(
             A, B, texts, config, self.pairs.layers, [t.objective for t in self.terms], dist, progress
         )
@@ -165,8 +156,8 @@ class _Run:
 
     def run(self) -> TrainResult:
         config = self.config
-        self.sinks = open_sinks(config.log_to, self.out, config.to_dict(), config.wandb_project) if (
-            self.dist.is_main and config.log_to) else []  # fmt: skip
+        if self.dist.is_main and config.log_to:
+            self.history.sinks = open_sinks(config.log_to, self.out, config.to_dict(), config.wandb_project)
         if self.eval_texts is not None:
             self.references = [
                 eval_references(sp, self.texts, self.dist, config.batch_size) for sp in self.pairs.splices
@@ -180,14 +171,13 @@ class _Run:
         bar = tqdm(total=self.total, initial=self.step, desc="training adapter", unit="step",
                    disable=not (self.dist.is_main and config.progress))  # fmt: skip
         with bar:
-            while self.step < self.total and not self._stopped():
+            while self.step < self.total and not self.history.stopped():
                 record = self._train_step()
                 self.step += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
                 self._after_step(record)
-        for sink in self.sinks:
-            sink.close()
+        self.history.close()
         return self._finish()
 
     def _train_step(self) -> dict[str, Any]:
@@ -197,8 +187,8 @@ class _Run:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         start = time.perf_counter()
-        mine = distributed.shard(self._step_indices(self.step), self.dist)
-        micro = [self.inputs.prepare(part) for part in _split(mine, config.grad_accumulation)]
+        mine = distributed.shard(self.order.indices(self.step), self.dist)
+        micro = [self.inputs.prepare(part) for part in micro_batches(mine, config.grad_accumulation)]
         views = [[PairView(sp, mb) for sp in self.pairs.splices] for mb in micro]
         record = step_backward(self.terms, views, self.dist, self.precision)
         distributed.sum_gradients(params, self.dist)
@@ -224,121 +214,80 @@ class _Run:
         cause = nonfinite(loss, {f"{what} {name}": t for name, t in tensors.items()})
         if cause is None:
             return
-        last = self._last_checkpoint
-        kept = f"the last good checkpoint, {last.name}, is kept" if last else "no checkpoint was written"
-        pairs = ", ".join(f"source layer {n} → target layer {m}" for n, m in self.pairs.layers)
-        message = (
-            f"training step {self.step + 1} ({pairs}): {cause}; stopped before anything non-finite was "
-            f"written ({kept}). Lower lr or grad_clip, or check the texts of this step (a changed config "
-            "needs a new out directory)"
-        )
-        self._log({"split": "train", "step": self.step + 1, "loss": loss, "error": message})
+        message = nonfinite_message(self.step + 1, self.pairs.layers, cause, self._last_checkpoint)
+        self.history.log({"split": "train", "step": self.step + 1, "loss": loss, "error": message})
         if self.dist.is_main:
-            self._write_metrics()
+            self.history.write()
         raise NonFiniteError(message)
 
     def _after_step(self, record: dict[str, Any]) -> None:
         config, step = self.config, self.step
         if step % config.log_every == 0 or step == self.total:
-            self._log({"split": "train", "step": step, **record})
+            self.history.log({"split": "train", "step": step, **record})
         if self.eval_texts is not None and config.eval_every and step % config.eval_every == 0:
             self._evaluate()
-        if config.checkpoint_every and (step % config.checkpoint_every == 0 or step == self.total or self._stopped()):
+        if config.checkpoint_every and (
+            step % config.checkpoint_every == 0 or step == self.total or self.history.stopped()
+        ):
             self._checkpoint()
-
-    def _step_indices(self, step: int) -> list[int]:
-        """The texts of global step `step`: a slice of this epoch's permutation (a function of seed, epoch)."""
-        epoch, index = divmod(step, self.per_epoch)
-        if self._order is None or self._order[0] != epoch:
-            generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
-            self._order = (epoch, torch.randperm(len(self.texts), generator=generator))
-        size = self.config.batch_size
-        return self._order[1][index * size : (index + 1) * size].tolist()
 
     def _evaluate(self) -> None:
         config, several = self.config, len(self.pairs.layers) > 1
         for i, (key, sp) in enumerate(zip(self.pairs.keys, self.pairs.splices, strict=True)):
             record = evaluate(sp, self.eval_texts, self.dist, config.batch_size, self.references[i])
             record.update(self.probes[i].record(sp.adapter, self.similarity))
-            self._log({"split": "eval", "step": self.step, **({"pair": key} if several else {}), **record})
+            self.history.log({"split": "eval", "step": self.step, **({"pair": key} if several else {}), **record})
             if self.dist.is_main and config.progress:
                 values = ", ".join(f"{k} {v:.4f}" for k, v in record.items() if _real(v))
                 tqdm.write(f"step {self.step}{f' {key}' if several else ''}: {values}")
+        if config.samples and self.dist.is_main:  # generation runs no collective: rank 0 alone
+            self._samples()
         state = self._guide()
         if state.best_step == self.step and self.dist.is_main:
             self.pairs.save(self.out / "best", self._adapter_metadata(), self._evals_at(self.step), step=self.step)
         if state.stop:
-            self._log({"split": "early_stop", "step": self.step, "best_step": state.best_step,
-                       "metric": config.early_stopping_metric, "best": state.best_value, "waited": state.waited})  # fmt: skip
+            self.history.log({"split": "early_stop", "step": self.step, "best_step": state.best_step,
+                              "metric": config.early_stopping_metric, "best": state.best_value,
+                              "waited": state.waited})  # fmt: skip
         if self.dist.is_main:
-            self._write_metrics()
+            self.history.write()
+
+    def _samples(self) -> None:
+        prompts = sample_prompts(self.eval_texts, self.config.samples)
+        for key, sp in zip(self.pairs.keys, self.pairs.splices, strict=True):
+            samples = generation_samples(sp, prompts, self.config.sample_tokens)
+            pair = {"pair": key} if len(self.pairs.layers) > 1 else {}
+            self.history.log({"split": "samples", "step": self.step, **pair, "samples": samples})
 
     def _guide(self):
         weights = dict(zip(self.pairs.keys, self.pairs.weights, strict=True))
-        return self.rule.replay(evaluations(self.history, self.config.early_stopping_metric, weights))
+        return self.rule.replay(evaluations(self.history.records, self.config.early_stopping_metric, weights))
 
     def _evals_at(self, step: int) -> list[dict[str, Any]]:
-        """The eval records of `step`, one per layer pair in pair order (the last of each, if repeated)."""
-        records = {r.get("pair", ""): r for r in self.history if r["split"] == "eval" and r["step"] == step}
-        several = len(self.pairs.layers) > 1
-        return [records[k if several else ""] for k in self.pairs.keys if (k if several else "") in records]
-
-    def _stopped(self) -> bool:
-        return any(r["split"] == "early_stop" for r in self.history)
-
-    def _log(self, record: dict[str, Any]) -> None:
-        record = strict_record(record)
-        self.history.append(record)
-        for sink in getattr(self, "sinks", ()):
-            sink.log(record)
-
-    def _resume(self, path: Path) -> int:
-        if not self.config.resume:
-            raise ValueError(
-                f"resume: False, but {self.directory} holds checkpoints of an earlier run; resume it "
-                "(resume=True) or choose a new out directory"
-            )
-        _check_same_run(path, read_record(path)["state"], self._identity())  # before loading: a clear diff
-        record = load_checkpoint(path, self.pairs.group, self.optimizer)
-        self.history = record["state"]["history"]
-        if record["step"] > self.total:
-            raise ValueError(
-                f"steps: the checkpoint {path} is at step {record['step']}, beyond this run's {self.total} "
-                "steps; extend a run with more steps or epochs, never fewer"
-            )
-        return record["step"]
-
-    def _identity(self) -> dict[str, Any]:
-        """What a checkpoint must share with this run to continue it exactly."""
-        digest = hashlib.sha256("\0".join(self.texts).encode()).hexdigest()
-        return {"config": self.config.run_fields(), "texts_sha256": digest}
-
-    def _run_id(self) -> str:
-        """A digest of the run's identity: checkpoints of different runs never share a directory."""
-        return hashlib.sha256(json.dumps(self._identity(), sort_keys=True).encode()).hexdigest()[:16]
+        return self.history.evals_at(step, self.pairs.keys, several=len(self.pairs.layers) > 1)
 
     def _checkpoint(self) -> None:
         self._last_checkpoint = self.directory / f"step-{self.step:08d}"  # every rank: for error messages
         if self.dist.is_main:
-            state = {**self._identity(), "history": self.history}
-            options = dict(state=state, keep=self.config.keep_checkpoints, run=self._run_id())
+            state = {**self.identity, "history": self.history.records}
+            options = dict(state=state, keep=self.config.keep_checkpoints, run=run_id(self.identity))
             save_checkpoint(
                 self.directory, self.step, self.pairs.group, self.optimizer, **options, **self._adapter_metadata()
             )
-            self._write_metrics()
+            self.history.write()
 
     def _finish(self) -> TrainResult:
-        done = any(r["split"] == "eval" and r["step"] == self.step for r in self.history)
-        if self.eval_texts is not None and not done:
+        if self.eval_texts is not None and not self.history.evaluated_at(self.step):
             self._evaluate()
         best = self._guide().best_step if self.eval_texts is not None else None
         if self.dist.is_main:
             evals = self._evals_at(self.step) or None
             self.pairs.save(self.out, self._adapter_metadata(), evals, step=self.step, best_step=best)
-            self._write_metrics()
+            self.history.write()
         distributed.barrier(self.dist)  # every rank returns once the artifacts exist
         adapters = dict(zip(self.pairs.keys, self.pairs.adapters, strict=True))
-        return TrainResult(self.pairs.group, self.step, list(self.history), adapters, best, self._stopped())
+        records = list(self.history.records)
+        return TrainResult(self.pairs.group, self.step, records, adapters, best, self.history.stopped())
 
     def _adapter_metadata(self) -> dict[str, Any]:
         (n, m), config = self.pairs.layers[0], self.config
@@ -351,55 +300,6 @@ class _Run:
             "objectives": list(config.objectives),
             "train_config": config.to_dict(),
         }
-
-    def _write_metrics(self) -> None:
-        lines = "".join(json.dumps(record, allow_nan=False) + "\n" for record in self.history)
-        write_atomic(self.out / "metrics.jsonl", lines)
-
-
-def _terms(pairs: LayerPairs, objectives) -> list[Term]:
-    several = len(pairs.layers) > 1
-    return [
-        Term(f"{key}/{o.label}" if several else o.label, i, o, weight * o.weight)
-        for i, (key, weight) in enumerate(zip(pairs.keys, pairs.weights, strict=True))
-        for o in objectives
-    ]
-
-
-def _split(items: list[int], parts: int) -> list[list[int]]:
-    """`parts` contiguous, non-empty micro-batches (sizes differ by at most one)."""
-    n = len(items)
-    return [items[n * i // parts : n * (i + 1) // parts] for i in range(parts)]
-
-def _steps_per_epoch(n_texts: int, config: TrainConfig, dist: distributed.Dist) -> int:
-    need = dist.world_size * config.grad_accumulation  # every rank runs the same number of micro-batches
-    if config.batch_size < need:
-        raise ValueError(
-            f"batch_size: {config.batch_size} texts per step cannot be shared by {dist.world_size} rank(s) in "
-            f"{config.grad_accumulation} micro-batch(es) each; valid: batch_size >= {need} "
-            "(world size × grad_accumulation)"
-        )
-    if n_texts < config.batch_size:
-        raise ValueError(
-            f"texts: {n_texts} training texts, fewer than batch_size={config.batch_size}; "
-            "give more texts or a smaller batch_size"
-        )
-    return n_texts // config.batch_size  # full batches only: every step weighs the same number of texts
-
-
-def _check_same_run(path: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
-    if saved.get("texts_sha256") != current["texts_sha256"]:
-        raise ValueError(
-            f"resume: the checkpoint {path} was trained on different texts; use a new out directory"
-        )
-    old, new = saved.get("config", {}), current["config"]
-    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    if changed:
-        diffs = ", ".join(f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in changed)
-        raise ValueError(
-            f"resume: the checkpoint {path} was written with a different config ({diffs}); "
-            "use the same options, or a new out directory"
-        )
 
 
 def _real(value) -> bool:

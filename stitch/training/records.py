@@ -30,6 +30,16 @@ def nonfinite(loss: float, tensors: dict[str, Tensor | None]) -> str | None:
     return f"{', '.join(bad)} not finite" if bad else None
 
 
+def nonfinite_message(step: int, layers, cause: str, last_checkpoint) -> str:
+    """Why training step `step` stopped, over which layer pairs, and which checkpoint stays in force."""
+    kept = f"the last good checkpoint, {last_checkpoint.name}, is kept" if last_checkpoint else "no checkpoint was written"
+    pairs = ", ".join(f"source layer {n} → target layer {m}" for n, m in layers)
+    return (
+        f"training step {step} ({pairs}): {cause}; stopped before anything non-finite was written ({kept}). "
+        "Lower lr or grad_clip, or check the texts of this step (a changed config needs a new out directory)"
+    )
+
+
 def strict_record(record: dict[str, Any]) -> dict[str, Any]:
     """`record` with every non-finite float (at any depth) as None, their keys listed under "nonfinite"."""
     flagged: list[str] = []

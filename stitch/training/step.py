@@ -22,6 +22,7 @@ from torch import Tensor
 
 from stitch.activations.store import ActivationStore, StoredBatch
 from stitch.alignment.pairing import Pairing, pair_texts
+from stitch.losses import IGNORE, token_cross_entropy
 from stitch.models.states import model_states
 from stitch.training import distributed
 from stitch.training.losses import Objective
@@ -112,6 +113,16 @@ class Term:
     weight: float  # the pair's weight times the objective's
 
 
+def pair_terms(keys: Sequence[str], weights: Sequence[float], objectives: Sequence[Objective]) -> list[Term]:
+    """Every objective on every layer pair (keyed "N:M/name" when there are several pairs)."""
+    several = len(keys) > 1
+    return [
+        Term(f"{key}/{o.label}" if several else o.label, i, o, weight * o.weight)
+        for i, (key, weight) in enumerate(zip(keys, weights, strict=True))
+        for o in objectives
+    ]
+
+
 def global_counts(terms: Sequence[Term], views: list[list[PairView]], dist: distributed.Dist) -> list[float]:
     """Each term's item count over every micro-batch and rank (the pairing decides it: no forward needed)."""
     local = [sum(term.objective.count(mv[term.pair]) for mv in views) for term in terms]
@@ -146,6 +157,21 @@ def step_backward(terms: Sequence[Term], views: list[list[PairView]], dist: dist
     record = {term.key: mean for term, mean in zip(terms, means, strict=True)}
     record["loss"] = sum(term.weight * mean for term, mean in zip(terms, means, strict=True))
     return record
+
+
+def backward(sp, texts: list[str], dist: distributed.Dist) -> tuple[float, int]:
+    """Forward and backward of the splice on this rank's `texts`; returns (mean loss, tokens) over all ranks.
+
+    The adapter's gradients equal those of one process on every rank's texts together (see
+    `distributed.global_mean`), however unevenly the tokens are spread over the ranks.
+    """
+    out = sp(texts)
+    count = int((out.labels != IGNORE).sum())
+    # a share without labels backpropagates a zero through the adapter: DDP waits for every rank's backward
+    local = out.loss if count else token_cross_entropy(out.logits, out.labels).sum()
+    loss, mean, count = distributed.global_mean(local, count, dist)
+    loss.backward()
+    return mean, count
 
 
 def _context(precision):
