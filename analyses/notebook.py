@@ -29,7 +29,7 @@ from stitch.testing import tiny_model, train_briefly
 from stitch.zoo import byte_level_bpe, demo_corpus, demo_pair, sentencepiece_bpe
 
 TINY_ENV = "STITCH_NOTEBOOK_TINY"
-TINY = {"texts": 48, "chars": 300, "vocab": (1024, 320), "layers": 2, "widths": (32, 48), "steps": 8}
+TINY = {"texts": 48, "chars": 300, "vocab": (1024, 320), "layers": 2, "widths": (32, 48), "steps": 4}
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def notebook_pair(tiny: bool | None = None, n_train: int = 400, n_held_out: int 
     ):
         tok = make(train, vocab_size=vocab)
         hf = tiny_model(family, len(tok), n_layers=TINY["layers"], d_model=width, n_ctx=512, seed=seed)
-        hf = train_briefly(hf, tok, train[:16], steps=TINY["steps"], lr=1e-2)
+        hf = train_briefly(hf, tok, train[:8], steps=TINY["steps"], lr=2e-2)
         models[name] = load_model(hf, tokenizer=tok, name=f"{name} (tiny {family})")
     return NotebookPair(models["A"], models["B"], train, held_out, "tiny", {})
 
