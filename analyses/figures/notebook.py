@@ -15,7 +15,9 @@ keep their data and say, in plain text, that the notebook must be run to draw th
 
 from __future__ import annotations
 
+import html
 import os
+import re
 
 import plotly.io as pio
 from plotly.io.base_renderers import MimetypeRenderer
@@ -36,13 +38,13 @@ class OfflineRenderer(MimetypeRenderer):
         self.height = height
 
     def to_mimebundle(self, fig_dict):
-        html = pio.to_html(fig_dict, include_plotlyjs=False, include_mathjax=False, full_html=False,
+        markup = pio.to_html(fig_dict, include_plotlyjs=False, include_mathjax=False, full_html=False,
                            default_width="100%", default_height=self.height, validate=False)
         if not self.plotlyjs:  # what a reader sees where scripts do not run (GitHub) or plotly.js is absent
             title = fig_dict.get("layout", {}).get("title") or "untitled"
             title = title.get("text") or "untitled" if isinstance(title, dict) else title
-            html = _NOT_DRAWN.format(title=_escape(str(title))) + html
-        return {"text/html": html}
+            markup = _NOT_DRAWN.format(title=_plain(str(title))) + markup
+        return {"text/html": markup}
 
 
 def offline_figures(plotlyjs: bool | None = None) -> str:
@@ -64,8 +66,9 @@ def offline_figures(plotlyjs: bool | None = None) -> str:
     return "inline" if plotlyjs else "none"
 
 
-def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+def _plain(title: str) -> str:
+    """A plotly title (which may hold <br>, <sup>, ...) as escaped plain text."""
+    return html.escape(" ".join(re.sub(r"<[^>]*>", " ", title).split()))
 
 
 __all__ = ["ENV", "NAME", "OfflineRenderer", "offline_figures"]
