@@ -1,64 +1,122 @@
-"""Every notebook in notebooks/ runs top to bottom in a fresh kernel, offline, on tiny models.
+"""Every notebook in notebooks/ runs top to bottom in a fresh kernel, offline, on tiny models, and its HTML
+export draws its figures without the network.
 
     python -m pytest tests/test_notebooks.py
 
 The kernel is ipykernel's built-in "python3" spec (jupyter_client falls back to it when no kernelspec
 is installed, and runs it with this interpreter), so nothing has to be installed for the test to run.
-It starts in a temporary directory with the repository on PYTHONPATH, so the notebooks read the
-checked-out code and write nowhere inside the repository.
+It starts in a temporary directory with the repository on PYTHONPATH and STITCH_NOTEBOOK_TINY=1 (tiny models
+built in the first cell), so the notebooks read the checked-out code and write nowhere inside the repository.
+The widget state of progress bars is not stored (JupyterLab's default too): stored, nbconvert's HTML export
+would load its widget manager from a CDN.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
+nbconvert = pytest.importorskip("nbconvert")
 pytest.importorskip("ipykernel")
+pytest.importorskip("ipywidgets")  # tqdm.auto draws widgets with it; without it tqdm warns (TqdmWarning)
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-CELL_TIMEOUT = 120  # seconds per cell; the walkthrough as a whole takes a few seconds
-# files each notebook must leave in its temporary directory (where tempfile puts them: TMPDIR is the test's)
-ARTIFACTS = {
-    "walkthrough.ipynb": ["stitch-walkthrough-*/procrustes.safetensors", "stitch-walkthrough-*/report.html"],
+CELL_TIMEOUT = 120  # seconds per cell; each notebook takes a few seconds beyond kernel start and imports
+# per notebook: figures it must draw (at least), and files it must leave where tempfile puts them (TMPDIR)
+EXPECTED = {
+    "01_quickstart.ipynb": (2, ["stitch-quickstart-*/procrustes.safetensors", "stitch-quickstart-*/report.html"]),
+    "02_cka.ipynb": (4, []),
+    "03_token_alignment.ipynb": (2, []),
+    "04_training_an_adapter.ipynb": (2, ["stitch-train-*/run/metrics.jsonl"]),
+    "05_generation_and_communication.ipynb": (1, []),
 }
+PLOTLYJS_BANNER = re.compile(r"\* plotly\.js v\d+\.\d+\.\d+")
+REMOTE = re.compile(r"""<script[^>]*\ssrc=["']?((?:https?:)?//[^"'\s>]+)""", re.I)
+COMMITTED_MAX_BYTES = 400_000  # outputs without plotly.js: text, tables and figure data only
 
 
 def kernel_env(tmp: Path) -> dict[str, str]:
-    """This process's environment, offline, temporary files under `tmp`, the repository importable."""
+    """This process's environment, offline, tiny models, temporary files under `tmp`, the repository importable."""
     env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", TMPDIR=str(tmp))
+    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", TMPDIR=str(tmp),
+               STITCH_NOTEBOOK_TINY="1")
+    env.pop("STITCH_NOTEBOOK_PLOTLYJS", None)  # the default: plotly.js inlined once
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     return env
 
 
-def test_there_are_notebooks():
-    assert NOTEBOOKS, f"no notebooks found in {ROOT / 'notebooks'}"
+def figure_outputs(nb) -> list[str]:
+    """The text/html of every plotly figure the notebook displayed."""
+    return [o["data"]["text/html"] for c in nb.cells if c.cell_type == "code" for o in c.outputs
+            if "Plotly.newPlot(" in o.get("data", {}).get("text/html", "")]
+
+
+def test_the_five_notebooks_are_there():
+    assert [p.name for p in NOTEBOOKS] == sorted(EXPECTED), f"notebooks/ holds {[p.name for p in NOTEBOOKS]}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_is_committed_without_outputs(path):
-    # outputs (embedded plotly.js, tensors) would bloat every diff; run the notebook to see them
+def test_committed_notebook_shows_outputs_and_stays_small(path):
+    # a reader on GitHub sees the outputs of a full run; plotly.js (~5 MB) is left out of the stored copy
     cells = json.loads(path.read_text())["cells"]
-    dirty = [i for i, c in enumerate(cells) if c.get("outputs") or c.get("execution_count") is not None]
-    assert not dirty, f"{path.name}: cells {dirty} have outputs; clear them before committing"
+    code = [c for c in cells if c["cell_type"] == "code"]
+    assert all(c.get("execution_count") is not None and c.get("outputs") is not None for c in code)
+    outputs = [o for c in code for o in c["outputs"]]
+    assert not [o for o in outputs if o["output_type"] == "error"], f"{path.name} was committed with an error"
+    text = path.read_text()
+    assert "mode: full" in text, f"{path.name}: the stored outputs are not from a full-mode run"
+    assert not PLOTLYJS_BANNER.search(text), f"{path.name} stores plotly.js; run it with STITCH_NOTEBOOK_PLOTLYJS=none"
+    assert path.stat().st_size < COMMITTED_MAX_BYTES, f"{path.name}: {path.stat().st_size} bytes"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_runs(path, tmp_path):
+def test_notebook_runs_and_its_html_export_draws_its_figures_offline(path, tmp_path):
     nb = nbformat.read(path, as_version=4)
-    client = nbclient.NotebookClient(
-        nb, timeout=CELL_TIMEOUT, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
-    )
+    for cell in nb.cells:  # run from a clean slate, not from the stored outputs
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3", store_widget_state=False,
+                                     resources={"metadata": {"path": str(tmp_path)}})
     client.execute(env=kernel_env(tmp_path))  # raises CellExecutionError (with the traceback) on any error
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert code and all(c.execution_count is not None for c in code)
-    errors = [o for c in code for o in c.outputs if o.output_type == "error"]
-    assert not errors, errors
-    for pattern in ARTIFACTS.get(path.name, []):
+    outputs = [o for c in code for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    stderr = [o.text for o in outputs if o.output_type == "stream" and o.name == "stderr"]
+    assert not stderr, f"{path.name} wrote to stderr (warnings, text progress bars): {stderr}"
+    n_figures, artifacts = EXPECTED[path.name]
+    for pattern in artifacts:
         assert list(tmp_path.glob(pattern)), f"{path.name} did not write {pattern}"
+
+    figures = figure_outputs(nb)
+    assert len(figures) >= n_figures, f"{path.name}: {len(figures)} figures, expected at least {n_figures}"
+    html, _ = nbconvert.HTMLExporter().from_notebook_node(nb)
+    assert len(PLOTLYJS_BANNER.findall(html)) == 1, "plotly.js must be inlined exactly once"
+    assert html.count("Plotly.newPlot(") == len(figures)
+    flat = " ".join(html.split())  # nbconvert re-spaces the markup between tags
+    titles = {_title(call) for call in re.findall(r"Plotly\.newPlot\((.*?)\)\s*\};", html, re.S)}
+    for fig in figures:  # each figure: its div, its Plotly.newPlot call with its data and layout, its title
+        assert "not stored in this copy" not in fig
+        div, call = re.search(r'<div id="([^"]+)" class="plotly-graph-div".*?Plotly\.newPlot\((.*?)\)\s*\};', fig,
+                              re.S).groups()
+        assert f'id="{div}"' in html and " ".join(call.split()) in flat
+        assert _title(call) and _title(call) in titles  # a known value, read back from the export
+    # nothing the notebook displayed loads a script from the network; the export's only remote scripts are
+    # nbconvert's template's own (require.js, MathJax), which the figures do not use
+    assert not [url for f in figures for url in REMOTE.findall(f)]
+    exporter = nbconvert.HTMLExporter()
+    template_own = {exporter.require_js_url.split("?")[0], exporter.mathjax_url.split("?")[0]}
+    assert {url.split("?")[0] for url in REMOTE.findall(html)} <= template_own
+
+
+def _title(newplot_arguments: str) -> str:
+    """The layout title of a `Plotly.newPlot(id, data, layout, config)` call's arguments."""
+    layout = re.search(r"\],\s*(\{.*\}),\s*\{\"responsive\"", newplot_arguments, re.S).group(1)
+    return json.loads(layout)["title"]["text"]
