@@ -99,7 +99,8 @@ def communication_step(demo) -> list[dict]:
         {"kind": "figure", "title": "Activation communication: token F1 by (A layer k, B layer j)",
          "file": "figures/communication.json", "note": note},
         {"kind": "table", "title": "Communication scores with 95% bootstrap intervals",
-         "file": "communicate/summary.json", "note": "Controls (k = j = none) do not depend on the layers."},
+         "data": [{**r, "k": _layer(r["k"]), "j": _layer(r["j"])} for r in rows],
+         "note": "The controls without layers (k = j = —) do not depend on them. Records: communicate/."},
         {"kind": "table", "title": "Communication: one passage under every condition",
          "file": "communicate/samples.json"},
     ]
