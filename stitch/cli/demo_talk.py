@@ -107,12 +107,14 @@ def communication_step(demo) -> list[dict]:
 
 
 def _communication_facts(demo, rows: list[dict]) -> None:
+    pairs = {(r["k"], r["j"]) for r in rows if r["condition"] == "activation"}
     means = {r["condition"]: r for r in rows if r["k"] is None}
     best = max((r for r in rows if r["condition"] == "activation"), key=lambda r: r["mean"])
     demo.fact(f"communication token F1, activation at k={best['k']}, j={best['j']}",
               f"{best['mean']:.3f} [{best['low']:.3f}, {best['high']:.3f}]; B alone {means['none']['mean']:.3f}, "
               f"random {_mean(rows, 'random', best['k'], best['j']):.3f}, A's text {means['a_text']['mean']:.3f}",
-              "overlap of B's words with the passage's true next words; above B alone and random means A's "
+              f"overlap of B's words with the passage's true next words, the best of {len(pairs)} (k, j) pairs "
+              "(a maximum: see the heatmap); above B alone and random, with intervals apart, would mean A's "
               "state told B something its cue did not")
 
 
