@@ -130,7 +130,7 @@ class DemoConfig(Config):
     eval_texts: int = option(119, help="held-out texts every score is measured on")
     train_steps: int | None = option(None, help="steps of the gradient-trained adapter (default: 150; 20 with --quick)")
     kind: str = option("affine", choices=("affine", "linear", "procrustes"), help="adapter kind")
-    ridge: float = option(1e-2, help="ridge of the closed-form fits (a fraction of x's mean variance)")
+    ridge: float = option(1e-3, help="ridge of the closed-form fits (a fraction of x's mean variance)")
     progress: bool = option(True, help="progress bars")
 
     def __post_init__(self):
