@@ -26,8 +26,6 @@ import bisect
 import torch
 from torch import Tensor
 
-from stitch.alignment.align import align_spans
-
 
 class Growing:
     """A `[n, d]` tensor that is rewritten from some row on and grows at the end, in amortised O(new)."""
@@ -69,14 +67,17 @@ def update_feeding(feed: list[int], a_ends, a_special, b_ends, b_special, first_
     return j0
 
 
-def tail_feeding(a_ends, a_special, b_ends, b_special, device) -> list[int]:
-    """`align_spans`'s feeding of B positions by A tokens, both given by their byte ends (one row)."""
-    be = torch.tensor([list(b_ends)], dtype=torch.long, device=device)
-    n_a = len(a_ends)
-    ae = torch.tensor([list(a_ends) or [0]], dtype=torch.long, device=device)
-    a_valid = torch.tensor([[True] * n_a or [False]], device=device)
-    a_spec = torch.tensor([[bool(s) for s in a_special] or [False]], device=device)
-    b_spec = torch.tensor([[bool(s) for s in b_special]], device=device)
-    valid_b = torch.ones_like(be, dtype=torch.bool)
-    t2s = align_spans(ae, a_valid, a_spec, torch.stack([be, be], -1), valid_b, b_spec, be).target_to_source
-    return t2s[0].tolist()
+def tail_feeding(a_ends, a_special, b_ends, b_special, device=None) -> list[int]:
+    """`align_spans`'s feeding of B positions by A tokens of one row, both given by their byte ends (each
+    list starting a run of equal ends): B position j gets the last A token whose (end, rank among equal ends)
+    key is at most j's, -1 if none. Plain Python: the tails are a few tokens, where tensor ops cost more."""
+    a_keys = _keys(a_ends)
+    return [bisect.bisect_right(a_keys, key) - 1 for key in _keys(b_ends)]
+
+
+def _keys(ends) -> list[tuple[int, int]]:
+    keys, rank = [], 0
+    for i, e in enumerate(ends):
+        rank = rank + 1 if i and e == ends[i - 1] else 0
+        keys.append((e, rank))
+    return keys
