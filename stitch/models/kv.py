@@ -78,7 +78,7 @@ class KVCache:
         key_pos, key_ok = self._positions[:, None, :end], self._valid[:, None, :end]
         query_pos = step.positions[:, :, None]
         allowed = key_ok & (key_pos <= query_pos)
-        distance = query_pos - key_pos
+        distance = query_pos - key_pos if any(w is not None for w in self.windows.values()) else None
         masks = {kind: _additive(_windowed(allowed, distance, w), self.dtype) for kind, w in self.windows.items()}
         return masks["full_attention"] if len(masks) == 1 else masks
 

@@ -123,12 +123,12 @@ class Restitch(Policy):
 
     def _advance_index(self, first: list[int], frontier: list[int]):
         """The fast path: a B position's mapped state is A's at the index feeding it, written everywhere."""
-        dirty = []
+        dirty, before = [], [len(fed.feed) for fed in self.fed]
         for r, fed in enumerate(self.fed):
             feed = self.source.feed[r]
             dirty.append(fed.first_stale(feed, frontier[r], first[r]) if self.rows.alive[r] else len(feed))
             fed.keep(feed, frontier[r])
-        self.kv_b.forget(torch.tensor(dirty, device=self.B.device))
+        self._forget(dirty, before)
         step, index = self.rows.tail_step(dirty)
         return dirty, self.source.mapped_block(index), EVERYWHERE, step
 
@@ -141,7 +141,7 @@ class Restitch(Policy):
         selected = self.splice.selected(pairing)
         chosen = pairing.target.attention_mask.bool() if selected is None else selected
         since = pairing.since_boundary(self.window) if self.window else None
-        width, dirty = chosen.shape[1], []
+        width, dirty, before = chosen.shape[1], [], [len(fed.feed) for fed in self.fed]
         for r, fed in enumerate(self.fed):
             feed, n = self.source.feed[r], len(self.source.feed[r])
             sel, back = chosen[r, width - n :], None
@@ -149,7 +149,7 @@ class Restitch(Policy):
                 back = torch.where(since[r, width - n :] >= 0, since[r, width - n :] - (width - n), -1)
             dirty.append(fed.first_change(feed, sel, back, frontier[r], first[r]) if self.rows.alive[r] else n)
             fed.keep(feed, frontier[r], sel, back)
-        self.kv_b.forget(torch.tensor(dirty, device=self.B.device))
+        self._forget(dirty, before)
         step, index = self.rows.tail_step(dirty)
         out = self.source.zero.new_zeros(len(self.rows), step.shape[1], self.source.zero.shape[-1])
         sel = torch.zeros(step.shape, dtype=torch.bool, device=out.device)
@@ -159,6 +159,11 @@ class Restitch(Policy):
                 out[r, lo:] = self._mapped(r, positions, pairing, width)
                 sel[r, lo:] = self.fed[r].sel[positions[0] :]
         return dirty, out, Write(self.splice.combine, None if selected is None else sel), step
+
+    def _forget(self, dirty: list[int], before: list[int]) -> None:
+        """Stop B attending to its slots from `dirty[r]` on; skipped when every row only adds positions."""
+        if any(d < n for d, n in zip(dirty, before, strict=True)):
+            self.kv_b.forget(torch.tensor(dirty, device=self.B.device))
 
     def _mapped(self, r: int, positions: list[int], pairing: Pairing, width: int) -> Tensor:
         """Row r's mapped states at B `positions` (the adapter runs on these only)."""

@@ -140,7 +140,8 @@ class SourceTokens:
 
     def run(self, kv: KVCache, ids: list[list[int]], first: list[int]) -> None:
         """A's blocks [0, N) on tokens first[r].. of each row (ids[r]); their mapped states replace the old."""
-        kv.forget(torch.tensor(first, device=self.A.device))
+        if any(f < len(raw) for f, raw in zip(first, self.raw, strict=True)):  # else nothing is stale
+            kv.forget(torch.tensor(first, device=self.A.device))
         new = [t[f:] for t, f in zip(ids, first, strict=True)]
         step, index = block_step(new, [list(range(f, f + len(t))) for f, t in zip(first, new, strict=True)],
                                  self.A.pad_token_id, self.A.device)
@@ -149,10 +150,9 @@ class SourceTokens:
         self.A.forward_cached(kv, step, stop=self.layer, hooks=[(point, lambda s, _: captured.setdefault(0, s))])
         mapped = self.splice.adapt(captured[0])
         for r, cols in enumerate(index):
-            if cols:
-                lo = cols[0][0]  # a row's tokens fill the step's last columns
-                self.mapped[r].write(first[r], mapped[r, lo:])
-                self.raw[r].write(first[r], captured[0][r, lo:])
+            lo = cols[0][0] if cols else mapped.shape[1]  # a row's tokens fill the step's last columns
+            self.mapped[r].write(first[r], mapped[r, lo:])
+            self.raw[r].write(first[r], captured[0][r, lo:])
 
     def mapped_block(self, index: list) -> Tensor:
         """The mapped state each (column, B position) of a step reads (`mapped_states`), right-aligned."""
