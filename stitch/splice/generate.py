@@ -96,11 +96,20 @@ class _Run:
     logits: list[Tensor] = field(default_factory=list)
 
 
-@torch.no_grad()
 def generate(splice, prompts, config: GenerationConfig, *, streamer=None, output_scores: bool = False, policy=None):
     """B's continuations of `prompts` under the splice, as a GenerationOutput (see the module docstring).
 
-    `policy` (a `Policy` class) overrides `config.policy`'s: activation communication brings its own."""
+    `policy` (a `Policy` class) overrides `config.policy`'s: activation communication brings its own.
+    Runs under `torch.inference_mode` (no autograd bookkeeping on the many small ops of a cached step, the
+    cached path and the reference alike); the scores returned are cloned out of it, ordinary tensors."""
+    with torch.inference_mode():
+        out = _generate(splice, prompts, config, streamer, output_scores, policy)
+    if out.scores is not None:
+        out.scores, out.logits = [s.clone() for s in out.scores], [x.clone() for x in out.logits]
+    return out
+
+
+def _generate(splice, prompts, config: GenerationConfig, streamer, output_scores: bool, policy) -> GenerationOutput:
     prompts = check_texts(prompts)
     if splice.alignment != "target":
         raise ValueError("alignment: generation needs alignment='target' (B predicts its own next tokens)")
