@@ -14,6 +14,7 @@ adapter's dtype (the adapter runs on B's side); nothing else of A crosses over.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,9 +25,9 @@ from torch import Tensor, nn
 
 def module_device(module: nn.Module) -> torch.device:
     """The device of a module's first parameter (else buffer); CPU for a module holding neither."""
-    for tensor in (*module.parameters(recurse=True), *module.buffers(recurse=True)):
-        return tensor.device
-    return torch.device("cpu")
+    # The first one only: materialising every parameter made this O(parameters), and generation asks per step.
+    tensor = next(itertools.chain(module.parameters(recurse=True), module.buffers(recurse=True)), None)
+    return torch.device("cpu") if tensor is None else tensor.device
 
 
 def devices_of(model: nn.Module) -> list[torch.device]:

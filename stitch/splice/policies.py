@@ -163,7 +163,7 @@ class Restitch(Policy):
     def _forget(self, dirty: list[int], before: list[int]) -> None:
         """Stop B attending to its slots from `dirty[r]` on; skipped when every row only adds positions."""
         if any(d < n for d, n in zip(dirty, before, strict=True)):
-            self.kv_b.forget(torch.tensor(dirty, device=self.B.device))
+            self.kv_b.forget(torch.tensor(dirty, device=self.rows.device))
 
     def _mapped(self, r: int, positions: list[int], pairing: Pairing, width: int) -> Tensor:
         """Row r's mapped states at B `positions` (the adapter runs on these only)."""

@@ -39,6 +39,7 @@ class Rows:
             for r, p in enumerate(prompts)
         ]
         self.alive = [True] * len(prompts)
+        self.device, self.pad = B.device, B.pad_token_id  # read once: each is a lookup, asked every step
 
     @classmethod
     def start(cls, B, prompts: list[str]) -> Rows:
@@ -71,13 +72,13 @@ class Rows:
         """Every live row's newest B token as a one-column step."""
         ids = [[row.ids[-1]] for row in self.rows]
         positions = [[len(row.ids) - 1] for row in self.rows]
-        return _step(ids, positions, [[a] for a in self.alive], self.B.device)
+        return _step(ids, positions, [[a] for a in self.alive], self.device)
 
     def tail_step(self, first: list[int]) -> tuple[Step, list[list[tuple[int, int]]]]:
         """B positions `first[r]`.. of each row as one right-aligned step; per row, its (column, position)s."""
         spans = [range(f, len(row.ids)) for f, row in zip(first, self.rows, strict=True)]
         return block_step([[row.ids[j] for j in s] for s, row in zip(spans, self.rows, strict=True)],
-                          [list(s) for s in spans], self.B.pad_token_id, self.B.device)
+                          [list(s) for s in spans], self.pad, self.device)
 
 
 def block_step(ids: list[list[int]], positions: list[list[int]], pad: int, device) -> tuple[Step, list]:
@@ -132,6 +133,7 @@ class SourceTokens:
         self.mapped = [Growing(self.zero.shape[-1], self.zero.device, self.zero.dtype) for _ in range(len(rows))]
         self.raw = [Growing(self.A.d_model, self.A.device, self.A.dtype) for _ in range(len(rows))]
         self.feed: list[list[int]] = [[] for _ in range(len(rows))]  # per row: B position -> A token (-1)
+        self.device, self.pad = self.A.device, self.A.pad_token_id
 
     @staticmethod
     def for_splice(splice, rows: Rows) -> SourceTokens:
@@ -141,10 +143,10 @@ class SourceTokens:
     def run(self, kv: KVCache, ids: list[list[int]], first: list[int]) -> None:
         """A's blocks [0, N) on tokens first[r].. of each row (ids[r]); their mapped states replace the old."""
         if any(f < len(raw) for f, raw in zip(first, self.raw, strict=True)):  # else nothing is stale
-            kv.forget(torch.tensor(first, device=self.A.device))
+            kv.forget(torch.tensor(first, device=self.device))
         new = [t[f:] for t, f in zip(ids, first, strict=True)]
         step, index = block_step(new, [list(range(f, f + len(t))) for f, t in zip(first, new, strict=True)],
-                                 self.A.pad_token_id, self.A.device)
+                                 self.pad, self.device)
         captured = {}
         point = self.A.hook_points[boundary_name(self.layer, self.A.n_layers)]
         self.A.forward_cached(kv, step, stop=self.layer, hooks=[(point, lambda s, _: captured.setdefault(0, s))])
@@ -170,7 +172,7 @@ class SourceTokens:
 
     def raw_states(self, r: int, positions: list[int]) -> Tensor:
         """A's layer-N states feeding row r's B `positions` (zero where no A token feeds one)."""
-        src = torch.tensor([self.feed[r][j] for j in positions], device=self.A.device)
+        src = torch.tensor([self.feed[r][j] for j in positions], device=self.device)
         table = self.raw[r].buffer
         return torch.where((src >= 0)[:, None], table[src.clamp(min=0)], 0.0)
 
@@ -251,7 +253,7 @@ class Retokenized(SourceTokens):
         the first B position recomputed (the rule in `stitch.splice.feeding`)."""
         rows = self.rows.rows
         return [
-            update_feeding(feed, tail.ends, tail.special, row.ends, row.special, f, self.A.device)
+            update_feeding(feed, tail.ends, tail.special, row.ends, row.special, f, self.device)
             if alive else len(feed)
             for feed, tail, row, f, alive in zip(self.feed, self.tails, rows, first, self.rows.alive, strict=True)
         ]
