@@ -14,6 +14,9 @@ What each position's every layer attends to (layer M: the injection's write poin
   share a tokenizer), incrementally cached in both models. At every step B's logits equal a splice forward
   on the text so far: when A re-tokenizes its tail (`stitch.splice.tokens`), the B positions whose A state
   changed are recomputed. The clean test of whether B's continuation can be driven by A.
+  Per step the work is what changed: A runs on its re-tokenized tail and new tokens, only the B positions
+  those can move are re-aligned (`stitch.splice.feeding`), and B recomputes from its first position whose
+  input changed.
 
 A new policy is one subclass of `Policy` plus `register_policy`.
 """
@@ -103,7 +106,8 @@ class Restitch(Policy):
         super().__init__(splice, rows)
         self.source = SourceTokens.for_splice(splice, rows)
         # Selections, combines reading B's own stream and conditioned adapters make what a B position is
-        # fed depend on the whole text so far: those are recomputed on B's grid each step (`_advance_grid`).
+        # fed depend on more than its feeding A token: `_advance_grid` reads them each step from the kept
+        # tokens (selection, classes) and maps only the positions B recomputes.
         self.on_grid = splice.selective or splice.strategy.reads_own_lower or is_conditioned(splice.adapter)
         self.window = getattr(splice.adapter, "module", splice.adapter).window if is_conditioned(splice.adapter) else 0
 
