@@ -176,15 +176,6 @@ class SourceTokens:
         table = self.raw[r].buffer
         return torch.where((src >= 0)[:, None], table[src.clamp(min=0)], 0.0)
 
-    def cached_states(self, source: Batch) -> Tensor:
-        """A's cached layer-N states, left-padded onto `source` (A's tokens of the text so far)."""
-        out = self.raw[0].buffer.new_zeros(*source.shape, self.A.d_model)
-        for r, n in enumerate(source.attention_mask.sum(-1).tolist()):
-            if n != len(self.raw[r]):
-                raise RuntimeError(f"generation: row {r} has {len(self.raw[r])} cached states of A for {n} tokens")
-            out[r, source.shape[1] - n :] = self.raw[r].view()
-        return out
-
     def pairing(self, batch_b: Batch) -> Pairing:
         """A's tokens of the text so far paired to B's rows `batch_b` (left-padded); A does not run."""
         raise NotImplementedError
