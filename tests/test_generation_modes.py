@@ -104,3 +104,23 @@ def test_last_position_restitch_recomputes_two_positions_per_step(tok):
     finally:
         handle.remove()
     assert seen[0] > 2 and all(q == 2 for q in seen[1:]), seen
+
+
+@pytest.mark.parametrize("options", [dict(positions="shared"), dict(combine="sum"), dict(conditioned=True),
+                                     dict(injection="inputs_embeds", positions="last", combine="mean")], ids=str)
+def test_long_restitch_maps_only_recomputed_positions_and_equals_reference(cross, options):
+    # 24 tokens: A re-tokenizes its tail and the pairing's classes move many times; the cached path must still
+    # equal re-encoding token for token, while the adapter maps only a step's few positions (the old path
+    # re-mapped the whole grid every step: 2 rows x 24+ positions).
+    A, B = cross
+    sp = _splice(A, B, 2, options)
+    mapped = []
+    handle = sp.adapter.register_forward_pre_hook(lambda module, args: mapped.append(args[0].shape[:-1].numel()))
+    try:
+        cached = sp.generate(PROMPTS[:2], 24, "restitch", stop_at_eos=False, return_ids=True)
+    finally:
+        handle.remove()
+    reference = sp.generate(PROMPTS[:2], 24, "restitch", stop_at_eos=False, return_ids=True, use_cache=False)
+    assert cached.token_ids == reference.token_ids
+    assert cached.texts == reference.texts
+    assert len(mapped) >= 24 and max(mapped[-15:]) <= 12, mapped[-15:]

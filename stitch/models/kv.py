@@ -48,8 +48,11 @@ class KVCache:
     def __init__(self, windows: dict[str, int | None], batch_size: int, device, dtype: torch.dtype):
         self.cache = DynamicCache()  # plain layers everywhere: sliding windows are applied by the mask
         self.windows = windows
-        self.positions = torch.zeros(batch_size, 0, dtype=torch.long, device=device)
-        self.valid = torch.zeros(batch_size, 0, dtype=torch.bool, device=device)
+        # Slot positions and visibility live in buffers that double when full (issue 11): concatenating
+        # them every step made each step's bookkeeping O(slots). `positions`/`valid` are views of them.
+        self._positions = torch.zeros(batch_size, 64, dtype=torch.long, device=device)
+        self._valid = torch.zeros(batch_size, 64, dtype=torch.bool, device=device)
+        self._n = 0
         self.dtype = dtype
 
     @classmethod
@@ -59,26 +62,47 @@ class KVCache:
 
     @property
     def n_slots(self) -> int:
-        return self.positions.shape[1]
+        return self._n
+
+    @property
+    def positions(self) -> Tensor:
+        return self._positions[:, : self._n]
+
+    @property
+    def valid(self) -> Tensor:
+        return self._valid[:, : self._n]
 
     def mask(self, step: Step) -> Tensor | dict[str, Tensor]:
         """The additive 4D mask `[batch, 1, q, slots + q]` of `step` (a dict by layer type for hybrid models)."""
-        key_pos = torch.cat([self.positions, step.positions], dim=1)[:, None, :]
-        key_ok = torch.cat([self.valid, step.valid], dim=1)[:, None, :]
+        end = self._stage(step)  # the step's slots written after the cache's own, not yet committed
+        key_pos, key_ok = self._positions[:, None, :end], self._valid[:, None, :end]
         query_pos = step.positions[:, :, None]
         allowed = key_ok & (key_pos <= query_pos)
-        distance = query_pos - key_pos
+        distance = query_pos - key_pos if any(w is not None for w in self.windows.values()) else None
         masks = {kind: _additive(_windowed(allowed, distance, w), self.dtype) for kind, w in self.windows.items()}
         return masks["full_attention"] if len(masks) == 1 else masks
 
     def commit(self, step: Step) -> None:
         """Record the slots `step` appended (called after its forward has written their keys and values)."""
-        self.positions = torch.cat([self.positions, step.positions], dim=1)
-        self.valid = torch.cat([self.valid, step.valid], dim=1)
+        self._n = self._stage(step)
 
     def forget(self, from_position: Int[Tensor, " batch"]) -> None:
         """Stop attending to every slot of row b at position >= from_position[b] (their states are stale)."""
-        self.valid &= self.positions < from_position[:, None]
+        self.valid.logical_and_(self.positions < from_position[:, None])
+
+    def _stage(self, step: Step) -> int:
+        """Write `step`'s positions and validity into the slots after the committed ones; their end."""
+        end = self._n + step.shape[1]
+        if end > self._positions.shape[1]:
+            size = max(end, 2 * self._positions.shape[1])
+            for name in ("_positions", "_valid"):
+                old = getattr(self, name)
+                grown = old.new_zeros(old.shape[0], size)
+                grown[:, : self._n] = old[:, : self._n]
+                setattr(self, name, grown)
+        self._positions[:, self._n : end] = step.positions
+        self._valid[:, self._n : end] = step.valid
+        return end
 
 
 def cache_keyword(model) -> str:

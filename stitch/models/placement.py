@@ -21,6 +21,7 @@ device with nothing moved by stitch (tests/test_sharded.py).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,9 +40,9 @@ def module_device(module: nn.Module) -> torch.device:
     execution = _execution_device(getattr(module, "_hf_hook", None))
     if execution is not None:
         return torch.device(f"cuda:{execution}" if isinstance(execution, int) else execution)
-    for tensor in (*module.parameters(recurse=True), *module.buffers(recurse=True)):
-        return tensor.device
-    return torch.device("cpu")
+    # The first one only: materialising every parameter made this O(parameters), and generation asks per step.
+    tensor = next(itertools.chain(module.parameters(recurse=True), module.buffers(recurse=True)), None)
+    return torch.device("cpu") if tensor is None else tensor.device
 
 
 def _execution_device(hook):

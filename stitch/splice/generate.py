@@ -96,11 +96,20 @@ class _Run:
     logits: list[Tensor] = field(default_factory=list)
 
 
-@torch.no_grad()
 def generate(splice, prompts, config: GenerationConfig, *, streamer=None, output_scores: bool = False, policy=None):
     """B's continuations of `prompts` under the splice, as a GenerationOutput (see the module docstring).
 
-    `policy` (a `Policy` class) overrides `config.policy`'s: activation communication brings its own."""
+    `policy` (a `Policy` class) overrides `config.policy`'s: activation communication brings its own.
+    Runs under `torch.inference_mode` (no autograd bookkeeping on the many small ops of a cached step, the
+    cached path and the reference alike); the scores returned are cloned out of it, ordinary tensors."""
+    with torch.inference_mode():
+        out = _generate(splice, prompts, config, streamer, output_scores, policy)
+    if out.scores is not None:
+        out.scores, out.logits = [s.clone() for s in out.scores], [x.clone() for x in out.logits]
+    return out
+
+
+def _generate(splice, prompts, config: GenerationConfig, streamer, output_scores: bool, policy) -> GenerationOutput:
     prompts = check_texts(prompts)
     if splice.alignment != "target":
         raise ValueError("alignment: generation needs alignment='target' (B predicts its own next tokens)")
@@ -140,23 +149,24 @@ def _choose(run: _Run, logits: Tensor, keep: bool) -> Tensor:
 def _take(run: _Run, tokens: Tensor, last: bool) -> None:
     """Append each live row's token, then retire rows that hit EOS, a stop string, or the length limit."""
     rows, config = run.rows, run.config
-    before = [len(row.continuation) for row in rows.rows]
+    before = [len(row.text) for row in rows.rows]
     rows.append(tokens.tolist())
     for r, row in enumerate(rows.rows):
         if not rows.alive[r]:
             continue
         if row.ids[-1] in config.eos_token_id:
             run.stopped[r] = "eos"
-        elif _has_stop(row.continuation, before[r], config.stop_strings):
+        elif config.stop_strings and _has_stop(row, before[r], config.stop_strings):
             run.stopped[r] = "stop_string"
         elif last:
             run.stopped[r] = "length"
         rows.alive[r] = run.stopped[r] is None
 
 
-def _has_stop(text: str, before: int, stops: tuple[str, ...]) -> bool:
-    # Only the text that could contain a stop string completed by the new characters is searched.
-    return any(s in text[max(0, before - len(s) + 1) :] for s in stops)
+def _has_stop(row, before: int, stops: tuple[str, ...]) -> bool:
+    # Only the generated text that could hold a stop string completed by the new characters is searched
+    # (`before`: the row's text length before this step), so the check costs O(new), not O(text).
+    return any(s in row.text[max(row.prompt_chars, before - len(s) + 1) :] for s in stops)
 
 
 def _output(run: _Run, output_scores: bool) -> GenerationOutput:

@@ -14,6 +14,9 @@ What each position's every layer attends to (layer M: the injection's write poin
   share a tokenizer), incrementally cached in both models. At every step B's logits equal a splice forward
   on the text so far: when A re-tokenizes its tail (`stitch.splice.tokens`), the B positions whose A state
   changed are recomputed. The clean test of whether B's continuation can be driven by A.
+  Per step the work is what changed: A runs on its re-tokenized tail and new tokens, only the B positions
+  those can move are re-aligned (`stitch.splice.feeding`), and B recomputes from its first position whose
+  input changed.
 
 A new policy is one subclass of `Policy` plus `register_policy`.
 """
@@ -25,7 +28,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from stitch.adapters.conditioned import is_conditioned
+from stitch.adapters.conditioned import condition_features, is_conditioned
 from stitch.alignment.pairing import Pairing
 from stitch.batch import Batch
 from stitch.checks import check_choice
@@ -103,57 +106,78 @@ class Restitch(Policy):
         super().__init__(splice, rows)
         self.source = SourceTokens.for_splice(splice, rows)
         # Selections, combines reading B's own stream and conditioned adapters make what a B position is
-        # fed depend on the whole text so far: those are recomputed on B's grid each step (`_advance_grid`).
+        # fed depend on more than its feeding A token: `_advance_grid` reads them each step from the kept
+        # tokens (selection, classes) and maps only the positions B recomputes.
         self.on_grid = splice.selective or splice.strategy.reads_own_lower or is_conditioned(splice.adapter)
+        self.window = getattr(splice.adapter, "module", splice.adapter).window if is_conditioned(splice.adapter) else 0
 
     def start(self) -> Tensor:
         self.kv_a = KVCache.empty(self.A, len(self.rows))
         self.kv_b = KVCache.empty(self.B, len(self.rows))
-        self.fed: list = [[] for _ in range(len(self.rows))]  # what each B position was fed
+        self.fed = [FedRow() for _ in range(len(self.rows))]  # what each B position was fed
         return self.advance()
 
     def advance(self) -> Tensor:
-        changed = self.source.update(self.kv_a)  # A's first re-tokenized index per row
-        dirty, mapped, write, step = self._advance_grid() if self.on_grid else self._advance_index(changed)
+        first = self.source.update(self.kv_a)  # per row, A's first token whose state was recomputed
+        frontier = self.source.update_feed(first)  # per row, the first B position whose feeding may differ
+        dirty, mapped, write, step = (self._advance_grid if self.on_grid else self._advance_index)(first, frontier)
         strategy, m = self.splice.strategy, self.splice.target_layer
         below = self.splice.selective or strategy.reads_own_lower
         return strategy.run_cached(self.B, mapped, self.kv_b, step, m, write, below=below)
 
-    def _advance_index(self, changed: list[int]):
+    def _advance_index(self, first: list[int], frontier: list[int]):
         """The fast path: a B position's mapped state is A's at the index feeding it, written everywhere."""
-        feeding = self.source.feeding()
-        dirty = []
-        for r, (fed, now) in enumerate(zip(self.fed, feeding, strict=True)):
-            stale = [j for j, t in enumerate(now) if j >= len(fed) or fed[j] != t or t >= changed[r]]
-            dirty.append(stale[0] if stale and self.rows.alive[r] else len(now))
-            self.fed[r] = list(now)
-        self.kv_b.forget(torch.tensor(dirty, device=self.B.device))
+        dirty, before = [], [len(fed.feed) for fed in self.fed]
+        for r, fed in enumerate(self.fed):
+            feed = self.source.feed[r]
+            dirty.append(fed.first_stale(feed, frontier[r], first[r]) if self.rows.alive[r] else len(feed))
+            fed.keep(feed, frontier[r])
+        self._forget(dirty, before)
         step, index = self.rows.tail_step(dirty)
-        return dirty, self.source.mapped_block(index, feeding), EVERYWHERE, step
+        return dirty, self.source.mapped_block(index), EVERYWHERE, step
 
-    def _advance_grid(self):
-        """Every B position's (mapped state, selected) from the pairing of the text so far; a row restarts at
-        its first position whose input changed (e.g. the previous last token, under positions="last")."""
-        batch = left_batch(self.B, self.rows.b_ids())
-        pairing = self.source.pairing(batch)
-        mapped = self.splice.map_states(self.source.cached_states(pairing.source), pairing)
+    def _advance_grid(self, first: list[int], frontier: list[int]):
+        """Selections, combines and conditioning: each row restarts at its first B position whose (feeding A
+        token, selected, conditioning tokens) changed or whose A state was recomputed (e.g. the previous last
+        token, under positions="last"). The selection is read on the integer grid of the text so far (no
+        re-encoding, no re-alignment); the adapter maps only the positions B recomputes."""
+        pairing = self.source.grid_pairing()
         selected = self.splice.selected(pairing)
-        chosen = batch.attention_mask.bool() if selected is None else selected
-        dirty = []
-        for r, row in enumerate(self.rows.rows):
-            n = len(row.ids)
-            now = (mapped[r, -n:], chosen[r, -n:])
-            dirty.append(_first_change(self.fed[r], now) if self.rows.alive[r] else n)
-            self.fed[r] = now
-        self.kv_b.forget(torch.tensor(dirty, device=self.B.device))
+        chosen = pairing.target.attention_mask.bool() if selected is None else selected
+        since = pairing.since_boundary(self.window) if self.window else None
+        width, dirty, before = chosen.shape[1], [], [len(fed.feed) for fed in self.fed]
+        for r, fed in enumerate(self.fed):
+            feed, n = self.source.feed[r], len(self.source.feed[r])
+            sel, back = chosen[r, width - n :], None
+            if since is not None:  # row-relative B positions (-1: none)
+                back = torch.where(since[r, width - n :] >= 0, since[r, width - n :] - (width - n), -1)
+            dirty.append(fed.first_change(feed, sel, back, frontier[r], first[r]) if self.rows.alive[r] else n)
+            fed.keep(feed, frontier[r], sel, back)
+        self._forget(dirty, before)
         step, index = self.rows.tail_step(dirty)
-        out = mapped.new_zeros(len(self.rows), step.shape[1], mapped.shape[-1])
-        sel = torch.zeros(step.shape, dtype=torch.bool, device=mapped.device)
+        out = self.source.zero.new_zeros(len(self.rows), step.shape[1], self.source.zero.shape[-1])
+        sel = torch.zeros(step.shape, dtype=torch.bool, device=out.device)
         for r, cols in enumerate(index):
-            n = len(self.rows[r].ids)
-            for c, j in cols:
-                out[r, c], sel[r, c] = mapped[r, batch.shape[1] - n + j], chosen[r, batch.shape[1] - n + j]
+            if cols:
+                positions, lo = [j for _, j in cols], cols[0][0]
+                out[r, lo:] = self._mapped(r, positions, pairing, width)
+                sel[r, lo:] = self.fed[r].sel[positions[0] :]
         return dirty, out, Write(self.splice.combine, None if selected is None else sel), step
+
+    def _forget(self, dirty: list[int], before: list[int]) -> None:
+        """Stop B attending to its slots from `dirty[r]` on; skipped when every row only adds positions."""
+        if any(d < n for d, n in zip(dirty, before, strict=True)):
+            self.kv_b.forget(torch.tensor(dirty, device=self.rows.device))
+
+    def _mapped(self, r: int, positions: list[int], pairing: Pairing, width: int) -> Tensor:
+        """Row r's mapped states at B `positions` (the adapter runs on these only)."""
+        if not self.window:
+            return self.source.mapped_states(r, positions)
+        back = self.fed[r].back[positions[0] :]  # [k, window] B positions read since the boundary (-1: none)
+        ids = pairing.target.input_ids[r, width - len(self.source.feed[r]) + back.clamp(min=0)]
+        embeds = self.B.model.get_input_embeddings()(ids.flatten())[None]
+        index = torch.where(back >= 0, torch.arange(back.numel(), device=back.device).view(back.shape), -1)
+        return self.splice.adapt(self.source.raw_states(r, positions), condition_features(embeds, index[None])[0])
 
     def reference(self) -> Tensor:
         batch = left_batch(self.B, self.rows.b_ids())
@@ -163,14 +187,43 @@ class Restitch(Policy):
         return self.splice.strategy.run(self.B, mapped, pairing.target, self.splice.target_layer, write)[:, -1]
 
 
-def _first_change(old, now) -> int:
-    """The first B position whose (mapped, selected) input differs from what it was fed (len(old) if none)."""
-    if not old:
-        return 0
-    k = len(old[1])
-    (m_old, s_old), (m_new, s_new) = old, (now[0][:k], now[1][:k])
-    differs = (s_old != s_new) | (s_new & (m_old != m_new).any(-1))
-    return int(differs.nonzero()[0, 0]) if differs.any() else k
+class FedRow:
+    """What one row's B positions were fed last step: feeding A token, selected, conditioning positions."""
+
+    def __init__(self):
+        self.feed: list[int] = []
+        self.sel: Tensor | None = None
+        self.back: Tensor | None = None
+
+    def first_stale(self, feed: list[int], frontier: int, first_a: int) -> int:
+        """The first B position fed another A token, or one whose A state was recomputed (from `frontier` on:
+        earlier positions keep their feeding, all of it before `first_a`)."""
+        old = self.feed
+        for j in range(frontier, len(feed)):
+            if j >= len(old) or old[j] != feed[j] or feed[j] >= first_a:
+                return j
+        return len(feed)
+
+    def first_change(self, feed, sel: Tensor, back: Tensor | None, frontier: int, first_a: int) -> int:
+        """`first_stale` for a selective write: a position counts only while it is (or was) selected, and a
+        conditioned one also when the B tokens it reads since the last shared boundary changed."""
+        n_old = len(self.feed)
+        if n_old == 0:
+            return 0
+        moved = (self.sel != sel[:n_old]).nonzero()  # a selection can move anywhere (e.g. "last")
+        lo = min(frontier, int(moved[0, 0]) if len(moved) else n_old)
+        sel_now, sel_old = sel[lo:].tolist(), self.sel[lo:].tolist()
+        same_back = [True] * (n_old - lo) if back is None else (back[lo:n_old] == self.back[lo:]).all(-1).tolist()
+        for k, j in enumerate(range(lo, len(feed))):
+            if j >= n_old or sel_old[k] != sel_now[k]:
+                return j
+            if sel_now[k] and (self.feed[j] != feed[j] or feed[j] >= first_a or not same_back[k]):
+                return j
+        return len(feed)
+
+    def keep(self, feed: list[int], frontier: int, sel: Tensor | None = None, back: Tensor | None = None) -> None:
+        self.feed[frontier:] = feed[frontier:]
+        self.sel, self.back = sel, back
 
 
 POLICIES: dict[str, type[Policy]] = {}

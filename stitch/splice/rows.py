@@ -22,6 +22,7 @@ from stitch.alignment.pairing import Pairing, pair_batches
 from stitch.batch import Batch, positions_from_mask
 from stitch.models.hooks import boundary_name
 from stitch.models.kv import KVCache, Step
+from stitch.splice.feeding import Growing, update_feeding
 from stitch.splice.tokens import TailTokenizer, TextRow
 
 
@@ -38,6 +39,7 @@ class Rows:
             for r, p in enumerate(prompts)
         ]
         self.alive = [True] * len(prompts)
+        self.device, self.pad = B.device, B.pad_token_id  # read once: each is a lookup, asked every step
 
     @classmethod
     def start(cls, B, prompts: list[str]) -> Rows:
@@ -70,13 +72,13 @@ class Rows:
         """Every live row's newest B token as a one-column step."""
         ids = [[row.ids[-1]] for row in self.rows]
         positions = [[len(row.ids) - 1] for row in self.rows]
-        return _step(ids, positions, [[a] for a in self.alive], self.B.device)
+        return _step(ids, positions, [[a] for a in self.alive], self.device)
 
     def tail_step(self, first: list[int]) -> tuple[Step, list[list[tuple[int, int]]]]:
         """B positions `first[r]`.. of each row as one right-aligned step; per row, its (column, position)s."""
         spans = [range(f, len(row.ids)) for f, row in zip(first, self.rows, strict=True)]
         return block_step([[row.ids[j] for j in s] for s, row in zip(spans, self.rows, strict=True)],
-                          [list(s) for s in spans], self.B.pad_token_id, self.B.device)
+                          [list(s) for s in spans], self.pad, self.device)
 
 
 def block_step(ids: list[list[int]], positions: list[list[int]], pad: int, device) -> tuple[Step, list]:
@@ -127,52 +129,52 @@ class SourceTokens:
         self.splice, self.rows, self.A = splice, rows, splice.A
         self.layer = splice.source_layer
         self.zero = splice.adapt(torch.zeros(1, self.A.d_model, device=self.A.device, dtype=self.A.dtype))
-        self.mapped: list[Tensor] = [self._adapt_empty() for _ in range(len(rows))]
-        self.raw: list[Tensor] = [torch.zeros(0, self.A.d_model, device=self.A.device) for _ in range(len(rows))]
+        # Per row: A's layer-N states and their mapped images, one per A token, kept in growing buffers.
+        self.mapped = [Growing(self.zero.shape[-1], self.zero.device, self.zero.dtype) for _ in range(len(rows))]
+        self.raw = [Growing(self.A.d_model, self.A.device, self.A.dtype) for _ in range(len(rows))]
+        self.feed: list[list[int]] = [[] for _ in range(len(rows))]  # per row: B position -> A token (-1)
+        self.device, self.pad = self.A.device, self.A.pad_token_id
 
     @staticmethod
     def for_splice(splice, rows: Rows) -> SourceTokens:
         shared = splice.A.tokenizer is splice.B.tokenizer
         return (SharedTokens if shared else Retokenized)(splice, rows)
 
-    def _adapt_empty(self) -> Tensor:
-        return torch.zeros(0, self.splice.B.d_model, device=self.zero.device)  # mapped states live on B's side
-
     def run(self, kv: KVCache, ids: list[list[int]], first: list[int]) -> None:
         """A's blocks [0, N) on tokens first[r].. of each row (ids[r]); their mapped states replace the old."""
-        kv.forget(torch.tensor(first, device=self.A.device))
+        if any(f < len(raw) for f, raw in zip(first, self.raw, strict=True)):  # else nothing is stale
+            kv.forget(torch.tensor(first, device=self.device))
         new = [t[f:] for t, f in zip(ids, first, strict=True)]
         step, index = block_step(new, [list(range(f, f + len(t))) for f, t in zip(first, new, strict=True)],
-                                 self.A.pad_token_id, self.A.device)
+                                 self.pad, self.device)
         captured = {}
         point = self.A.hook_points[boundary_name(self.layer, self.A.n_layers)]
         self.A.forward_cached(kv, step, stop=self.layer, hooks=[(point, lambda s, _: captured.setdefault(0, s))])
         mapped = self.splice.adapt(captured[0])
         for r, cols in enumerate(index):
-            take = [c for c, _ in cols]
-            for store, new in ((self.mapped, mapped), (self.raw, captured[0])):
-                keep = store[r][: first[r]].to(new.device, new.dtype)  # a sharded A: its layer-N device
-                store[r] = torch.cat([keep, new[r, take]]) if cols else keep
+            lo = cols[0][0] if cols else mapped.shape[1]  # a row's tokens fill the step's last columns
+            self.mapped[r].write(first[r], mapped[r, lo:])
+            self.raw[r].write(first[r], captured[0][r, lo:])
 
-    def mapped_block(self, index: list, feeding: list[list[int]]) -> Tensor:
-        """The mapped state each (column, B position) of a step reads: A's at feeding[r][j], adapter(0) if -1."""
+    def mapped_block(self, index: list) -> Tensor:
+        """The mapped state each (column, B position) of a step reads (`mapped_states`), right-aligned."""
         width = max((c for cols in index for c, _ in cols), default=0) + 1
         out = self.zero.new_zeros(len(index), width, self.zero.shape[-1])
         for r, cols in enumerate(index):
             if cols:
-                table = torch.cat([self.zero.to(self.mapped[r].dtype), self.mapped[r]])
-                src = torch.tensor([feeding[r][j] + 1 for _, j in cols], device=out.device)
-                out[r, [c for c, _ in cols]] = table[src].to(out.dtype)
+                out[r, cols[0][0] :] = self.mapped_states(r, [j for _, j in cols]).to(out.dtype)
         return out
 
-    def cached_states(self, source: Batch) -> Tensor:
-        """A's cached layer-N states, left-padded onto `source` (A's tokens of the text so far)."""
-        out = self.raw[0].new_zeros(*source.shape, self.A.d_model)
-        for r, n in enumerate(source.attention_mask.sum(-1).tolist()):
-            if n != len(self.raw[r]):
-                raise RuntimeError(f"generation: row {r} has {len(self.raw[r])} cached states of A for {n} tokens")
-            out[r, source.shape[1] - n :] = self.raw[r]
-        return out
+    def mapped_states(self, r: int, positions: list[int]) -> Tensor:
+        """Row r's mapped states at B `positions`: A's at `feed[r][j]`, the adapter's image of 0 where -1."""
+        src = torch.tensor([self.feed[r][j] for j in positions], device=self.zero.device)
+        return torch.where((src >= 0)[:, None], self.mapped[r].buffer[src.clamp(min=0)], self.zero)
+
+    def raw_states(self, r: int, positions: list[int]) -> Tensor:
+        """A's layer-N states feeding row r's B `positions` (zero where no A token feeds one)."""
+        src = torch.tensor([self.feed[r][j] for j in positions], device=self.device)
+        table = self.raw[r].buffer
+        return torch.where((src >= 0)[:, None], table[src.clamp(min=0)], 0.0)
 
     def pairing(self, batch_b: Batch) -> Pairing:
         """A's tokens of the text so far paired to B's rows `batch_b` (left-padded); A does not run."""
@@ -195,11 +197,19 @@ class SharedTokens(SourceTokens):
             self.run(kv, ids, first)
         return first
 
-    def feeding(self) -> list[list[int]]:
-        return [list(range(len(row.ids))) for row in self.rows.rows]
+    def update_feed(self, first: list[int]) -> list[int]:
+        """Extend each row's feeding (the identity) to its new B positions; the first new one per row."""
+        frontier = []
+        for feed, row in zip(self.feed, self.rows.rows, strict=True):
+            frontier.append(len(feed))
+            feed.extend(range(len(feed), len(row.ids)))
+        return frontier
 
     def pairing(self, batch_b):
         return Pairing(batch_b, batch_b, None)
+
+    def grid_pairing(self) -> Pairing:
+        return self.pairing(left_batch(self.rows.B, self.rows.b_ids()))
 
 
 class Retokenized(SourceTokens):
@@ -229,12 +239,34 @@ class Retokenized(SourceTokens):
                 f"positions; generate fewer tokens"
             )
 
-    def feeding(self) -> list[list[int]]:
-        ends = [tail.ends for tail in self.tails]
-        special = [tail.special for tail in self.tails]
-        t2s = _feeding(ends, special, [row.ends for row in self.rows.rows],
-                       [row.special for row in self.rows.rows], self.A.device)
-        return [t2s[r, : len(row.ids)].tolist() for r, row in enumerate(self.rows.rows)]
+    def update_feed(self, first: list[int]) -> list[int]:
+        """Re-align each row's B positions that A's re-tokenization from `first[r]` can have moved; per row,
+        the first B position recomputed (the rule in `stitch.splice.feeding`)."""
+        rows = self.rows.rows
+        return [
+            update_feeding(feed, tail.ends, tail.special, row.ends, row.special, f, self.device)
+            if alive else len(feed)
+            for feed, tail, row, f, alive in zip(self.feed, self.tails, rows, first, self.rows.alive, strict=True)
+        ]
+
+    def grid_pairing(self) -> Pairing:
+        """The pairing of the text so far on left-padded grids, from the kept tokens and feeding (no
+        re-encoding, no re-alignment): what position selections and conditioning read."""
+        batch_b = self._target(left_batch(self.rows.B, self.rows.b_ids()))
+        source = left_batch(self.A, [t.ids for t in self.tails])
+        width = source.shape[1]
+        ends = _left([t.ends for t in self.tails], source.shape[1]).to(source.device)
+        source = dataclasses.replace(source, byte_spans=torch.stack([ends, ends], -1),
+                                     special_mask=_left([t.special for t in self.tails], width).bool().to(source.device))
+        t2s = [[-1] * (batch_b.shape[1] - len(f)) + [t + width - len(tail.ids) if t >= 0 else -1 for t in f]
+               for f, tail in zip(self.feed, self.tails, strict=True)]
+        return Pairing(source, batch_b, torch.tensor(t2s, dtype=torch.long, device=batch_b.device))
+
+    def _target(self, batch_b: Batch) -> Batch:
+        """`batch_b` with B's byte ends and special tokens, so position classes and conditioning can be read."""
+        b_ends = _left([row.ends for row in self.rows.rows], batch_b.shape[1]).to(batch_b.device)
+        b_special = _left([row.special for row in self.rows.rows], batch_b.shape[1]).bool().to(batch_b.device)
+        return dataclasses.replace(batch_b, byte_spans=torch.stack([b_ends, b_ends], -1), special_mask=b_special)
 
     def pairing(self, batch_b):
         source = self.A.encode([row.text for row in self.rows.rows], padding_side="left")
@@ -245,26 +277,8 @@ class Retokenized(SourceTokens):
         t2s = align_spans(ends, source.attention_mask.bool(), source.special_mask.bool(),
                           torch.stack([b_ends, b_ends], -1).to(ends.device), valid_b, b_special.to(valid_b.device),
                           batch_b.input_ids).target_to_source
-        # B's byte ends and special tokens on its grid, so position classes and conditioning can be read
-        target = dataclasses.replace(batch_b, byte_spans=torch.stack([b_ends, b_ends], -1).to(batch_b.device),
-                                     special_mask=b_special.to(batch_b.device))
-        return Pairing(source, target, t2s)
+        return Pairing(source, self._target(batch_b), t2s)
 
 
 def _left(rows: list[list[int]], width: int) -> Int[Tensor, "batch pos"]:
     return torch.tensor([[0] * (width - len(r)) + [int(x) for x in r] for r in rows], dtype=torch.long)
-
-
-def _feeding(a_ends, a_special, b_ends, b_special, device) -> Int[Tensor, "batch pos_b"]:
-    """For each B position, the last A token ending at or before it (`align_spans`'s rule, right padding)."""
-    def pad(rows, fill=0):
-        width = max(1, max(len(r) for r in rows))
-        return torch.tensor([[int(x) for x in r] + [fill] * (width - len(r)) for r in rows], device=device)
-
-    def valid(rows):
-        width = max(1, max(len(r) for r in rows))
-        return torch.tensor([[True] * len(r) + [False] * (width - len(r)) for r in rows], device=device)
-
-    be = pad(b_ends)
-    return align_spans(pad(a_ends), valid(a_ends), pad(a_special).bool(), torch.stack([be, be], -1),
-                       valid(b_ends), pad(b_special).bool(), be).target_to_source

@@ -310,9 +310,10 @@ class Splice(nn.Module):
             src, input_ids=placeholders, tokenizer_fingerprint=self.B.tokenizer_fingerprint
         )
 
-    def adapt(self, states: Float[Tensor, "... d_source"]) -> Float[Tensor, "... d_target"]:
-        """The adapter applied to A's states (moved to B's side first; checked: device, output width)."""
-        return self._adapt(transfer(states, self.write_device, self._adapter_dtype(states)))
+    def adapt(self, states: Float[Tensor, "... d_source"], condition: Tensor | None = None) -> Float[Tensor, "... d_target"]:
+        """The adapter applied to A's states (moved to B's side first; checked: device, output width), with
+        B's conditioning vectors for a token-conditioned adapter."""
+        return self._adapt(transfer(states, self.write_device, self._adapter_dtype(states)), condition)
 
     def _adapter_dtype(self, states: Tensor) -> torch.dtype:
         param = next(self.adapter.parameters(), None)

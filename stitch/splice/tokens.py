@@ -30,10 +30,11 @@ from stitch.alignment.spans import token_spans
 from stitch.alignment.surface import special_ids, surfaces
 
 
-def token_bytes(tokenizer, token_id: int) -> bytes:
-    """The bytes a generated token adds to the text: its surface, nothing for a special token."""
+def token_bytes(tokenizer, token_id: int, special: frozenset | None = None) -> bytes:
+    """The bytes a generated token adds to the text: its surface, nothing for a special token (`special`:
+    the tokenizer's `special_ids`, when the caller has them)."""
     table = surfaces(tokenizer)
-    if token_id in table.special_ids or token_id in special_ids(tokenizer):
+    if token_id in table.special_ids or token_id in (special_ids(tokenizer) if special is None else special):
         return b""
     if table.kind is not None and table.lengths[token_id] >= 0:
         return table.bytes[token_id]
@@ -54,6 +55,7 @@ class TextRow:
     prompt_len: int  # B tokens in the prompt
     prompt_chars: int
     _decoder: object = field(repr=False, default=None)
+    _special_ids: frozenset | None = field(repr=False, default=None)
 
     @classmethod
     def start(cls, tokenizer, prompt: str, ids, byte_ends, special) -> TextRow:
@@ -63,12 +65,14 @@ class TextRow:
 
     def append(self, token_id: int) -> None:
         """Add B's token; its bytes extend the text once they complete a character."""
-        new = self._decoder.decode(token_bytes(self.tokenizer, token_id))
+        if self._special_ids is None:  # read once per row: the tokenizer's special ids do not change mid-run
+            self._special_ids = special_ids(self.tokenizer)
+        new = self._decoder.decode(token_bytes(self.tokenizer, token_id, self._special_ids))
         self.text += new
         self.n_bytes += len(new.encode("utf-8"))
         self.ids.append(token_id)
         self.ends.append(self.n_bytes)
-        self.special.append(token_id in special_ids(self.tokenizer))
+        self.special.append(token_id in self._special_ids)
 
     @property
     def continuation(self) -> str:
@@ -98,40 +102,56 @@ class TailTokenizer:
         self.starts = [s for s, _ in ts.byte_spans]
         self.special = list(ts.special)
         self.text, self.data = text, text.encode("utf-8")
+        # Leading special tokens (BOS) stay; one after them (an appended EOS) forces a full re-encoding.
+        self._lead = next((i for i, s in enumerate(self.special) if not s), len(self.ids))
+        self._special_after_lead = any(self.special[self._lead :])
 
     def extend(self, text: str) -> int:
         """Re-tokenize after the text grew to `text`; the index of A's first token that changed (len if none)."""
         if text == self.text:
             return len(self.ids)
+        lead = self._lead
+        if self._special_after_lead:
+            return self._reencode(text)
+        c0 = self._extend_tail(text, lead)
+        return self._reencode(text) if c0 is None else c0
+
+    def _reencode(self, text: str) -> int:
         old = list(zip(self.ids, self.ends, strict=True))
-        lead = next((i for i, s in enumerate(self.special) if not s), len(self.ids))
-        if any(self.special[lead:]) or not self._extend_tail(text, lead):
-            self._set(token_spans(self.tokenizer, text), text)
+        self._set(token_spans(self.tokenizer, text), text)
         new = list(zip(self.ids, self.ends, strict=True))
         return next((i for i, (a, b) in enumerate(zip(old, new, strict=False)) if a != b), min(len(old), len(new)))
 
-    def _extend_tail(self, text: str, lead: int) -> bool:
+    def _extend_tail(self, text: str, lead: int) -> int | None:
+        """Re-tokenize from a window's start; the first changed token index, None when no window fits."""
         data = text.encode("utf-8")
         width = self.window
         while len(self.ids) - width > lead:
             c0 = len(self.ids) - width
             start = self.starts[c0]
             window = _decode_from(data, start)
-            if window is not None and self._accept(window, c0, start, text):
-                return True
+            if window is not None:
+                changed = self._accept(window, c0, start, text, data)
+                if changed is not None:
+                    return changed
             width *= 2
-        return False
+        return None
 
-    def _accept(self, window: str, c0: int, start: int, text: str) -> bool:
+    def _accept(self, window: str, c0: int, start: int, text: str, data: bytes) -> int | None:
         ts = token_spans(self.tokenizer, window, add_special_tokens=False)
         if not ts.ids or ts.ids[0] != self.ids[c0] or ts.byte_spans[0][1] + start != self.ends[c0]:
-            return False
+            return None
+        ends = [e + start for _, e in ts.byte_spans]
+        old = list(zip(self.ids[c0:], self.ends[c0:], strict=True))
+        changed = next((c0 + i for i, (a, b) in enumerate(zip(old, zip(ts.ids, ends, strict=True), strict=False))
+                        if a != b), c0 + min(len(old), len(ts.ids)))
         self.ids[c0:] = ts.ids
         self.starts[c0:] = [s + start for s, _ in ts.byte_spans]
-        self.ends[c0:] = [e + start for _, e in ts.byte_spans]
+        self.ends[c0:] = ends
         self.special[c0:] = ts.special
-        self.text, self.data = text, text.encode("utf-8")
-        return True
+        self._special_after_lead = any(ts.special)
+        self.text, self.data = text, data
+        return changed
 
 
 def _decode_from(data: bytes, start: int) -> str | None:
