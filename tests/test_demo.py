@@ -71,7 +71,7 @@ def test_generations_and_communication_have_their_columns_and_controls(demo):
     assert {"prompt", "A alone", "B alone", "spliced, prompt", "spliced, restitch", "inputs_embeds, prompt",
             "inputs_embeds, restitch"} <= set(samples[0])
     rows = json.loads((out / "communicate" / "summary.json").read_text())
-    assert {r["condition"] for r in rows} == {"activation", "random", "none", "a_text", "natural_language"}
+    assert {r["condition"] for r in rows} == {"activation", "random", "none", "a_context", "natural_language"}
     assert {(r["k"], r["j"]) for r in rows if r["condition"] == "activation"} == {(1, 1), (1, 2), (2, 1), (2, 2)}
     assert all(0 <= r["low"] <= r["mean"] <= r["high"] <= 1 for r in rows)
 
@@ -87,7 +87,8 @@ def test_hostile_names_config_values_and_generations_appear_escaped(demo):
     assert f"A {ESCAPED}" in run and f"B {ESCAPED}" in run  # the models table
     assert ESCAPED in run.split("Configuration", 1)[1]  # the config value (cache_dir)
     generations = next(v for k, v in sections.items() if k.startswith("Generations"))
-    assert f"def f(): {ESCAPED}" in generations
+    # generated text shows control characters as escapes (U+2028 as the six characters \u2028), then HTML-escaped
+    assert "def f(): &lt;script&gt;alert(1)&lt;/script&gt; &lt;!-- x \\u2028 y" in generations
     identity = sections["Self-stitch identity"]
     assert f"A {ESCAPED}" in identity
 

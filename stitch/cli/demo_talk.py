@@ -26,6 +26,8 @@ from stitch.adapters.linear import fit_closed_form
 from stitch.cli.common import write_json
 from stitch.files import write_atomic
 
+# A's prompt is the bare passage, so "a_prompt" (A's prompt text before B's) would repeat "a_context".
+CONDITIONS = ("activation", "random", "none", "a_context", "natural_language")
 PROMPT_WORDS = 8
 CONTEXT_WORDS, CUE_WORDS, ANSWER_WORDS = 20, 4, 8
 
@@ -76,7 +78,8 @@ def communication_step(demo) -> list[dict]:
     stats = collect_stats(demo.A, demo.B, demo.fit[:200], pairs, classes=["shared"], progress=cfg.progress)
     adapters = {p: fit_closed_form(cfg.kind, stats[p], **_ridge(cfg)).float() for p in pairs}
     records = communication_sweep(demo.A, demo.B, examples, layers, layers, adapter=lambda k, j: adapters[k, j],
-                                  max_new_tokens=ANSWER_WORDS + 4, nl_tokens=16, progress=cfg.progress)
+                                  max_new_tokens=ANSWER_WORDS + 4, nl_tokens=16, progress=cfg.progress,
+                                  conditions=CONDITIONS)
     rows = summary_rows(records, n_boot=1000, seed=0)
     write_atomic(demo.out / "communicate" / "records.jsonl",
                  "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
@@ -93,7 +96,8 @@ def communication_step(demo) -> list[dict]:
             f"the score is token F1 of B's continuation against the passage's next {ANSWER_WORDS} words. "
             "activation: A's last state at layer k, through an affine map fitted on shared pairs, replaces B's "
             "last prompt state at layer j; random: a random vector of the same norm there; none: B alone on "
-            "its cue; a_text: B reads A's context itself before its cue; natural_language: B reads A's own "
+            "its cue; a_context: B reads A's context itself before its cue (A's prompt is the bare "
+            "context here, so the a_prompt control would repeat it and is left out); natural_language: B reads A's own "
             "continuation of the context.")
     return [
         {"kind": "figure", "title": "Activation communication: token F1 by (A layer k, B layer j)",
@@ -112,7 +116,7 @@ def _communication_facts(demo, rows: list[dict]) -> None:
     best = max((r for r in rows if r["condition"] == "activation"), key=lambda r: r["mean"])
     demo.fact(f"communication token F1, activation at k={best['k']}, j={best['j']}",
               f"{best['mean']:.3f} [{best['low']:.3f}, {best['high']:.3f}]; B alone {means['none']['mean']:.3f}, "
-              f"random {_mean(rows, 'random', best['k'], best['j']):.3f}, A's text {means['a_text']['mean']:.3f}",
+              f"random {_mean(rows, 'random', best['k'], best['j']):.3f}, A's text {means['a_context']['mean']:.3f}",
               f"overlap of B's words with the passage's true next words, the best of {len(pairs)} (k, j) pairs "
               "(a maximum: see the heatmap); above B alone and random, with intervals apart, would mean A's "
               "state told B something its cue did not")
