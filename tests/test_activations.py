@@ -109,3 +109,19 @@ def test_fits_and_cka_read_a_store(models, tmp_path):
         and manifest["target_layers"] == [2]
         and manifest["n_texts"] == len(TEXTS)
     )
+
+
+def test_a_stored_batch_is_placed_as_the_live_path_places_it_when_a_and_b_sit_on_two_devices(models):
+    """A's batch and states on A's device; B's batch, the pairing's index tensors, B's states and logits on
+    B's ("meta" stands in for a second device: every tensor reports where it was sent)."""
+    A, B = models
+    store = collect_activations(A, B, TEXTS[:4], [1], [2], native_logits=True, batch_size=4)
+    got = store.batch([2, 0], device=torch.device("cpu"), target_device=torch.device("meta"))
+    p = got.pairing
+    a_side = [*p.source.tensors().values(), got.source[1]]
+    b_side = [*p.target.tensors().values(), p.target_to_source, p.source_labels, p.source_next, got.target[2],
+              got.logits]
+    assert {t.device.type for t in a_side} == {"cpu"}
+    assert {t.device.type for t in b_side} == {"meta"}
+    one = store.batch([2, 0], device=torch.device("cpu"))  # one device: everything there, as before
+    assert {t.device.type for t in [*one.pairing.target.tensors().values(), one.target[2]]} == {"cpu"}

@@ -75,8 +75,9 @@ class ActivationStore:
                 "directory, or give another cache path)"
             )
 
-    def batch(self, indices, device=None) -> StoredBatch:
-        """The rows at `indices`, padded on the right as `pair_texts` pads them, on `device`."""
+    def batch(self, indices, device=None, target_device=None) -> StoredBatch:
+        """The rows at `indices`, padded on the right as `pair_texts` pads them, on `device` (B's side on
+        `target_device` when given: A and B on two devices)."""
         rows = [self._rows[i] for i in indices]
         texts = [self.texts[i] for i in indices]
         pad = self.manifest["pad_ids"]
@@ -92,7 +93,9 @@ class ActivationStore:
             {m: _stack(rows, f"B.{m}") for m in self.manifest["target_layers"]},
             _stack(rows, "B.logits") if self.manifest["native_logits"] else None,
         )
-        return stored if device is None else _to(stored, device)
+        if device is None and target_device is None:
+            return stored
+        return _to(stored, device, device if target_device is None else target_device)
 
     def paired(self, source_layer: int, target_layer: int, classes=None, drop_special: bool = True,
                batch_size: int = 64) -> tuple[Tensor, Tensor]:  # fmt: skip
@@ -273,15 +276,17 @@ def _batch(rows, side: str, texts: list[str], pad_id: int, fingerprint: str | No
     return Batch(texts, ids, mask, positions_from_mask(mask), spans, special, "right", byte_spans, fingerprint)
 
 
-def _to(stored: StoredBatch, device) -> StoredBatch:
+def _to(stored: StoredBatch, source_device, target_device) -> StoredBatch:
+    """Placed as `pair_texts` and the live path place them: A's batch and states on A's side, B's batch,
+    the pairing's index tensors, B's states and logits on B's side (two devices when A and B differ)."""
     p = stored.pairing
-    source = p.source.to(device)
-    target = source if p.target is p.source else p.target.to(device)
-    move = lambda t: None if t is None else t.to(device)  # noqa: E731
+    source = p.source.to(source_device)
+    target = p.target.to(target_device)  # a shared tokenization still crosses: B reads its ids on its device
+    move = lambda t: None if t is None else t.to(target_device)  # noqa: E731
     pairing = Pairing(source, target, move(p.target_to_source), move(p.source_labels), move(p.source_next))
     return StoredBatch(
         pairing,
-        {k: v.to(device) for k, v in stored.source.items()},
-        {k: v.to(device) for k, v in stored.target.items()},
+        {k: v.to(source_device) for k, v in stored.source.items()},
+        {k: v.to(target_device) for k, v in stored.target.items()},
         move(stored.logits),
     )

@@ -35,10 +35,8 @@ from stitch.kinds import (
     CLOSED_FORM,
     DEFAULT_KIND,
     INJECTIONS,
-    POLICIES,
     POSITION_SELECTIONS,
 )
-from stitch.training.config import TrainConfig
 
 PAIRINGS = ("mean", "shared")  # analyses.layer_similarity.PAIRINGS (a test keeps them equal)
 MEASURES = ("linear_cka", "debiased_cka", "rbf_cka", "svcca", "mean_cosine", "alignment", "uniformity")
@@ -314,108 +312,3 @@ class SweepConfig(ModelPairConfig):
         for n, m in (parse_pair(p) for p in self.pairs or ()):
             check_layer_in("pairs", n, a.n_layers, "--source-model")
             check_layer_in("pairs", m, b.n_layers, "--target-model")
-
-
-@dataclass(frozen=True, kw_only=True)
-class GenerateConfig(ModelPairConfig):
-    source_model: str | None = model_option("source", None)
-    target_model: str | None = model_option("target", None)
-    prompts: str = path_option("texts", help=f"prompt file: {TEXTS_HELP}")
-    splice: str | None = path_option("splice", None, help="a splice saved with Splice.save_pretrained "
-                                     "(layers, adapter, alignment, injection and the models)")
-    source_layer: int | None = source_layer_option(None)
-    target_layer: int | None = target_layer_option()
-    adapter: str | None = path_option("adapter", None, help="adapter saved by `stitch fit` (default: identity)")
-    policy: str = option("prompt", choices=POLICIES, help="which B positions read A's states")
-    max_new_tokens: int = option(32, help="tokens to generate per prompt")
-    do_sample: bool = option(False, help="sample instead of greedy decoding")
-    temperature: float = option(1.0, help="sampling temperature (> 0)")
-    top_k: int | None = option(None, help="sample among the k most likely tokens only")
-    top_p: float | None = option(None, help="nucleus sampling: the smallest set with this much mass, in (0, 1]")
-    seed: int | None = option(None, help="seed for the draws (reproducible sampling)")
-    stop_strings: tuple[str, ...] = option((), help="stop a prompt once its continuation contains one of these")
-    batch_size: int = batch_size_option(help="prompts generated together")
-    out: str | None = path_option("out_file", None, help="also write the continuations to this .jsonl file")
-    progress: bool = progress_option()
-    overwrite: bool = overwrite_option()
-
-    def __post_init__(self):
-        super().__post_init__()
-        check_models_given(self)
-        if self.splice is not None:
-            for name in ("source_layer", "target_layer", "adapter"):
-                if getattr(self, name) is not None:
-                    raise ValueError(f"{flag(name)}: the saved --splice already holds it; give one or the other")
-        elif self.source_layer is None:
-            raise ValueError("--source-layer: required (or give --splice DIR, a saved splice)")
-        check_int(self, "source_layer", 0)
-        check_int(self, "target_layer", 0)
-        check_int(self, "max_new_tokens", 1)
-        check_int(self, "batch_size", 1)
-        check_float(self, "temperature", 0.0, open_low=True)
-        check_int(self, "top_k", 0)
-        check_float(self, "top_p", 0.0, open_low=True)
-        if self.top_p is not None and self.top_p > 1:
-            raise ValueError(f"--top-p: expected a number in (0, 1], got {self.top_p}")
-        check_int(self, "seed", 0)
-        for i, text in enumerate(self.stop_strings):
-            if not isinstance(text, str) or not text:
-                raise ValueError(f"--stop-strings: expected non-empty strings, got {text!r} at position {i}")
-
-    def sampling(self) -> dict:
-        """The sampling controls, as `Splice.generate` takes them."""
-        return dict(do_sample=self.do_sample, temperature=self.temperature, top_k=self.top_k,
-                    top_p=self.top_p, seed=self.seed, stop_strings=tuple(self.stop_strings))  # fmt: skip
-
-    def outputs(self) -> list[Path]:
-        if self.out is None:
-            return []
-        out = Path(self.out)
-        return [out, out.with_name(out.stem + ".config.yaml")]
-
-    def check_models(self, a, b) -> None:
-        check_splice_layers(self, a, b)
-        if self.splice is None and self.adapter is None and None not in (a.d_model, b.d_model) and a.d_model != b.d_model:
-            raise ValueError(
-                f"--adapter: required when the widths differ (A {a.d_model}, B {b.d_model}); "
-                "without one the identity is used, which needs equal widths"
-            )
-
-
-@dataclass(frozen=True, kw_only=True)
-class TrainCommandConfig(TrainConfig, ModelPairConfig):
-    out: str = path_option("resumable_dir", help="output directory: adapter, metrics.jsonl, checkpoints/ "
-                           "(an earlier run there is resumed)")
-    train_texts: str = train_texts_option()
-    eval_texts: str | None = eval_texts_option(required=False)
-    text_field: str = option("text", help="the field holding the text in .jsonl files and datasets")
-    max_tokens: int = option(0, help="cut texts to at most this many tokens (0: keep them whole); the same as "
-                             "--max-length, or with --pack the size texts are packed to (A's tokens)")
-    pack: bool = option(False, help="join short texts up to --max-tokens of A's tokens (needs --max-tokens)")
-
-    def __post_init__(self):
-        ModelPairConfig.__post_init__(self)
-        if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 0:
-            raise ValueError(f"max_tokens: expected an integer >= 0, got {self.max_tokens!r}")
-        if self.pack and not self.max_tokens:
-            raise ValueError("max_tokens: --pack needs --max-tokens > 0")
-        if self.pack and (self.stride or self.max_length is not None):
-            raise ValueError("pack: --pack joins texts up to --max-tokens; it takes no --stride or --max-length")
-        if self.max_tokens and not self.pack:  # --max-tokens N is --max-length N: one chunker (stitch.chunks)
-            if self.max_length not in (None, self.max_tokens):
-                raise ValueError(f"max_tokens: {self.max_tokens} and max_length: {self.max_length} differ; give one")
-            object.__setattr__(self, "max_length", self.max_tokens)
-        TrainConfig.__post_init__(self)
-
-    def outputs(self) -> list[Path]:
-        return []  # a rerun continues from the checkpoints: nothing here is clobbered
-
-    def check_models(self, a, b) -> None:
-        check_splice_layers(self, a, b)
-        rank = self.options().get("rank")
-        widths = [w for w in (a.d_model, b.d_model) if w is not None]
-        if isinstance(rank, int) and widths and rank > min(widths):
-            raise ValueError(
-                f"--adapter-options: rank={rank} is above the models' width; valid: 1..{min(widths)} "
-                f"(min(d_source, d_target); A {a.d_model}, B {b.d_model})"
-            )

@@ -174,8 +174,9 @@ STEPS = [models_step, self_stitch_step, alignment_step, cka_step, sweep_step, tr
          communication_step]
 
 
-def run_demo(config: DemoConfig = DemoConfig()) -> dict:
+def run_demo(config: DemoConfig | None = None) -> dict:
     """Run every step of `STEPS`, write OUT/run.json and OUT/report.html; returns the records and checks."""
+    config = DemoConfig() if config is None else config
     start, cpu = time.perf_counter(), time.process_time()
     A, B, infos = demo_pair(quick=config.quick, cache_dir=config.cache_dir, progress=config.progress)
     corpus = demo_corpus(config.quick)

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 import stitch
 from stitch.adapters.io import read_adapter_record
 from stitch.cli.common import config_beside, load_models, load_splice, read_texts, save_run_config
-from stitch.cli.configs import GenerateConfig
+from stitch.cli.generate_config import GenerateConfig
 from stitch.cli.options import flag
 from stitch.files import write_atomic
 

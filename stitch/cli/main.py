@@ -38,13 +38,13 @@ from stitch.cli.configs import (
     CkaConfig,
     DemoConfig,
     FitConfig,
-    GenerateConfig,
     ReportConfig,
     SweepConfig,
-    TrainCommandConfig,
 )
+from stitch.cli.generate_config import GenerateConfig
 from stitch.cli.options import flag
 from stitch.cli.preflight import preflight
+from stitch.cli.train_config import TrainCommandConfig
 from stitch.kinds import ADAPTER_METHODS
 
 

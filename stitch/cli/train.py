@@ -22,7 +22,7 @@ from analyses.cka import linear_cka
 from analyses.figures.training import training_curves
 from analyses.report import Section, write_report
 from stitch.cli.common import load_models, read_texts, save_run_config
-from stitch.cli.configs import TrainCommandConfig
+from stitch.cli.train_config import TrainCommandConfig
 from stitch.data import pack_texts
 from stitch.training import distributed
 from stitch.training.loop import TrainResult, train

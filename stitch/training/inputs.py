@@ -23,9 +23,9 @@ def training_inputs(A, B, texts, config, layers, objectives, dist: distributed.D
         return LiveInputs(A, B, texts, sources, targets, native)
     options = dict(native_logits=native, batch_size=config.batch_size, progress=progress)
     if config.cache == "memory":
-        return CachedInputs(cached_activations(None, A, B, texts, sources, targets, **options), A.device)
+        return CachedInputs(cached_activations(None, A, B, texts, sources, targets, **options), A.device, B.device)
     if dist.is_main:
         cached_activations(config.cache, A, B, texts, sources, targets, **options)
     distributed.barrier(dist)
     store = open_store(config.cache, expect=store_identity(A, B, texts, sources, targets, native))
-    return CachedInputs(store, A.device)
+    return CachedInputs(store, A.device, B.device)

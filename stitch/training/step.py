@@ -52,13 +52,15 @@ class LiveInputs:
 
 @dataclass
 class CachedInputs:
-    """Micro-batches read from an activation store (built once, reused every epoch)."""
+    """Micro-batches read from an activation store (built once, reused every epoch); A's side on `device`,
+    B's side on `target_device` (default: `device`), as the live path places them."""
 
     store: ActivationStore
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    target_device: torch.device | None = None
 
     def prepare(self, indices: Sequence[int]) -> MicroBatch:
-        return self.store.batch(list(indices), device=self.device)
+        return self.store.batch(list(indices), device=self.device, target_device=self.target_device)
 
 
 class PairView:
