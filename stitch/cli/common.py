@@ -21,6 +21,7 @@ import stitch
 from stitch.adapters.io import library_versions
 from stitch.cli.options import (  # noqa: F401  re-exported: the option helpers used to live here
     ModelPairConfig,
+    config_beside,
     device_option,
     dtype_option,
     flag,
@@ -103,18 +104,6 @@ def save_run_config(config: Config, path: str | Path, *models) -> Path:
     data[RUN_KEY] = {"versions": library_versions(), "cwd": os.getcwd()}
     text = yaml.safe_dump(_plain(data), sort_keys=False, allow_unicode=True)
     return write_atomic(path, text)
-
-
-def save_config(config: Config, path: str | Path) -> Path:
-    """Kept for callers of the JSON form; new code writes `save_run_config`."""
-    return write_json(path, config.to_dict())
-
-
-def config_beside(file: str | Path) -> Path:
-    """Where the config of a single-file artifact goes: `<stem>.config.yaml` in the same directory
-    (a shared `config.yaml` would be overwritten by the next command writing to that directory)."""
-    file = Path(file)
-    return file.with_name(file.stem + ".config.yaml")
 
 
 def _plain(value):

@@ -21,6 +21,7 @@ from stitch.cli.options import (
     batch_size_option,
     check_float,
     check_int,
+    config_beside,
     flag,
     model_option,
     overwrite_option,
@@ -234,7 +235,7 @@ class FitConfig(ModelPairConfig):
     def outputs(self) -> list[Path]:
         out = Path(self.out)
         if out.suffix == ".safetensors":
-            return [out, out.with_suffix(".json"), out.with_name(out.stem + ".config.yaml")]
+            return [out, out.with_suffix(".json"), config_beside(out)]
         return [out / "adapter.safetensors", out / "adapter_config.json", out / "config.yaml"]
 
     def check_models(self, a, b) -> None:

@@ -15,6 +15,7 @@ from stitch.cli.options import (
     batch_size_option,
     check_float,
     check_int,
+    config_beside,
     flag,
     model_option,
     overwrite_option,
@@ -81,8 +82,7 @@ class GenerateConfig(ModelPairConfig):
     def outputs(self) -> list[Path]:
         if self.out is None:
             return []
-        out = Path(self.out)
-        return [out, out.with_name(out.stem + ".config.yaml")]
+        return [Path(self.out), config_beside(self.out)]
 
     def check_models(self, a, b) -> None:
         check_splice_layers(self, a, b)

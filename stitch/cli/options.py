@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from pathlib import Path
 from typing import Any
 
 from stitch.config import Config, option
@@ -30,6 +31,13 @@ BATCH_HELP = "texts (or prompts) that go through the models together"
 def flag(name: str) -> str:
     """The command-line spelling of a config key: `source_model` → `--source-model`."""
     return "--" + name.replace("_", "-")
+
+
+def config_beside(file: str | Path) -> Path:
+    """Where the config of a single-file artifact goes: `<stem>.config.yaml` in the same directory
+    (a shared `config.yaml` would be overwritten by the next command writing to that directory)."""
+    file = Path(file)
+    return file.with_name(file.stem + ".config.yaml")
 
 
 def path_option(role: str, default: Any = dataclasses.MISSING, *, help: str):

@@ -61,10 +61,6 @@ class KVCache:
         return cls(attention_windows(model.model.config), batch_size, model.device, model.dtype)
 
     @property
-    def n_slots(self) -> int:
-        return self._n
-
-    @property
     def positions(self) -> Tensor:
         return self._positions[:, : self._n]
 
