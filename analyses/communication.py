@@ -139,12 +139,14 @@ def pair_adapters(
     A, B, texts: Sequence[str], pairs: Sequence[tuple[int, int]], method: str = "closed_form",
     kind: str = DEFAULT_KIND, *, ridge: float | None = None, steps: int = 100, lr: float = 1e-3,
     batch_size: int = 8, save_dir: str | Path | None = None, progress: bool = True, seed: int = 0,
+    classes=None,
 ) -> dict[tuple[int, int], nn.Module]:
     """An adapter from A's layer k to B's layer j for every (k, j), learned on paired `texts`.
 
     `method="closed_form"`: one pass of both models over the texts collects every pair's statistics
     (`stitch.adapters.fit.collect_stats`) and each is solved in closed form (`kind` in `FIT_KINDS`, with
-    `ridge` for linear/affine). `method="trained"`: `stitch.train_adapter` per pair for `steps` AdamW steps
+    `ridge` for linear/affine; `classes`, e.g. `["shared"]`, keeps pairs of those position classes only).
+    `method="trained"`: `stitch.train_adapter` per pair for `steps` AdamW steps
     at `lr` on the splice's next-token loss (`kind="projection"`: the seeds' learned projection). With `save_dir` each
     adapter is written as `save_dir/k{k}_j{j}.safetensors` (trained: its run directory `save_dir/k{k}_j{j}/`).
     """
@@ -154,7 +156,7 @@ def pair_adapters(
         check_choice("kind", kind, FIT_KINDS)
         options = {} if ridge is None else {"ridge": ridge}
         check_fit_options(kind, options)
-        stats = collect_stats(A, B, texts, pairs, batch_size=batch_size, progress=progress)
+        stats = collect_stats(A, B, texts, pairs, batch_size=batch_size, progress=progress, classes=classes)
         adapters = {pair: fit_closed_form(kind, stats[pair], **options).float() for pair in pairs}
         if save_dir is not None:
             for (k, j), ad in adapters.items():
@@ -162,6 +164,8 @@ def pair_adapters(
         return adapters
     if ridge is not None:
         raise ValueError("ridge: only method='closed_form' takes a ridge penalty")
+    if classes is not None:
+        raise ValueError("classes: only method='closed_form' fits on chosen position classes")
     check_choice("kind", kind, tuple(k for k in TRAINABLE if not k.startswith("token_conditioned")))
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(save_dir or scratch)

@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import json
 
-from analyses.communication import communication_sweep, summary_rows
+from analyses.communication import communication_sweep, pair_adapters, summary_rows
 from analyses.evaluation import Example
 from analyses.figures.communication import communication_heatmap
 from analyses.generation import escape_text, side_by_side
-from stitch.adapters.fit import collect_stats
-from stitch.adapters.linear import fit_closed_form
 from stitch.cli.common import write_json
 from stitch.files import write_atomic
 
@@ -75,8 +73,8 @@ def communication_step(demo) -> list[dict]:
     examples = passage_examples(demo.held_out, 4 if cfg.quick else 16)
     layers = list(range(1, min(demo.A.n_layers, demo.B.n_layers) + 1))
     pairs = [(k, j) for k in layers for j in layers]
-    stats = collect_stats(demo.A, demo.B, demo.fit[:200], pairs, classes=["shared"], progress=cfg.progress)
-    adapters = {p: fit_closed_form(cfg.kind, stats[p], **_ridge(cfg)).float() for p in pairs}
+    adapters = pair_adapters(demo.A, demo.B, demo.fit[:200], pairs, "closed_form", cfg.kind,
+                             classes=["shared"], progress=cfg.progress, **_ridge(cfg))
     records = communication_sweep(demo.A, demo.B, examples, layers, layers, adapter=lambda k, j: adapters[k, j],
                                   max_new_tokens=ANSWER_WORDS + 4, nl_tokens=16, progress=cfg.progress,
                                   conditions=CONDITIONS)
