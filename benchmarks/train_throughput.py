@@ -4,16 +4,25 @@
     python benchmarks/train_throughput.py --fresh  # the same, each loop's peak memory from a fresh process
 
 Model pair: two random Llama-style models (8 layers, width 256, vocab 300, fp32, CPU, one thread), splice
-4 → 4 (the middle), an affine adapter, batch 8 texts of ~130 tokens, AdamW. Tokens/s counts B's labels.
+4 → 4 (the middle), an affine adapter, batch 8 texts of ~195 tokens, AdamW. Tokens/s counts B's labels.
 - (a) seeds: both models in full with every hidden state returned, every step (A's layer N read from
   `hidden_states`, B run in full with a hook replacing its layer-M input; for a representation loss B's
   own layer-M state read from a second full forward's `hidden_states`);
 - (b) stitch's step from the models (`LiveInputs`): A runs blocks [0, N), B [M, L) (or [0, M) for targets);
 - (c) stitch's step from an activation store built once (`CachedInputs`): no A forward, and no B forward
   at all for a representation loss. The one-off cost of building the store is reported beside.
-Times are the best of interleaved repeats, wall-clock (tokens/s, "x seeds") and the process's CPU time
-("x seeds CPU": one torch thread, so CPU time is what the loop itself cost, less disturbed by other jobs on a
-shared machine). Peak MB is each loop's own peak resident memory above the process's resting state: before
+- floors (CE): the least work any loop making the same update can do with HF's own code and kernels: HF's
+  forward of a model holding only A's blocks [0, N) (no grad), and of one holding only B's blocks [M, L) from
+  the adapter's output (`inputs_embeds`), CE, backward with B frozen; no pairing, no store, no hooks. A
+  loop cannot beat its floor's "x seeds" without a cheaper B (other kernels), so the floors say what a
+  goal on these ratios can ask. Below them, B's blocks [M, L) are timed alone: forward F, the backward's
+  input gradients G_in and weight gradients G_w; (c)/(a) ≈ (4F + G_in + G_w) / (F + G_in) at M = L/2,
+  which is ≤ 3 whenever G_in ≥ F ≥ G_w (input gradients cost at least the forward's matmuls, weight
+  gradients at most them) and equals 3 only for blocks of nothing but matmuls.
+"x seeds" is the median over the interleaved repeats of (seeds' time / loop's time) in that repeat, wall
+clock (a ratio of neighbours, so a machine that slows down between repeats moves both); "x seeds CPU" the
+same of the process's CPU time (one torch thread: CPU time is what the loop itself cost, less disturbed by
+other jobs on a shared machine); tokens/s is from the loop's best repeat. Peak MB is each loop's own peak resident memory above the process's resting state: before
 every timed loop the freed heap is handed back to the OS (`malloc_trim`) and the kernel's high-water mark
 is reset (`/proc/self/clear_refs`), so every loop is measured, not only the first (Linux; "n/a" elsewhere).
 `--fresh` measures each loop's peak once more in a fresh process instead, as a check of the in-process numbers.
@@ -21,8 +30,11 @@ is reset (`/proc/self/clear_refs`), so every loop is measured, not only the firs
 
 from __future__ import annotations
 
+import copy
+import contextlib
 import ctypes
 import gc
+import statistics
 import subprocess
 import sys
 import time
@@ -34,13 +46,14 @@ import torch.nn.functional as F
 import stitch
 from stitch.activations import collect_activations
 from stitch.losses import IGNORE
+from stitch.models.placement import frozen_weights
 from stitch.testing import CORPUS, byte_bpe_tokenizer, tiny_model
 from stitch.training.distributed import Dist
 from stitch.training.losses import parse_objective
 from stitch.training.step import CachedInputs, LiveInputs, PairView, Term, step_backward
 
 torch.set_num_threads(1)
-LAYER, STEPS, REPEATS = 4, 4, 3
+LAYER, STEPS, REPEATS = 4, 4, 5
 TEXTS = [" ".join(CORPUS[i % len(CORPUS)] for i in range(k, k + 4)) for k in range(16)]
 
 
@@ -75,8 +88,36 @@ def seeds_step(A, B, adapter, opt, texts, objective):
             logits = B.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).logits
         finally:
             handle.remove()
-        labels = torch.where(mask[:, 1:].bool(), ids[:, 1:], IGNORE)
-        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), ce_labels(batch), ignore_index=IGNORE)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
+def hf_blocks(lm, lo: int, hi: int):
+    """`lm`'s HF model holding only its blocks [lo, hi): a shallow copy sharing every module and weight."""
+    model = copy.copy(lm.model)
+    model._modules = dict(model._modules)
+    base = model.model = copy.copy(model.model)
+    base._modules = dict(base._modules)
+    base.layers = torch.nn.ModuleList(list(lm.model.model.layers)[lo:hi])
+    base.config = copy.copy(base.config)
+    base.config.num_hidden_layers = hi - lo
+    return model
+
+
+def ce_labels(batch):
+    return torch.where(batch.attention_mask[:, 1:].bool(), batch.input_ids[:, 1:], IGNORE).flatten()
+
+
+def floor_step(head, tail, adapter, opt, batch, cached):
+    """HF's forward over A's blocks [0, N) (skipped: `cached`), the adapter, HF's over B's blocks [M, L)."""
+    ids, mask = batch.input_ids, batch.attention_mask
+    if cached is None:
+        with torch.no_grad():
+            cached = head.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    logits = tail(inputs_embeds=adapter(cached), attention_mask=mask, use_cache=False).logits
+    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), ce_labels(batch), ignore_index=IGNORE)
     opt.zero_grad()
     loss.backward()
     opt.step()
@@ -115,25 +156,69 @@ def timed(fn) -> tuple[float, float, float | None]:
     return wall, cpu, None if resting is None else _status_mb("VmHWM") - resting
 
 
+def pick(step: int) -> list[int]:
+    return list(range(8 * (step % 2), 8 * (step % 2) + 8))
+
+
 def build_loops(A, B, name: str, store) -> dict:
     objective = parse_objective(name)
     terms = [Term(name, 0, objective, 1.0)]
     targets = [LAYER] if name == "mse" else []
-    pick = lambda s: list(range(8 * (s % 2), 8 * (s % 2) + 8))  # noqa: E731
     loops = {}
-    for label in LOOPS:
+    for label in LOOPS if name == "ce" else LOOPS[:3]:
         adapter = stitch.adapters.build_adapter("affine", d_source=256, d_target=256)
         opt = torch.optim.AdamW(adapter.parameters(), lr=1e-4)
         sp = stitch.Splice(A, B, LAYER, adapter=adapter)
         if label.startswith("(a)"):
             loops[label] = lambda s, a=adapter, o=opt: seeds_step(A, B, a, o, [TEXTS[i] for i in pick(s)], name)
+        elif label.startswith("floor"):
+            loops[label] = floor_loop(A, B, adapter, opt, cached="(c)" in label)
         else:
             inputs = LiveInputs(A, B, TEXTS, [LAYER], targets) if "(b)" in label else CachedInputs(store)
             loops[label] = lambda s, sp=sp, i=inputs, o=opt: stitch_step(sp, i, o, terms, pick(s))
     return loops
 
 
-LOOPS = ("(a) seeds", "(b) stitch, from the models", "(c) stitch, from the cache")
+def floor_loop(A, B, adapter, opt, cached: bool):
+    head, tail = hf_blocks(A, 0, LAYER), hf_blocks(B, LAYER, len(B.model.model.layers))
+    batches = [B.encode([TEXTS[i] for i in pick(s)]) for s in (0, 1)]
+    with torch.no_grad():
+        states = [head.model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False).last_hidden_state
+                  for b in batches] if cached else [None, None]  # fmt: skip
+
+    def step(s):
+        with frozen_weights(B.model):
+            floor_step(head, tail, adapter, opt, batches[s % 2], states[s % 2])
+
+    return step
+
+
+LOOPS = ("(a) seeds", "(b) stitch, from the models", "(c) stitch, from the cache",
+         "floor (b): HF A[0,N) + B[M,L)", "floor (c): HF B[M,L) alone")  # fmt: skip
+
+
+def components(B) -> tuple[float, float, float]:
+    """(F, G_in, G_w) in ms per step: B's blocks [M, L) forward, input-gradient and weight-gradient backward."""
+    tail = hf_blocks(B, LAYER, len(B.model.model.layers))
+    batch = B.encode([TEXTS[i] for i in pick(0)])
+    source = torch.randn(*batch.input_ids.shape, 256, requires_grad=True)
+
+    def run(backward: bool, weights: bool) -> float:
+        best = float("inf")
+        with contextlib.nullcontext() if weights else frozen_weights(B.model):
+            for _ in range(REPEATS + 1):
+                start = time.process_time()
+                logits = tail(inputs_embeds=source, attention_mask=batch.attention_mask, use_cache=False).logits
+                loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), ce_labels(batch), ignore_index=IGNORE)
+                if backward:
+                    loss.backward()
+                best = min(best, time.process_time() - start)
+                del logits, loss
+        return best * 1000
+
+    forward, inputs_only, weights = run(False, False), run(True, False), run(True, True)
+    B.model.zero_grad(set_to_none=True)
+    return forward, inputs_only - forward, weights - inputs_only
 
 
 def fresh_peak(name: str, label: str) -> float | None:
@@ -152,31 +237,37 @@ def main(fresh: bool = False) -> None:
     A, B = models()
     labels = sum(int(B.encode(TEXTS[i : i + 8]).attention_mask.sum() - 8) for i in (0, 8)) / 2
     lines = [f"A, B: Llama-style, 8 layers, width 256; splice {LAYER} -> {LAYER}; batch 8 texts, ~{labels:.0f} labels/step",
-             f"{'objective':<8} {'loop':<28} {'tokens/s':>9} {'x seeds':>8} {'x seeds CPU':>11} {'peak MB':>8}"]  # fmt: skip
+             f"{'objective':<8} {'loop':<30} {'tokens/s':>9} {'x seeds':>8} {'range':>11} {'x seeds CPU':>11} {'peak MB':>8}"]  # fmt: skip
     for name in ("ce", "mse"):
         t0 = time.perf_counter()
         store = collect_activations(A, B, TEXTS, [LAYER], [LAYER] if name == "mse" else [], batch_size=8)
         build = time.perf_counter() - t0
         loops = build_loops(A, B, name, store)
-        best = {k: (float("inf"), float("inf"), None) for k in loops}
+        runs = {k: [] for k in loops}  # one (wall, cpu, peak) per repeat
         for _ in range(REPEATS):
             for k, fn in loops.items():
-                wall, cpu, peak = timed(fn)
-                old = best[k]
-                best[k] = (min(old[0], wall), min(old[1], cpu), peak if old[2] is None else max(old[2], peak or 0))
-        if fresh:
-            best = {k: (w, c, fresh_peak(name, k)) for k, (w, c, _) in best.items()}
-        wall0, cpu0 = best["(a) seeds"][0], best["(a) seeds"][1]
-        for k, (wall, cpu, peak) in best.items():
-            rate = labels * STEPS / wall
+                runs[k].append(timed(fn))
+        seeds = runs["(a) seeds"]
+        for k, rows in runs.items():
+            walls = [s[0] / r[0] for s, r in zip(seeds, rows, strict=True)]
+            cpus = [s[1] / r[1] for s, r in zip(seeds, rows, strict=True)]
+            peak = fresh_peak(name, k) if fresh else max((r[2] for r in rows), default=None, key=lambda x: x or 0)
+            rate = labels * STEPS / min(r[0] for r in rows)
+            spread = f"{min(walls):.2f}-{max(walls):.2f}"
             memory = "n/a" if peak is None else f"{peak:.1f}"
-            lines.append(f"{name:<8} {k:<28} {rate:9.0f} {wall0 / wall:8.2f} {cpu0 / cpu:11.2f} {memory:>8}")
-        lines.append(f"{name:<8} {'(c) one-off store build':<28} {build:8.2f}s for {len(TEXTS)} texts")
+            lines.append(f"{name:<8} {k:<30} {rate:9.0f} {statistics.median(walls):8.2f} {spread:>11} "
+                         f"{statistics.median(cpus):11.2f} {memory:>8}")  # fmt: skip
+        lines.append(f"{name:<8} {'(c) one-off store build':<30} {build:8.2f}s for {len(TEXTS)} texts")
+    f, g_in, g_w = components(B)
+    lines.append(f"B's blocks [{LAYER}, 8), CE, per step: F = {f:.0f} ms, G_in = {g_in:.0f} ms ({g_in / f:.2f} F), "
+                 f"G_w = {g_w:.0f} ms ({g_w / f:.2f} F); (4F + G_in + G_w) / (F + G_in) = "
+                 f"{(4 * f + g_in + g_w) / (f + g_in):.2f}")  # fmt: skip
     text = "\n".join(lines)
     print(text)
     out = Path(__file__).parent / "results" / "train_throughput.txt"
     how = "fresh process per loop" if fresh else "in-process, after malloc_trim and a reset high-water mark"
-    out.write_text(f"{text}\n(best of {REPEATS} interleaved repeats of {STEPS} steps, one torch thread; "
+    out.write_text(f"{text}\n(x seeds: median [range] of per-repeat ratios over {REPEATS} interleaved repeats of "
+                   f"{STEPS} steps, one torch thread; tokens/s from the best repeat; F, G: best of {REPEATS + 1}; "
                    f"peak MB: {how})\n")  # fmt: skip
 
 
