@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from stitch.checks import check_choice
 from stitch.models import HookedLM, random_init
+from stitch.registry import Registry
 
 ControlFn = Callable[[HookedLM, HookedLM, int], tuple[HookedLM, HookedLM]]
 
@@ -30,12 +30,12 @@ def random_init_pair(A: HookedLM, B: HookedLM, seed: int) -> tuple[HookedLM, Hoo
     return random_init(A, seed=seed), random_init(B, seed=seed + 1)
 
 
-CONTROLS: dict[str, ControlFn] = {"random-init": random_init_pair}
+CONTROLS: Registry[ControlFn] = Registry("control", {"random-init": random_init_pair})
 
 
 def check_control(control: str, seed: int) -> None:
     """Refuse an unknown control or a bad seed before any model runs."""
-    check_choice("control", control, tuple(CONTROLS))
+    CONTROLS.lookup(control)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed: got {seed!r}; valid: an integer >= 0")
 

@@ -307,6 +307,14 @@ def test_the_torch_free_names_agree_with_the_registries():
 
     assert configs.CONTROLS == tuple(CONTROLS)
     assert {k: tuple(fit_option_names(k)) for k in CLOSED_FORM} == kinds.FIT_OPTIONS
+    from analyses import communication
+    from stitch.splice.communicate import INJECT
+    from stitch.splice.combine import COMBINES
+    from stitch.splice.positions import SELECTIONS
+
+    assert (kinds.COMBINE_NAMES, kinds.POSITION_SELECTIONS, kinds.INJECT) == (tuple(COMBINES), tuple(SELECTIONS), INJECT)
+    torch_free = (kinds.CONDITIONS, kinds.ADAPTER_METHODS, kinds.COMMUNICATION_FIT_KINDS)
+    assert torch_free == (communication.CONDITIONS, communication.ADAPTER_METHODS, communication.FIT_KINDS)
 
 
 def test_shared_options_mean_one_thing_everywhere():

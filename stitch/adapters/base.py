@@ -17,15 +17,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-ADAPTERS: dict[str, type[Adapter]] = {}
+from stitch.registry import Registry
 
-
-def register_adapter(cls: type[Adapter]) -> type[Adapter]:
-    """Class decorator: make `cls` buildable (and loadable from disk) by its `kind` name."""
-    if cls.kind in ADAPTERS and ADAPTERS[cls.kind] is not cls:
-        raise ValueError(f"adapter kind {cls.kind!r} is already registered by {ADAPTERS[cls.kind].__name__}")
-    ADAPTERS[cls.kind] = cls
-    return cls
+ADAPTERS: Registry[type[Adapter]] = Registry("adapter kind", key="kind")
+register_adapter = ADAPTERS.register  # class decorator: `cls` is buildable (and loadable from disk) by its `kind`
 
 
 def adapter_class(kind: str) -> type[Adapter]:

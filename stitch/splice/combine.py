@@ -25,8 +25,8 @@ import torch
 from jaxtyping import Bool
 from torch import Tensor
 
-from stitch.checks import check_choice
 from stitch.models.placement import transfer
+from stitch.registry import Registry
 
 Mask = Bool[Tensor, "batch pos"]
 
@@ -73,13 +73,8 @@ class Mean(Combine):
         return (own + mapped) / 2
 
 
-COMBINES: dict[str, Combine] = {}
-
-
-def register_combine(strategy: Combine) -> Combine:
-    COMBINES[strategy.name] = strategy
-    return strategy
-
+COMBINES: Registry[Combine] = Registry("combine")
+register_combine = COMBINES.register  # register_combine(MyCombine()): a new combine, under its `name`
 
 for _combine in (Replace(), Sum(), Mean()):
     register_combine(_combine)
@@ -89,8 +84,7 @@ def combine_for(name: str | Combine) -> Combine:
     """The registered combine called `name`; an unknown name lists the valid ones."""
     if isinstance(name, Combine):
         return name
-    check_choice("combine", name, tuple(COMBINES))
-    return COMBINES[name]
+    return COMBINES.lookup(name)
 
 
 @dataclass(frozen=True, eq=False)

@@ -37,10 +37,11 @@ from jaxtyping import Float
 from torch import Tensor
 
 from stitch.batch import Batch
-from stitch.checks import check_choice, check_layer
+from stitch.checks import check_layer
 from stitch.models.hooks import boundary_name
 from stitch.models.kv import KVCache, Step
 from stitch.models.states import EMBEDDINGS, input_embeddings, model_states
+from stitch.registry import Registry
 from stitch.splice.combine import COMBINES, EVERYWHERE, Combine, Write, combine_for, register_combine
 
 
@@ -161,13 +162,8 @@ class InputsEmbeds(Injection):
         return B.run_from_embeds(write(input_embeddings(B, batch), mapped), batch)
 
 
-INJECTIONS: dict[str, Injection] = {}
-
-
-def register_injection(strategy: Injection) -> Injection:
-    INJECTIONS[strategy.name] = strategy
-    return strategy
-
+INJECTIONS: Registry[Injection] = Registry("injection")
+register_injection = INJECTIONS.register  # register_injection(MyInjection()): a new way, under its `name`
 
 for _strategy in (Residual(), InputsEmbeds(), Hybrid()):
     register_injection(_strategy)
@@ -175,8 +171,7 @@ for _strategy in (Residual(), InputsEmbeds(), Hybrid()):
 
 def injection_for(name: str) -> Injection:
     """The registered strategy called `name`; an unknown name lists the valid ones."""
-    check_choice("injection", name, tuple(INJECTIONS))
-    return INJECTIONS[name]
+    return INJECTIONS.lookup(name)
 
 
 __all__ = [

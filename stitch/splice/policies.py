@@ -31,8 +31,8 @@ from torch import Tensor
 from stitch.adapters.conditioned import condition_features, is_conditioned
 from stitch.alignment.pairing import Pairing
 from stitch.batch import Batch
-from stitch.checks import check_choice
 from stitch.models.kv import KVCache
+from stitch.registry import Registry
 from stitch.splice.combine import EVERYWHERE, Write
 from stitch.splice.rows import Rows, SourceTokens, left_batch, prompt_columns
 
@@ -226,13 +226,12 @@ class FedRow:
         self.sel, self.back = sel, back
 
 
-POLICIES: dict[str, type[Policy]] = {}
+POLICIES: Registry[type[Policy]] = Registry("policy")
 
 
 def register_policy(policy: type[Policy]) -> type[Policy]:
-    for name in (policy.name, *policy.aliases):
-        POLICIES[name] = policy
-    return policy
+    """Class decorator: make `policy` selectable by its `name` and by each of its `aliases`."""
+    return POLICIES.register(policy, *policy.aliases)
 
 
 for _policy in (Prompt, Restitch):
@@ -241,5 +240,4 @@ for _policy in (Prompt, Restitch):
 
 def policy_for(name: str) -> type[Policy]:
     """The policy registered as `name` (or an alias of it); an unknown name lists the valid ones."""
-    check_choice("policy", name, tuple(POLICIES))
-    return POLICIES[name]
+    return POLICIES.lookup(name)

@@ -22,7 +22,7 @@ the world size or the accumulation.
   against B's own (softmax of B-B similarities at `target_temperature`): soft labels instead of one-hot.
 
 `positions` picks the position class: "all", "shared" or "lagging" (`stitch.alignment.pairing`).
-A new loss is one frozen dataclass here plus an entry in `OBJECTIVES`.
+A new loss is one frozen dataclass here plus `OBJECTIVES.register(MyLoss)` (it is listed by its `name`).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from torch import Tensor
 
 from stitch.checks import check_choice
 from stitch.losses import IGNORE, token_cross_entropy
+from stitch.registry import Registry
 from stitch.training import distributed
 
 POSITIONS = ("all", "shared", "lagging")
@@ -186,10 +187,9 @@ def _contrastive(logits: Tensor, targets: Tensor, masked: Tensor) -> Tensor:
     return F.cross_entropy(logits, targets, reduction="sum")
 
 
-OBJECTIVES: dict[str, type[Objective]] = {
-    cls.name: cls
-    for cls in (CrossEntropy, KLToNative, MeanSquaredError, CosineDistance, InfoNCE, SoftContrastive)
-}
+OBJECTIVES: Registry[type[Objective]] = Registry("objectives")
+for _objective in (CrossEntropy, KLToNative, MeanSquaredError, CosineDistance, InfoNCE, SoftContrastive):
+    OBJECTIVES.register(_objective)
 
 
 def parse_objective(spec: str) -> Objective:
@@ -197,8 +197,7 @@ def parse_objective(spec: str) -> Objective:
     if isinstance(spec, Objective):
         return spec
     name, _, rest = str(spec).partition(":")
-    check_choice("objectives", name.strip(), tuple(OBJECTIVES))
-    cls = OBJECTIVES[name.strip()]
+    cls = OBJECTIVES.lookup(name.strip())
     valid = [f.name for f in dataclasses.fields(cls)]
     options: dict[str, Any] = {}
     for item in filter(None, (part.strip() for part in rest.split(","))):
