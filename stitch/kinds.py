@@ -4,9 +4,10 @@
     >>> "affine" in CLOSED_FORM, ADAPTER_OPTIONS["lowrank"]
     (True, ('rank', 'scale', 'bias'))
 
-The registries themselves (`stitch.adapters.ADAPTERS`, `stitch.splice.INJECTIONS`, the generation policies)
-live beside the torch code; tests/test_cli_validation.py checks that these names agree with them. A kind
-registered at run time is usable from Python; the command line offers the kinds listed here.
+The registries themselves (each a `stitch.registry.Registry`: `stitch.adapters.ADAPTERS`,
+`stitch.splice.INJECTIONS`, the combines, the generation policies) live beside the torch code;
+tests/test_cli_validation.py checks that these names agree with them. A kind registered at run time is usable
+from Python; the command line offers the kinds listed here.
 """
 
 from __future__ import annotations

@@ -17,14 +17,14 @@ line and the error messages list. The module imports nothing heavy, so torch-fre
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 from stitch.checks import check_choice
 
 T = TypeVar("T")
 
 
-class Registry(Mapping[str, T], Generic[T]):
+class Registry(Mapping[str, T]):
     """Items of one `kind` by name; `register` reads an item's name from its `key` attribute ("name")."""
 
     def __init__(self, kind: str, entries: Mapping[str, T] | None = None, *, key: str = "name"):

@@ -308,8 +308,8 @@ def test_the_torch_free_names_agree_with_the_registries():
     assert configs.CONTROLS == tuple(CONTROLS)
     assert {k: tuple(fit_option_names(k)) for k in CLOSED_FORM} == kinds.FIT_OPTIONS
     from analyses import communication
-    from stitch.splice.communicate import INJECT
     from stitch.splice.combine import COMBINES
+    from stitch.splice.communicate import INJECT
     from stitch.splice.positions import SELECTIONS
 
     assert (kinds.COMBINE_NAMES, kinds.POSITION_SELECTIONS, kinds.INJECT) == (tuple(COMBINES), tuple(SELECTIONS), INJECT)

@@ -117,7 +117,7 @@ def test_the_project_registries_refuse_a_second_strategy_under_a_taken_name():
         (lambda: register_injection(type("Fake", (Residual,), {})()), "injection: 'residual' is already registered"),
         (lambda: register_policy(type("All", (Restitch,), {"name": "everything"})), "policy: 'all' is already"),
         (lambda: register_adapter(type("Affine2", (Affine,), {})), "adapter kind: 'affine' is already registered"),
-        (lambda: OBJECTIVES.register(type("CE", (), {"name": "ce"})), "objectives: 'ce' is already registered"),
+        (lambda: OBJECTIVES.register(type("CE", (), {"name": "ce"})), "objective: 'ce' is already registered"),
     ]
     before = {r.kind: dict(r) for r in (COMBINES, INJECTIONS, POLICIES, ADAPTERS, OBJECTIVES)}
     for register, message in clashes:

@@ -187,7 +187,7 @@ def _contrastive(logits: Tensor, targets: Tensor, masked: Tensor) -> Tensor:
     return F.cross_entropy(logits, targets, reduction="sum")
 
 
-OBJECTIVES: Registry[type[Objective]] = Registry("objectives")
+OBJECTIVES: Registry[type[Objective]] = Registry("objective")
 for _objective in (CrossEntropy, KLToNative, MeanSquaredError, CosineDistance, InfoNCE, SoftContrastive):
     OBJECTIVES.register(_objective)
 
@@ -197,7 +197,7 @@ def parse_objective(spec: str) -> Objective:
     if isinstance(spec, Objective):
         return spec
     name, _, rest = str(spec).partition(":")
-    cls = OBJECTIVES.lookup(name.strip())
+    cls = OBJECTIVES.lookup(name.strip(), arg="objectives")
     valid = [f.name for f in dataclasses.fields(cls)]
     options: dict[str, Any] = {}
     for item in filter(None, (part.strip() for part in rest.split(","))):
