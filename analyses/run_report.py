@@ -33,6 +33,7 @@ from analyses.figures.training import training_curves
 from analyses.generation import escape_text
 from analyses.report import Header, Section, write_report
 from analyses.sweep import SweepRecord
+from stitch.registry import Registry
 
 RUN_FILE = "run.json"
 
@@ -133,13 +134,13 @@ def _exchanges(records: list[dict], rows: list[dict], n: int) -> list[dict]:
              **{f: escape_text(r[f]) for f in text if isinstance(r.get(f), str)}} for r in chosen]
 
 
-SECTION_KINDS: dict[str, Callable[[Path, dict], list[Section]]] = {
+SECTION_KINDS: Registry[Callable[[Path, dict], list[Section]]] = Registry("section kind", {
     "figure": figure_section,
     "table": table_section,
     "sweep": sweep_section,
     "training": training_section,
     "communication": communication_section,
-}
+})
 
 
 def run_sections(directory: str | Path) -> tuple[str, Header | None, list[dict], list[Section]]:

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from analyses.cka import MIN_SAMPLES, cka_from_sides, linear_cka, prepare, rbf_cka
 from analyses.samples import as_layers, as_samples, check_pairing
+from stitch.registry import Registry
 
 Measure = Callable[[Tensor, Tensor], float]
 
@@ -142,7 +143,7 @@ def uniformity_of(x: Float[Tensor, "n d"], t: float = 2.0, name: str = "x") -> f
     return (torch.logsumexp(-t * sq, 0) - math.log(sq.numel())).item()
 
 
-MEASURES: dict[str, Measure] = {
+MEASURES: Registry[Measure] = Registry("measure", {
     "linear_cka": linear_cka,
     "debiased_cka": partial(linear_cka, debiased=True),
     "rbf_cka": rbf_cka,
@@ -150,7 +151,7 @@ MEASURES: dict[str, Measure] = {
     "mean_cosine": mean_cosine,
     "alignment": alignment,
     "uniformity": uniformity,
-}
+})
 LOWER_IS_SIMILAR = frozenset({"alignment", "uniformity"})
 _CKA = {"linear_cka": {}, "debiased_cka": {"debiased": True}, "rbf_cka": {"kernel": "rbf"}}
 

@@ -9,8 +9,8 @@
     >>> COMBINES.lookup("max")
     ValueError: combine: 'max' is not one of ['sum']
 
-Every registry of stitch (injections, combines, generation policies, adapter kinds, training objectives,
-similarity controls) is one of these: iteration follows registration order, which is the order the command
+Every registry of stitch (injections, combines, position selections, generation policies, adapter kinds,
+training objectives; in `analyses`, similarity measures, controls and report section kinds) is one of these: iteration follows registration order, which is the order the command
 line and the error messages list. The module imports nothing heavy, so torch-free code may hold a registry.
 """
 

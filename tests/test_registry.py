@@ -8,11 +8,14 @@ import sys
 import pytest
 
 from analyses.controls import CONTROLS
+from analyses.run_report import SECTION_KINDS
+from analyses.similarity import MEASURES
 from stitch.adapters import ADAPTERS, Affine, register_adapter
 from stitch.registry import Registry
 from stitch.splice.combine import COMBINES, Combine, combine_for, register_combine
 from stitch.splice.injection import INJECTIONS, Residual, injection_for, register_injection
 from stitch.splice.policies import POLICIES, Restitch, policy_for, register_policy
+from stitch.splice.positions import SELECTIONS
 from stitch.training.losses import OBJECTIVES, parse_objective
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -85,7 +88,10 @@ def test_the_project_registries_are_registries_in_their_documented_order():
     assert POLICIES.names() == ("prompt", "restitch", "all") and POLICIES["all"] is Restitch
     assert OBJECTIVES.names() == ("ce", "kl", "mse", "cosine", "infonce", "soft_contrastive")
     assert ADAPTERS.names()[:3] == ("identity", "linear", "affine") and CONTROLS.names() == ("random-init",)
-    assert all(isinstance(r, Registry) for r in (INJECTIONS, COMBINES, POLICIES, OBJECTIVES, ADAPTERS, CONTROLS))
+    assert SELECTIONS.names() == ("all", "shared", "last") and MEASURES.names()[:2] == ("linear_cka", "debiased_cka")
+    assert SECTION_KINDS.names() == ("figure", "table", "sweep", "training", "communication")
+    registries = (INJECTIONS, COMBINES, POLICIES, OBJECTIVES, ADAPTERS, CONTROLS, SELECTIONS, MEASURES, SECTION_KINDS)
+    assert all(isinstance(r, Registry) for r in registries)
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from stitch.alignment.pairing import Pairing
 from stitch.batch import Batch
+from stitch.registry import Registry
 
 Mask = Bool[Tensor, "batch pos_t"]
 
@@ -38,11 +39,11 @@ def _token_indices(batch: Batch, indices: Sequence[int]) -> Mask:
     return mask
 
 
-SELECTIONS: dict[str, Callable[[Pairing], Mask | None]] = {
+SELECTIONS: Registry[Callable[[Pairing], Mask | None]] = Registry("positions", {
     "all": lambda pairing: None,
     "shared": lambda pairing: pairing.class_mask("shared"),
     "last": lambda pairing: _token_indices(pairing.target, [-1]),
-}
+})
 
 
 @dataclass(frozen=True, eq=False)
