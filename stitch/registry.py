@@ -10,8 +10,10 @@
     ValueError: combine: 'max' is not one of ['sum']
 
 Every registry of stitch (injections, combines, position selections, generation policies, adapter kinds,
-training objectives; in `analyses`, similarity measures, controls and report section kinds) is one of these: iteration follows registration order, which is the order the command
-line and the error messages list. The module imports nothing heavy, so torch-free code may hold a registry.
+training objectives; in `analyses`, similarity measures, controls and report section kinds) is one of these.
+Iteration follows registration order, the order the command line and the error messages list. Entries are
+added only through `register` (no item assignment), so a clash cannot pass silently. The module imports
+nothing heavy, so torch-free code may hold a registry.
 """
 
 from __future__ import annotations
