@@ -362,11 +362,13 @@ def test_the_torch_free_names_agree_with_the_registries():
     from stitch.adapters.fit import fit_option_names
 
     assert configs.CONTROLS == tuple(CONTROLS)
-    from stitch.adapters.io import WEIGHTS_NAME
-    from stitch.cli.preflight import ADAPTER_WEIGHTS
+    assert {k: tuple(fit_option_names(k)) for k in CLOSED_FORM} == kinds.FIT_OPTIONS
+    from stitch.adapters.io import WEIGHTS_NAME, adapter_paths
+    from stitch.cli.preflight import ADAPTER_WEIGHTS, adapter_weights
 
     assert ADAPTER_WEIGHTS == WEIGHTS_NAME
-    assert {k: tuple(fit_option_names(k)) for k in CLOSED_FORM} == kinds.FIT_OPTIONS
+    for path in ("runs/l16.SAFETENSORS", "runs/l16.safetensors", "runs/l16"):  # the file the loader reads
+        assert adapter_weights(path) == adapter_paths(path)[0]
 
 
 def test_shared_options_mean_one_thing_everywhere():

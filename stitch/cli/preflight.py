@@ -233,8 +233,7 @@ def check_adapter_widths(config, found: dict, a: ModelShape, b: ModelShape) -> N
     need = (a.d_model, b.d_model)
     for name, weights, record in _saved_adapters(config, found):
         got = (record.get("d_source"), record.get("d_target"))
-        known = [isinstance(g, int) and isinstance(n, int) for g, n in zip(got, need)]
-        if any(k and g != n for k, g, n in zip(known, got, need)):
+        if any(isinstance(g, int) and isinstance(n, int) and g != n for g, n in zip(got, need, strict=True)):
             raise ValueError(
                 f"{flag(name)}: got {weights} mapping widths {got[0]} → {got[1]}; valid: "
                 f"{_width(need[0])} → {_width(need[1])}, the d_model of {_models_named(config)}"
