@@ -392,3 +392,76 @@ def test_communicate_validates_before_loading(pair, tmp_path, capsys):
     base[base.index(str(root / "missing"))] = str(root / "a")
     assert main([*base, "--tasks", str(bad)]) == 1
     assert "bad.jsonl:1" in capsys.readouterr().err  # the task file fails before the missing model loads
+
+
+def test_saved_adapter_widths_are_refused_before_the_models_load(pair, tmp_path, capsys):
+    """B's directory holds its config.json and tokenizer but no weights: an adapter of the wrong width is
+    refused from the header and the config alone (status 2), where loading B would have failed (status 1)."""
+    root, *_ = pair
+    config_only = tmp_path / "b_config_only"
+    shutil.copytree(root / "b", config_only, ignore=shutil.ignore_patterns("*.safetensors"))
+    wide = stitch.save_adapter(stitch.adapters.Affine(32, 64), tmp_path / "wide.safetensors")
+    models = ["--source-model", str(root / "a"), "--target-model", str(config_only)]
+    for argv in (
+        ["generate", *models, "--source-layer", "1", "--prompts", str(root / "texts.txt"), "--adapter", str(wide)],
+        ["communicate", *models, "--tasks", "qa", "--ks", "1", "--js", "1", "--out", str(tmp_path / "c"),
+         "--adapter", str(wide)],
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        message = capsys.readouterr().err.strip().splitlines()[-1]
+        assert exit_info.value.code == 2, message
+        assert message.endswith(f"--adapter: got {wide} mapping widths 32 → 64; valid: 32 → 48, the d_model of "
+                                f"--source-model {root / 'a'} → --target-model {config_only} (their config.json)")
+    fitting = stitch.save_adapter(stitch.adapters.Affine(32, 48), tmp_path / "fitting.safetensors")
+    assert main(argv[:-1] + [str(fitting)]) == 1  # passes the preflight, then B cannot load: it has no weights
+    assert "--target-model: could not load" in capsys.readouterr().err
+
+
+def test_a_width_the_preflight_cannot_read_is_caught_after_loading(pair, tmp_path, monkeypatch, capsys):
+    root, *_ = pair
+    monkeypatch.setattr(stitch.cli.preflight, "_read_shape", lambda directory: stitch.cli.preflight.ModelShape())
+    wide = stitch.save_adapter(stitch.adapters.Affine(32, 64), tmp_path / "wide.safetensors")
+    argv = ["generate", *flags(root), "--source-layer", "1", "--prompts", str(root / "texts.txt"), "--adapter", str(wide)]
+    assert main(argv) == 1
+    assert "adapter: maps 32 → 64, but the splice needs d_source=32 (A's d_model) → d_target=48" in capsys.readouterr().err
+
+
+def test_communicate_with_a_saved_adapter_equals_the_library(pair, tmp_path):
+    from analyses.communication import communication_sweep
+    from analyses.evaluation import load_tasks
+
+    root, A, B = pair
+    path = stitch.save_adapter(fit_adapter(A, B, TEXTS, 1, 1, kind="affine", progress=False), tmp_path / "ad")
+    out = tmp_path / "comm"
+    argv = ["communicate", *flags(root), "--tasks", "qa", "--ks", "1", "--js", "1", "--limit", "1",
+            "--max-new-tokens", "2", "--n-boot", "10", "--no-progress", "--conditions", "activation",
+            "--adapter", str(path.parent), "--out", str(out)]
+    assert main(argv) == 0
+    expected = communication_sweep(A, B, load_tasks("qa")[:1], [1], [1], adapter=stitch.load_adapter(path),
+                                   positions=[-1], source_positions=[-1], conditions=["activation"],
+                                   max_new_tokens=2, progress=False)
+    assert read_jsonl(out / "records.jsonl") == json.loads(json.dumps(expected))
+
+
+def test_generate_puts_a_saved_adapter_straight_on_b_side(pair, tmp_path, monkeypatch):
+    """A elsewhere (here 'meta', standing in for another GPU): the adapter goes from the file to B's side
+    through the Splice's one placement, never to A's device (the old `.to(A.device)` left it on 'meta')."""
+    from stitch.cli import generate
+    from stitch.cli.generate_config import GenerateConfig
+    from stitch.models.placement import record_moves
+
+    root, A, B = pair
+    saved = stitch.adapters.Affine(32, 48)
+    torch.nn.init.normal_(saved.weight)
+    path = stitch.save_adapter(saved, tmp_path / "ad.safetensors")
+    far = stitch.HookedLM(tiny_model("llama", len(A.tokenizer), 2, 32).to("meta"), A.tokenizer)
+    monkeypatch.setattr(generate, "load_models", lambda config: (far, B))
+    config = GenerateConfig(source_model=str(root / "a"), target_model=str(root / "b"), source_layer=1,
+                            prompts=str(root / "texts.txt"), adapter=str(path))
+    with record_moves() as moves:
+        splice = generate.build_splice(config)
+    assert far.device == torch.device("meta") and splice.write_device == B.device_of(1) == torch.device("cpu")
+    assert {p.device for p in splice.adapter.parameters()} == {splice.write_device}
+    assert moves == []  # read onto the CPU, where B's layer 1 is: nothing moved
+    assert torch.equal(splice.adapter.weight, saved.weight) and torch.equal(splice.adapter.bias, saved.bias)

@@ -4,6 +4,7 @@ runs or any weights are read; `stitch --help` imports neither torch nor transfor
 import dataclasses
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,11 @@ def world(tmp_path_factory):
     (root / "done.safetensors").write_bytes(b"")
     (root / "splice").mkdir()
     (root / "splice" / "splice.json").write_text('{"format": "stitch-splice", "format_version": 1}')
+    # saved adapters of the wrong widths for a (32) → b (48): the preflight reads them from the header
+    stitch.save_adapter(stitch.adapters.Affine(32, 64), root / "wide.safetensors")
+    stitch.save_adapter(stitch.adapters.Affine(16, 48), root / "narrow")
+    shutil.copytree(root / "splice", root / "splice_wide")
+    stitch.save_adapter(stitch.adapters.Affine(32, 64), root / "splice_wide")
     return root
 
 
@@ -112,6 +118,10 @@ def cases(root):
             ([*comm, "--ks", "1", "3"], ["--ks", "layer 3 is out of range for --source-model with 2 blocks"]),
             ([*comm, "--js", "4", "--adapter", str(root / "nope.safetensors")], ["--adapter", "no adapter at"]),
             ([*comm, "--adapter", str(root / "pickled.safetensors")], ["--adapter", "pickle"]),
+            ([*comm, "--adapter", str(root / "wide.safetensors")],
+             ["--adapter", "wide.safetensors mapping widths 32 → 64; valid: 32 → 48", "--target-model"]),
+            ([*comm, "--adapter", str(root / "narrow")],
+             ["--adapter", "narrow/adapter.safetensors mapping widths 16 → 48; valid: 32 → 48"]),
             ([*comm, "--adapter", "closed_form"], ["--fit-texts", "learns from paired text"]),
             ([*comm, "--fit-texts", str(root / "texts.txt")], ["--fit-texts", "only --adapter closed_form or trained"]),
             ([*comm, "--adapter", "closed_form", "--fit-texts", str(root / "nope.txt")], ["--fit-texts", "no file at"]),
@@ -188,6 +198,8 @@ def cases(root):
             (["sweep", *tt, *ev, *o], ["--source-model", "required (or give --splice"]),
             (["sweep", *tt, *ev, *o, "--splice", str(root / "nowhere")], ["--splice", "no saved splice"]),
             ([*sweep, "--batch-size", "0"], ["--batch-size", ">= 1"]),
+            ([*sweep, "--splice", str(root / "splice_wide")],  # the given models must fit the splice's adapter
+             ["--splice", "splice_wide/adapter.safetensors mapping widths 32 → 64; valid: 32 → 48"]),
             ([*sweep, "--pairs", "1:9"], ["--pairs", "valid: 0..3"]),
             ([*sweep, "--pairs", "8"], ["--pairs", "expected N:M"]),
             ([*sweep, "--alignment", "diagonal"], ["--alignment", "not one of"]),
@@ -198,6 +210,12 @@ def cases(root):
             ([*gen, "--adapter", str(root / "adapter.pt")], ["--adapter", "no adapter at"]),
             ([*gen, "--adapter", str(root / "pickled.safetensors")], ["--adapter", "never unpickles"]),
             ([*gen, "--adapter", str(root / "nope.safetensors")], ["--adapter", "no adapter at"]),
+            ([*gen, "--adapter", str(root / "wide.safetensors")],
+             ["--adapter", "wide.safetensors mapping widths 32 → 64; valid: 32 → 48, the d_model of --source-model"]),
+            ([*gen, "--target-layer", "2", "--adapter", str(root / "narrow")],
+             ["--adapter", "mapping widths 16 → 48; valid: 32 → 48"]),
+            (["generate", "--splice", str(root / "splice_wide"), *m, *gen[5:7]],
+             ["--splice", "splice_wide/adapter.safetensors mapping widths 32 → 64; valid: 32 → 48"]),
             ([*gen, "--max-new-tokens", "0"], ["--max-new-tokens", ">= 1"]),
             (["generate", "--splice", str(root / "splice"), *gen[5:]], ["--source-layer", "already holds it"]),
             (["generate", "--splice", str(root / "splice"), *gen[5:7], "--adapter", str(root / "x")], ["--adapter", "already holds it"]),
@@ -240,6 +258,44 @@ def test_bad_options_exit_2_before_anything_loads(world, no_loading, capsys, com
         message = err.strip().splitlines()[-1]
         assert all(p in message for p in phrases), (argv, message)
     assert no_loading == []
+
+
+def test_a_cached_hub_model_fixes_the_adapter_widths_before_loading(world, no_loading, monkeypatch, tmp_path, capsys):
+    """A hub id's width comes from its cached config.json (HF_HUB_OFFLINE): no download, no weights."""
+    import huggingface_hub.constants
+
+    snapshot = tmp_path / "models--org--tiny-b" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    shutil.copy(world / "b" / "config.json", snapshot / "config.json")
+    (tmp_path / "models--org--tiny-b" / "refs").mkdir()
+    (tmp_path / "models--org--tiny-b" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    argv = ["communicate", "--source-model", str(world / "a"), "--target-model", "org/tiny-b", "--tasks", "math",
+            "--ks", "1", "--js", "1", "--out", str(tmp_path / "o"), "--adapter", str(world / "wide.safetensors")]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_info.value.code == 2 and no_loading == []
+    assert "valid: 32 → 48, the d_model of --source-model" in message and "--target-model org/tiny-b" in message
+
+
+def test_a_width_unknown_before_loading_is_left_to_the_load(world, no_loading, tmp_path):
+    """No width in config.json (an architecture whose keys the preflight does not know): no refusal here,
+    and the header's widths still read; the check after loading (`Splice`) decides (tests/test_cli.py)."""
+    from stitch.cli.generate_config import GenerateConfig
+    from stitch.cli.preflight import preflight
+
+    mystery = tmp_path / "mystery"
+    mystery.mkdir()
+    (mystery / "config.json").write_text('{"model_type": "mystery", "num_hidden_layers": 3, "width": 48}')
+    config = GenerateConfig(source_model=str(world / "a"), target_model=str(mystery), source_layer=1,
+                            prompts=str(world / "texts.txt"), adapter=str(world / "wide.safetensors"))
+    found = preflight(config)
+    assert (found["adapter"]["d_source"], found["adapter"]["d_target"]) == (32, 64)
+    assert found["target_model"].d_model is None and no_loading == []
+    with pytest.raises(ValueError, match=r"--adapter: got .*wide.safetensors mapping widths 32 → 64; valid: any → 48"):
+        preflight(dataclasses.replace(config, source_model=str(mystery), target_model=str(world / "b")))  # B's known
 
 
 def fresh(code: str) -> subprocess.CompletedProcess:
@@ -315,6 +371,12 @@ def test_the_torch_free_names_agree_with_the_registries():
     assert (kinds.COMBINE_NAMES, kinds.POSITION_SELECTIONS, kinds.INJECT) == (tuple(COMBINES), tuple(SELECTIONS), INJECT)
     torch_free = (kinds.CONDITIONS, kinds.ADAPTER_METHODS, kinds.COMMUNICATION_FIT_KINDS)
     assert torch_free == (communication.CONDITIONS, communication.ADAPTER_METHODS, communication.FIT_KINDS)
+    from stitch.adapters.io import WEIGHTS_NAME, adapter_paths
+    from stitch.cli.preflight import ADAPTER_WEIGHTS, adapter_weights
+
+    assert ADAPTER_WEIGHTS == WEIGHTS_NAME
+    for path in ("runs/l16.SAFETENSORS", "runs/l16.safetensors", "runs/l16"):  # the file the loader reads
+        assert adapter_weights(path) == adapter_paths(path)[0]
 
 
 def test_shared_options_mean_one_thing_everywhere():

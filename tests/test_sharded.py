@@ -92,6 +92,18 @@ def test_splice_writes_on_block_m_device_and_moves_each_tensor_once(pair, texts,
     assert [m.dtype for m in moves if m.shape == shapes["states"]] == [torch.float32]
 
 
+def test_the_adapter_is_placed_once_on_block_m_device_and_recorded(pair):
+    A, B = pair
+    adapter = stitch.adapters.Affine(32)
+    with record_moves() as moves:
+        sp = stitch.Splice(A, B, 2, 2, adapter=adapter)
+    assert [(m.shape, m.source, m.device) for m in moves] == [((32, 32), CPU, META), ((32,), CPU, META)]
+    assert {p.device for p in adapter.parameters()} == {sp.write_device} == {META}
+    with record_moves() as moves:
+        stitch.Splice(A, B, 3, 3, adapter=adapter)  # already there: nothing moves
+    assert moves == []
+
+
 def test_inputs_embeds_write_on_the_embedding_device(pair, texts):
     A, B = pair
     sp = stitch.Splice(A, B, 2, adapter=stitch.adapters.Affine(32), injection="inputs_embeds", combine="sum")

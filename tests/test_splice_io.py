@@ -109,8 +109,17 @@ def test_cli_generate_with_a_saved_splice_equals_the_library(saved, capsys):
     assert main([*argv, "--max-new-tokens", "3", "--no-progress"]) == 0
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["continuation"] for r in printed] == splice.generate(TEXTS, max_new_tokens=3)
-    # a given model that is not the saved one: one line naming --splice and the difference
-    assert main([*argv, "--source-model", str(root / "b")]) == 1
+    # a given model of another width: refused before anything loads, from the adapter's header and config.json
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--source-model", str(root / "b")])
+    message = capsys.readouterr().err.splitlines()[-1]
+    assert exit_info.value.code == 2 and message.startswith(f"stitch generate: error: --splice: got {root / 'splice'}")
+    assert "mapping widths 32 → 48; valid: 48 → 48, the d_model of --source-model" in message
+    # a given model of the right width that is not the saved one: one line naming --splice and the difference
+    other = root / "other_a"
+    tiny_model("llama", len(splice.A.tokenizer), 2, 32, seed=5).save_pretrained(other)
+    splice.A.tokenizer.save_pretrained(other)
+    assert main([*argv, "--source-model", str(other)]) == 1
     assert "--splice: A: model" in capsys.readouterr().err
 
 

@@ -65,7 +65,7 @@ def adapters_for(config: CommunicateConfig, A, B, save_dir: Path):
     if method == "identity":
         return None
     if method == "saved":
-        return stitch.load_adapter(config.adapter, device=B.device)
+        return stitch.load_adapter(config.adapter)  # on the CPU: `stitch.communicate` places it at B's layer j
     texts = read_texts("fit_texts", config.fit_texts)
     pairs = [(k, j) for k in config.ks for j in config.js]
     options = dict(ridge=config.ridge) if method == "closed_form" else dict(

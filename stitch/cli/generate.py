@@ -52,7 +52,8 @@ def build_splice(config: GenerateConfig) -> stitch.Splice:
     if config.splice is not None:
         return load_splice(config)
     A, B = load_models(config)
-    adapter = None if config.adapter is None else _load_adapter(config).to(A.device)
+    adapter = None if config.adapter is None else _load_adapter(config)
+    # read onto the CPU; the Splice places it once, on B's side (`stitch.models.placement.adapter_on`)
     return stitch.Splice(A, B, config.source_layer, config.target_layer, adapter=adapter)
 
 

@@ -6,7 +6,11 @@ For every path option (see `stitch.cli.options.path_option`): text files exist a
 and model directories exist (a hub id must be cached when HF_HUB_OFFLINE is set), adapters are
 safetensors (never pickle), outputs are not clobbered without --overwrite. A device other than `auto` and
 `cpu` must be available (torch is imported for that, lazily: it says whether CUDA exists). Then the
-models' `config.json` (no weights) gives their depth and width for `config.check_models(a, b)`.
+models' `config.json` (no weights) gives their depth and width for `config.check_models(a, b)`, and every
+saved adapter the command reads (`--adapter FILE`, the one inside `--splice DIR`) must map A's width to B's:
+its widths come from its safetensors header, read as bytes (no tensor is loaded). A width that cannot be
+read this way (no config.json, an unknown architecture's keys, a hub id not in the cache) is not checked
+here; the command's own check after loading still catches it.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from stitch.cli.texts import read_texts
 from stitch.kinds import ADAPTER_METHODS
 
 SPLICE_CONFIG = "splice.json"  # stitch.splice.io.CONFIG_NAME (a test keeps them equal)
+ADAPTER_WEIGHTS = "adapter.safetensors"  # stitch.adapters.io.WEIGHTS_NAME (a test keeps them equal)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _PROBE = {"model": "config.json", "tokenizer": "tokenizer_config.json"}  # a file every such repo has
 _DEPTH_KEYS, _WIDTH_KEYS = ("num_hidden_layers", "n_layer", "num_layers"), ("hidden_size", "n_embd", "d_model")
@@ -50,6 +55,7 @@ def preflight(config) -> dict:
     if hasattr(config, "check_models"):
         a, b = _shapes(config, found)
         config.check_models(a, b)
+        check_adapter_widths(config, found, a, b)
     _check_counts(config, found)
     return found
 
@@ -113,11 +119,17 @@ def _adapter_method(name: str, value: str) -> dict | None:
 
 
 def _adapter(name: str, path: str) -> dict:
-    file = Path(path)
-    weights = file if file.suffix == ".safetensors" else file / "adapter.safetensors"
+    weights = adapter_weights(path)
     if not weights.is_file():
         raise ValueError(f"{flag(name)}: no adapter at {path!r} (expected {weights})")
     return read_safetensors_metadata(name, weights)
+
+
+def adapter_weights(path: str | Path) -> Path:
+    """The weights file of a saved adapter: the path itself when it ends in `.safetensors` (any case, as
+    `stitch.adapters.io.adapter_paths` reads it), else `adapter.safetensors` inside that directory."""
+    path = Path(path)
+    return path if path.suffix.lower() == ".safetensors" else path / ADAPTER_WEIGHTS
 
 
 def read_safetensors_metadata(name: str, weights: Path) -> dict:
@@ -213,6 +225,43 @@ def _shapes(config, found: dict) -> tuple[ModelShape, ModelShape]:
 def _splice_shape(record: dict, key: str) -> ModelShape:
     model = record.get("models", {}).get(key, {})
     return ModelShape(model.get("n_layers"), model.get("d_model"))
+
+
+def check_adapter_widths(config, found: dict, a: ModelShape, b: ModelShape) -> None:
+    """Every saved adapter maps A's d_model to B's, as far as the header and the configs tell (an unknown
+    width on either side is left to the check after loading)."""
+    need = (a.d_model, b.d_model)
+    for name, weights, record in _saved_adapters(config, found):
+        got = (record.get("d_source"), record.get("d_target"))
+        if any(isinstance(g, int) and isinstance(n, int) and g != n for g, n in zip(got, need, strict=True)):
+            raise ValueError(
+                f"{flag(name)}: got {weights} mapping widths {got[0]} → {got[1]}; valid: "
+                f"{_width(need[0])} → {_width(need[1])}, the d_model of {_models_named(config)}"
+            )
+
+
+def _saved_adapters(config, found: dict) -> list[tuple[str, Path, dict]]:
+    """(option, weights file, header record) of every saved adapter `config` reads, a saved splice's included."""
+    saved = []
+    for field in dataclasses.fields(config):
+        if field.metadata.get("path") in ("adapter", "adapter_method") and found.get(field.name):
+            saved.append((field.name, adapter_weights(getattr(config, field.name)), found[field.name]))
+    if "splice" in found and (weights := Path(config.splice) / ADAPTER_WEIGHTS).is_file():
+        saved.append(("splice", weights, read_safetensors_metadata("splice", weights)))
+    return saved
+
+
+def _width(value) -> str:
+    return str(value) if isinstance(value, int) else "any"
+
+
+def _models_named(config) -> str:
+    """How the error names the models whose widths it quotes: the options given, else the saved splice's."""
+    names = []
+    for role, key in (("source_model", "A"), ("target_model", "B")):
+        path = getattr(config, role, None)
+        names.append(f"{flag(role)} {path}" if path is not None else f"the saved splice's model {key}")
+    return f"{names[0]} → {names[1]} (their config.json)"
 
 
 def _check_counts(config, found: dict) -> None:

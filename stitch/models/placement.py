@@ -1,7 +1,7 @@
 """Where a model's stream lives, and the one place stitch moves states between devices.
 
     >>> A.device, A.device_of(16), A.output_device   # embedding's, block 16's, unembedding's device
-    >>> with record_moves() as moves:                 # every state stitch moves, as it moves it
+    >>> with record_moves() as moves:                 # every tensor stitch moves, as it moves it
     ...     sp(texts)
     >>> moves[0]                                      # Move(shape=(2, 9, 4096), source=..., device=..., ...)
 
@@ -10,7 +10,8 @@ device, its stream enters layer ℓ on block ℓ's device (layer L: the final no
 the unembedding's (or back on the inputs' device, when accelerate dispatched the whole model). Every such
 question goes through `module_device`: where the module that consumes a tensor computes. A splice
 therefore moves A's layer-N states once, to B's device at layer M, in the adapter's dtype (the adapter runs
-on B's side); nothing else of A crosses over. A write that keeps B's own states brings B's stream (still on
+on B's side, where `adapter_on` puts it, once, straight from wherever it was read: `record_moves` lists its
+tensors too); nothing else of A crosses over. A write that keeps B's own states brings B's stream (still on
 block M-1's device at block M's pre-hook) and the position mask to block M's device, once
 (`stitch.splice.combine.Write`). What HF computes itself - masks, position ids, cache positions, rotary
 embeddings - is moved to each block by accelerate's dispatch hooks, and a `DynamicCache` layer is created on
@@ -91,14 +92,19 @@ def transfer(tensor: Tensor, device, dtype: torch.dtype | None = None) -> Tensor
     dtype = dtype or tensor.dtype
     if device == tensor.device and dtype == tensor.dtype:
         return tensor  # nothing moves, nothing is recorded
+    _record(tensor, device, dtype)
+    return tensor.to(device=device, dtype=dtype, non_blocking=tensor.device.type == "cuda")
+
+
+def _record(tensor: Tensor, device: torch.device, dtype: torch.dtype) -> None:
     for moves in getattr(_recorders, "stack", ()):
         moves.append(Move(tuple(tensor.shape), tensor.device, device, tensor.dtype, dtype))
-    return tensor.to(device=device, dtype=dtype, non_blocking=tensor.device.type == "cuda")
 
 
 @contextlib.contextmanager
 def record_moves() -> Iterator[list[Move]]:
-    """Collect every `transfer` made on this thread inside the block (tests, and a check before a long run)."""
+    """Collect every `transfer` (and every adapter tensor `adapter_on` moves) made on this thread inside the
+    block (tests, and a check before a long run)."""
     stack = _recorders.__dict__.setdefault("stack", [])
     moves: list[Move] = []
     stack.append(moves)
@@ -139,8 +145,13 @@ def move_model(arg: str, model, device: torch.device) -> list[str]:
 
 
 def adapter_on(adapter: nn.Module, device: torch.device) -> nn.Module:
-    """The adapter on B's side (moved in place); one on 'meta' has no data to move and is left to fail loudly."""
+    """The adapter on B's side (moved in place, each tensor that moves recorded by `record_moves`); one on
+    'meta' has no data to move and is left to fail loudly. The one place an adapter is put on a device:
+    callers hand over the adapter where it was read (the CPU) and let the Splice place it."""
     params = list(adapter.parameters())
     if params and all(not p.is_meta for p in params) and any(p.device != device for p in params):
+        for tensor in itertools.chain(params, adapter.buffers()):
+            if tensor.device != device:
+                _record(tensor, device, tensor.dtype)
         adapter.to(device)
     return adapter

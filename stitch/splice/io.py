@@ -67,7 +67,7 @@ def read_splice(source: str | os.PathLike, A=None, B=None, *, dtype=None, device
         model = given if given is not None else _reload(key, identity, dtype, device)
         check_identity(key, model, identity)
         models.append(model)
-    adapter = load_adapter(directory, device=models[0].device)
+    adapter = load_adapter(directory)  # on the CPU: the Splice places it once, on B's side
     names = ("source_layer", "target_layer", "alignment", "injection", "padding_side", "positions", "combine")
     kwargs = {k: record[k] for k in names if k in record}
     return models[0], models[1], {**kwargs, "adapter": adapter}
