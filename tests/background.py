@@ -4,8 +4,9 @@
     jobs.submit("demo", ["stitch", "demo", "--quick", ...], cwd=some_dir, env=env)
     done = jobs.result("demo")            # a subprocess.CompletedProcess, waited for
 
-The demo run (`stitch demo --quick`, the console script) and the notebooks (each executed by
-tests/run_notebook.py in its own fresh kernel) are subprocesses that pytest only waits for. Run in the
+The demo run (`stitch demo --quick`, the console script), the notebooks (each executed by
+tests/run_notebook.py in its own fresh kernel) and the README's other Quickstart commands (pip dry runs, the
+suite collected) are subprocesses that pytest only waits for. Run in the
 background, in the order the tests need them, they use the second core while the rest of the suite runs on
 the first; each test that checks one waits for its result, then asserts exactly what it asserted when it ran
 the command itself. Only jobs that a selected test needs are started (`pytest tests/test_score.py` starts none),
@@ -14,6 +15,8 @@ and a job not yet run when the session ends (e.g. `-x` stopped it) is cancelled,
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -45,21 +48,29 @@ class Background:
         self._pool.shutdown(wait=False, cancel_futures=True)
         running = self._running
         if running is not None and running.poll() is None:
-            running.kill()
+            _kill_group(running)
             running.wait()
 
     def _run(self, argv, cwd, env, timeout) -> subprocess.CompletedProcess:
         if self._closed.is_set():
             raise RuntimeError("the session ended before this background job ran")
-        with subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) as process:
+        # its own process group: killing it also ends what it started (a notebook's kernel)
+        with subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True) as process:  # fmt: skip
             self._running = process
             try:
                 stdout, stderr = process.communicate(timeout=timeout)
             except subprocess.TimeoutExpired:
-                process.kill()
+                _kill_group(process)
                 process.communicate()
                 raise
             finally:
                 self._running = None
         return subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:  # already gone
+        pass

@@ -104,6 +104,13 @@ def background(request, tmp_path_factory):
             jobs.submit(path.name, argv, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                         timeout=NOTEBOOK_TIMEOUT)
             plan["notebooks"][path] = NotebookRun(where / "executed.ipynb", tmp, None)
+    if any("readme_runs" in item.fixturenames for item in wanted):
+        from tests.test_readme import checked, command_env, quickstart_commands  # the test's own definitions
+
+        for block, commands in enumerate(quickstart_commands()):
+            for i, argv in enumerate(commands):
+                if argv[:2] != ["stitch", "demo"]:  # the demo is the demo_run above
+                    jobs.submit(f"readme {block} {i}", checked(argv), cwd=ROOT, env=command_env(), timeout=600)
     yield jobs, plan
     jobs.close()
 
@@ -125,6 +132,14 @@ def demo_run(background, demo_cache):
     jobs, plan = background
     program, args, cwd, out = plan["demo"]
     return DemoRun(program, args, cwd, out, jobs.result("demo"))
+
+
+@pytest.fixture(scope="session")
+def readme_runs(background):
+    """`run(block, i)`: the CompletedProcess of the README Quickstart's block `block`, command `i`, as
+    tests/test_readme.py's checked() rewrites it (installs dry-run, the suite collected only), waited for."""
+    jobs, _ = background
+    return lambda block, i: jobs.result(f"readme {block} {i}")
 
 
 @pytest.fixture(scope="session")
