@@ -2,10 +2,7 @@
 the library calls they wrap; YAML configs, flag precedence, and clear errors."""
 
 import json
-import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -282,17 +279,17 @@ def test_run_errors_are_one_clear_line(pair, capsys):
         main([*argv, "--debug"])
 
 
-def test_demo_console_script(tmp_path, demo_cache):
-    exe = shutil.which("stitch")
-    if exe is None:
+def test_demo_console_script(demo_run):
+    # the session's one `stitch demo --quick` run (tests/conftest.py), outside the repository, shared with
+    # tests/test_readme.py, which runs the same command
+    if not demo_run.console_script:
         pytest.skip("the `stitch` console script is not installed (pip install -e .)")
-    argv = [exe, "demo", "--quick", "--no-progress", "--cache-dir", str(demo_cache), "--out", str(tmp_path / "demo")]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout, whichever one the script was installed from
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert demo_run.args[0] == "demo" and "--quick" in demo_run.args
+    done = demo_run.done
     assert done.returncode == 0, done.stderr
     line = next(x for x in done.stdout.splitlines() if "self-stitch identity" in x)
     assert float(line.split(":")[1].split("—")[0]) <= 1e-5
-    assert (tmp_path / "demo" / "report.html").is_file()
+    assert (demo_run.out / "report.html").is_file()
 
 
 def test_docs_yaml_examples_are_valid_configs(tmp_path):

@@ -3,10 +3,11 @@ export draws its figures without the network.
 
     python -m pytest tests/test_notebooks.py
 
-The kernel is ipykernel's built-in "python3" spec (jupyter_client falls back to it when no kernelspec
-is installed, and runs it with this interpreter), so nothing has to be installed for the test to run.
-It starts in a temporary directory with the repository on PYTHONPATH and STITCH_NOTEBOOK_TINY=1 (tiny models
-built in the first cell), so the notebooks read the checked-out code and write nowhere inside the repository.
+Each notebook is executed by tests/run_notebook.py (its own process, its own fresh kernel; see there for the
+kernel's environment: the repository on PYTHONPATH, STITCH_NOTEBOOK_TINY=1, a temporary directory as cwd and
+TMPDIR, so nothing is written inside the repository). The session starts those runs in the background when it
+starts (tests/conftest.py, tests/background.py) so that kernel start and imports overlap the rest of the suite;
+each test waits for its notebook's run and checks the executed copy it stored.
 The widget state of progress bars is not stored (JupyterLab's default too): stored, nbconvert's HTML export
 would load its widget manager from a CDN.
 """
@@ -14,7 +15,6 @@ would load its widget manager from a CDN.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
@@ -28,7 +28,6 @@ pytest.importorskip("ipywidgets")  # tqdm.auto draws widgets with it; without it
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-CELL_TIMEOUT = 120  # seconds per cell; each notebook takes a few seconds beyond kernel start and imports
 # per notebook: figures it must draw (at least), and files it must leave where tempfile puts them (TMPDIR)
 EXPECTED = {
     "01_quickstart.ipynb": (2, ["stitch-quickstart-*/procrustes.safetensors", "stitch-quickstart-*/report.html"]),
@@ -40,16 +39,6 @@ EXPECTED = {
 PLOTLYJS_BANNER = re.compile(r"\* plotly\.js v\d+\.\d+\.\d+")
 REMOTE = re.compile(r"""<script[^>]*\ssrc=["']?((?:https?:)?//[^"'\s>]+)""", re.I)
 COMMITTED_MAX_BYTES = 400_000  # outputs without plotly.js: text, tables and figure data only
-
-
-def kernel_env(tmp: Path) -> dict[str, str]:
-    """This process's environment, offline, tiny models, temporary files under `tmp`, the repository importable."""
-    env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", TMPDIR=str(tmp),
-               STITCH_NOTEBOOK_TINY="1")
-    env.pop("STITCH_NOTEBOOK_PLOTLYJS", None)  # the default: plotly.js inlined once
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-    return env
 
 
 def figure_outputs(nb) -> list[str]:
@@ -77,14 +66,10 @@ def test_committed_notebook_shows_outputs_and_stays_small(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_runs_and_its_html_export_draws_its_figures_offline(path, tmp_path):
-    nb = nbformat.read(path, as_version=4)
-    for cell in nb.cells:  # run from a clean slate, not from the stored outputs
-        if cell.cell_type == "code":
-            cell.outputs, cell.execution_count = [], None
-    client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3", store_widget_state=False,
-                                     resources={"metadata": {"path": str(tmp_path)}})
-    client.execute(env=kernel_env(tmp_path))  # raises CellExecutionError (with the traceback) on any error
+def test_notebook_runs_and_its_html_export_draws_its_figures_offline(path, notebook_runs):
+    run = notebook_runs(path)  # executed from a clean slate (not from the stored outputs) in a fresh kernel
+    assert run.done.returncode == 0, f"{path.name}:\n{run.done.stdout[-4000:]}\n{run.done.stderr[-4000:]}"
+    nb, tmp_path = nbformat.read(run.executed, as_version=4), run.tmp
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert code and all(c.execution_count is not None for c in code)
     outputs = [o for c in code for o in c.outputs]
