@@ -1,6 +1,7 @@
 """Held-out evaluation during training: the one evaluator (`stitch.splice.score`) on the training splice.
 
     >>> refs = eval_references(sp, train_texts, dist, batch_size=8)      # unigram + mean state, from training
+    >>> refs = eval_references(pairs.splices, train_texts, dist, 8)      # every pair's, in one pass of B
     >>> evaluate(sp, eval_texts, dist, batch_size=8, references=refs)["loss_recovered"]
 
 The record is flat for `metrics.jsonl`: the headline class's values (shared positions, relative to the
@@ -12,14 +13,22 @@ from __future__ import annotations
 import torch
 
 from stitch.splice.score import References, score_splices
+from stitch.splice.splice import Splice
 from stitch.training import distributed
 
 
 @torch.no_grad()
-def eval_references(sp, train_texts: list[str], dist: distributed.Dist, batch_size: int) -> References:
-    """The references of `sp` estimated on the training texts (each rank reads its share)."""
+def eval_references(splices, train_texts: list[str], dist: distributed.Dist, batch_size: int) -> References:
+    """The references of a splice, or of every splice of a run, estimated on the training texts.
+
+    One pass of B over the texts (each rank reads its share) gives every splice's write point: a run
+    training several layer pairs shares one `References` rather than running B once per pair.
+    """
+    splices = [splices] if isinstance(splices, Splice) else list(splices)
+    first = splices[0]
     return References.build(
-        sp.A, sp.B, train_texts, [sp.write_point], batch_size=batch_size, padding_side=sp.padding_side, dist=dist
+        first.A, first.B, train_texts, [sp.write_point for sp in splices], batch_size=batch_size,
+        padding_side=first.padding_side, dist=dist,
     )
 
 

@@ -159,9 +159,8 @@ class _Run:
         if self.dist.is_main and config.log_to:
             self.history.sinks = open_sinks(config.log_to, self.out, config.to_dict(), config.wandb_project)
         if self.eval_texts is not None:
-            self.references = [
-                eval_references(sp, self.texts, self.dist, config.batch_size) for sp in self.pairs.splices
-            ]
+            shared = eval_references(self.pairs.splices, self.texts, self.dist, config.batch_size)  # one pass of B
+            self.references = [shared] * len(self.pairs.splices)
             self.probes = [
                 PairProbe.collect(self.A, self.B, self.eval_texts, n, m, cka=self.similarity)
                 for n, m in self.pairs.layers
