@@ -7,6 +7,7 @@ import torch
 
 import stitch
 from analyses.sweep import layer_sweep
+from stitch.adapters.fit import EMBEDDINGS, collect_stats
 from stitch.alignment.pairing import pair_texts
 from stitch.losses import IGNORE, next_token_labels, token_cross_entropy
 from stitch.splice.score import CLASS_NAMES, TOLERANCE, References, loss_recovered, score_splices
@@ -207,3 +208,39 @@ def test_long_texts_are_scored_as_their_chunks(lagging_pair):
     [chunked] = score_splices([sp], [long_text], refs, max_length=40, progress=False)
     [separate] = score_splices([sp], chunks, refs, progress=False)
     assert chunked == separate
+
+
+def assert_same_references(mine: References, theirs: References) -> None:
+    assert torch.equal(mine.unigram_log_probs, theirs.unigram_log_probs)
+    assert mine.n_train_labels == theirs.n_train_labels and list(mine.mean_states) == list(theirs.mean_states)
+    for point, mean in theirs.mean_states.items():
+        assert torch.equal(mine.mean_states[point], mean), point
+
+
+def test_references_fed_by_a_fit_pass_equal_references_build(lagging_pair):
+    """The accumulator fed by collect_stats (fitting on shared pairs only) gives exactly References.build's
+    references, which are taken over every target-grid pair, whatever the fit keeps."""
+    A, B = lagging_pair
+    sums = References.accumulator(B, [3, EMBEDDINGS, 3])
+    collect_stats(A, B, TRAIN, [(2, 1)], batch_size=2, classes=["shared"], observers=[sums], progress=False)
+    built = References.build(A, B, TRAIN, [3, EMBEDDINGS], batch_size=2)
+    assert_same_references(sums.references(), built)
+    assert list(built.mean_states) == [3, EMBEDDINGS]  # a repeated write point is summed once
+
+
+def test_training_references_of_several_pairs_come_from_one_pass_of_b(lagging_pair):
+    A, B = lagging_pair
+    ad = stitch.adapters.Projection(A.d_model, B.d_model)
+    splices = [stitch.Splice(A, B, n, m, adapter=ad, injection=inj)
+               for n, m, inj in ((2, 3, "residual"), (1, 1, "residual"), (2, 0, "inputs_embeds"))]
+    calls = []
+    handle = B.blocks[0].register_forward_hook(lambda *_: calls.append(1))
+    try:
+        shared = eval_references(splices, TRAIN, Dist(), 4)
+    finally:
+        handle.remove()
+    assert len(calls) == 2  # two batches of training texts, once (one pass per splice before: 6 calls)
+    for sp in splices:
+        alone = eval_references(sp, TRAIN, Dist(), 4)
+        assert torch.equal(shared.unigram_log_probs, alone.unigram_log_probs)
+        assert torch.equal(shared.mean_states[sp.write_point], alone.mean_states[sp.write_point])

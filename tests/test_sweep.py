@@ -203,28 +203,30 @@ MIXED = dict(pairs=[(2, 2), (3, 1)], alignment=["target", "source"], injection=[
              kind="affine", ridge=1e-3, batch_size=4, progress=False)  # fits on all pairs and on shared ones
 
 
-def two_pass_scores(A, B, train, held_out, records):
+def two_pass_scores(A, B, train, held_out, records, kind):
     """The sweep as it was: collect_stats per splice, then References.build over the texts again."""
+    window = 2 if kind == "token_conditioned" else None
     splices = []
     for r in records:
         shared = r.alignment == "source" or r.injection == "hybrid"  # the splice writes only at shared positions
         point = EMBEDDINGS if r.injection == "inputs_embeds" else r.target_layer
-        stats = collect_stats(A, B, train, [(r.source_layer, point)], batch_size=4, progress=False,
+        stats = collect_stats(A, B, train, [(r.source_layer, point)], batch_size=4, progress=False, window=window,
                               classes=["shared"] if shared else None)[r.source_layer, point]
-        adapter = fit_closed_form("affine", stats, ridge=1e-3).float()
+        adapter = fit_closed_form(kind, stats, ridge=1e-3).float()
         splices.append((stitch.Splice(A, B, r.source_layer, r.target_layer, adapter=adapter, alignment=r.alignment,
                                       injection=r.injection), stats.n))
     refs = References.build(A, B, train, [sp.write_point for sp, _ in splices], batch_size=4)
     return splices, score_splices([sp for sp, _ in splices], held_out, refs, batch_size=4, progress=False)
 
 
-def test_one_pass_sweep_equals_the_two_pass_computation(cross_pair, texts):
+@pytest.mark.parametrize("kind", ["affine", "token_conditioned"])
+def test_one_pass_sweep_equals_the_two_pass_computation(cross_pair, texts, kind):
     A, B = cross_pair
-    records = layer_sweep(A, B, TRAIN, texts, **MIXED)
+    records = layer_sweep(A, B, TRAIN, texts, **{**MIXED, "kind": kind})
     assert {(r.alignment, r.injection) for r in records} == {
         ("target", "residual"), ("target", "hybrid"), ("target", "inputs_embeds"), ("source", "residual"),
         ("source", "inputs_embeds")}
-    splices, scores = two_pass_scores(A, B, TRAIN, texts, records)
+    splices, scores = two_pass_scores(A, B, TRAIN, texts, records, kind)
     for r, (sp, n_pairs), score in zip(records, splices, scores, strict=True):
         assert r.n_train_pairs == n_pairs
         for mine, theirs in zip(r.adapter.state_dict().values(), sp.adapter.state_dict().values(), strict=True):
