@@ -13,7 +13,7 @@ from stitch.losses import IGNORE, next_token_labels, token_cross_entropy
 from stitch.splice.score import CLASS_NAMES, TOLERANCE, References, loss_recovered, score_splices
 from stitch.testing import CORPUS, byte_bpe_tokenizer, tiny_model, train_briefly
 from stitch.training.distributed import Dist
-from stitch.training.evaluate import eval_references, evaluate
+from stitch.training.evaluate import eval_references, evaluate, evaluate_splices
 
 TRAIN = CORPUS[:6]
 HELD_OUT = [
@@ -228,19 +228,33 @@ def test_references_fed_by_a_fit_pass_equal_references_build(lagging_pair):
     assert list(built.mean_states) == [3, EMBEDDINGS]  # a repeated write point is summed once
 
 
-def test_training_references_of_several_pairs_come_from_one_pass_of_b(lagging_pair):
+def counting_block0(model):
+    """(calls, handle): a list that grows by one per forward of the model's first block."""
+    calls = []
+    return calls, model.blocks[0].register_forward_hook(lambda *_: calls.append(1))
+
+
+def test_a_run_of_several_pairs_estimates_and_scores_them_in_one_pass(lagging_pair):
+    """Training's references: one pass of B over the training texts for every pair (one per pair before: 6
+    block-0 calls here); its evaluation: one pass of A over the held-out texts (one per pair before: 3)."""
     A, B = lagging_pair
     ad = stitch.adapters.Projection(A.d_model, B.d_model)
     splices = [stitch.Splice(A, B, n, m, adapter=ad, injection=inj)
                for n, m, inj in ((2, 3, "residual"), (1, 1, "residual"), (2, 0, "inputs_embeds"))]
-    calls = []
-    handle = B.blocks[0].register_forward_hook(lambda *_: calls.append(1))
+    calls_b, handle = counting_block0(B)
     try:
         shared = eval_references(splices, TRAIN, Dist(), 4)
     finally:
         handle.remove()
-    assert len(calls) == 2  # two batches of training texts, once (one pass per splice before: 6 calls)
-    for sp in splices:
+    assert len(calls_b) == 2  # the two batches of training texts, once
+    calls_a, handle = counting_block0(A)
+    try:
+        together = evaluate_splices(splices, HELD_OUT, Dist(), 8, shared)
+    finally:
+        handle.remove()
+    assert len(calls_a) == 1  # one batch of held-out texts, once for the three splices
+    for sp, record in zip(splices, together, strict=True):
         alone = eval_references(sp, TRAIN, Dist(), 4)
         assert torch.equal(shared.unigram_log_probs, alone.unigram_log_probs)
         assert torch.equal(shared.mean_states[sp.write_point], alone.mean_states[sp.write_point])
+        assert record == evaluate(sp, HELD_OUT, Dist(), 8, alone)
