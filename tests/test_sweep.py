@@ -199,6 +199,15 @@ def test_figure_native_line_is_in_layer_order_without_residual_rows(cross_record
     assert list(native.x) == sorted(r.source_layer for r in baseline_only)
 
 
+@pytest.fixture(scope="module")
+def lagging_pair(tok):
+    """A's tokens are longer than B's (1200- vs 300-token BPE): B has lagging positions, shared ones are fewer."""
+    tok_a = byte_bpe_tokenizer(vocab_size=1200)
+    A = stitch.load_model(tiny_model("llama", vocab_size=len(tok_a), seed=3), tokenizer=tok_a)
+    B = stitch.load_model(tiny_model("qwen2", vocab_size=len(tok), n_layers=4, d_model=48, seed=4), tokenizer=tok)
+    return A, B
+
+
 MIXED = dict(pairs=[(2, 2), (3, 1)], alignment=["target", "source"], injection=["residual", "hybrid"],
              kind="affine", ridge=1e-3, batch_size=4, progress=False)  # fits on all pairs and on shared ones
 
@@ -220,12 +229,15 @@ def two_pass_scores(A, B, train, held_out, records, kind):
 
 
 @pytest.mark.parametrize("kind", ["affine", "token_conditioned"])
-def test_one_pass_sweep_equals_the_two_pass_computation(cross_pair, texts, kind):
-    A, B = cross_pair
+def test_one_pass_sweep_equals_the_two_pass_computation(lagging_pair, texts, kind):
+    A, B = lagging_pair
     records = layer_sweep(A, B, TRAIN, texts, **{**MIXED, "kind": kind})
     assert {(r.alignment, r.injection) for r in records} == {
         ("target", "residual"), ("target", "hybrid"), ("target", "inputs_embeds"), ("source", "residual"),
         ("source", "inputs_embeds")}
+    fitted = {(r.alignment, r.injection): r.n_train_pairs for r in records if r.source_layer == 2}
+    assert fitted[("target", "hybrid")] == fitted[("source", "residual")] < fitted[("target", "residual")]
+    assert all(r.classes["lagging"].n_tokens > 0 for r in records if r.alignment == "target")
     splices, scores = two_pass_scores(A, B, TRAIN, texts, records, kind)
     for r, (sp, n_pairs), score in zip(records, splices, scores, strict=True):
         assert r.n_train_pairs == n_pairs
@@ -237,10 +249,10 @@ def test_one_pass_sweep_equals_the_two_pass_computation(cross_pair, texts, kind)
                 assert ours == pytest.approx(value, abs=1e-6, nan_ok=True), (r.to_row(), name, key)
 
 
-def test_the_sweep_runs_a_and_b_over_the_training_texts_once(cross_pair, texts, monkeypatch):
+def test_the_sweep_runs_a_and_b_over_the_training_texts_once(lagging_pair, texts, monkeypatch):
     """Block 0 of each model counts its forwards until scoring starts: one per training batch (the two-pass
     sweep ran B 3 times per batch here, for the two fit groups and the references, and A twice)."""
-    A, B = cross_pair
+    A, B = lagging_pair
     calls, at_scoring = {"A": 0, "B": 0}, {}
     real_score = analyses.sweep.score_splices
 
