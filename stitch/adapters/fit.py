@@ -4,6 +4,7 @@
     >>> ad = fit_adapter(A, B, texts, 16, 12, kind="affine", ridge=1e-2, batch_size=4)
     >>> stats = collect_stats(A, B, texts, [(8, 8), (16, 16), (16, EMBEDDINGS)])   # one pass, many pairs
     >>> Procrustes.fit_stats(stats[(16, 16)])
+    >>> collect_grouped_stats(A, B, texts, {None: [(8, 8)], ("shared",): [(8, 8)]})  # per classes, one pass
     >>> ad = fit_adapter(A, B, texts, 16, kind="token_conditioned", window=2, ridge=1e-2)
     >>> ad = fit_from_store(store, 16, 16, kind="affine")     # pairs read from an activation store
 
