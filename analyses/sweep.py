@@ -23,6 +23,11 @@ shared boundary (`stitch.adapters.conditioned`; option `window`, default 2).
     ...             injection=["residual", "hybrid"], alignment=["target", "source"])
 Every score is relative to the context-free reference (B's unigram on the training texts), as in
 `stitch.splice.score`; the mean-ablation CE is a diagnostic beside it.
+
+Passes: A and B run once over the training texts, and that one pass gives every splice's fit statistics
+(`collect_grouped_stats`, each on its own classes of pairs) and the references (B's label counts and mean
+states at every write point, fed to `References.accumulator`); then `score_splices` runs once over the
+held-out texts for every splice together.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ import torch
 
 from stitch.adapters import save_adapter
 from stitch.adapters.base import Adapter
-from stitch.adapters.fit import check_fit_options, collect_stats, condition_window
+from stitch.adapters.fit import check_fit_options, collect_grouped_stats, condition_window
 from stitch.adapters.linear import fit_closed_form
 from stitch.checks import check_choice, check_layer, check_texts
 from stitch.chunks import corpus_texts
@@ -145,8 +150,7 @@ def layer_sweep(
     eval_texts = corpus_texts(tokenizers, check_texts(eval_texts), max_length)
     layer_pairs = _layer_pairs(A, B, source_layers, pairs, match)
     wanted = _wanted(layer_pairs, grids, injections, selection, baseline)
-    splices = _fitted(A, B, train_texts, wanted, kind, batch_size, progress, fit_options)
-    references = _references(A, B, train_texts, splices, batch_size)
+    splices, references = _fitted(A, B, train_texts, wanted, kind, batch_size, progress, fit_options)
     scores = score_splices([sp for sp, _ in splices], eval_texts, references, batch_size=batch_size, progress=progress)
     records = [_record(sp, n_pairs, kind, score) for (sp, n_pairs), score in zip(splices, scores, strict=True)]
     return records if save_dir is None else [_saved(r, Path(save_dir)) for r in records]
@@ -230,26 +234,26 @@ def _fit_classes(spec: dict):
 
 
 def _fitted(A, B, texts, wanted, kind, batch_size, progress, options):
-    """(Splice, number of training pairs) for every wanted splice; one pass per distinct set of fit pairs."""
-    window = condition_window(kind, options)
-    out = {}
-    for classes in dict.fromkeys(_fit_classes(w) for w in wanted):
-        group = [w for w in wanted if _fit_classes(w) == classes]
-        points = [(w["source_layer"], INJECTIONS[w["injection"]].write_point(w["target_layer"])) for w in group]
-        stats = collect_stats(
-            A, B, texts, list(dict.fromkeys(points)), batch_size=batch_size, progress=progress,
-            classes=classes, window=window,
-        )
-        for spec, point in zip(group, points, strict=True):
-            adapter = fit_closed_form(kind, stats[point], **options).to(dtype=torch.float32)
-            out[id(spec)] = (Splice(A, B, adapter=adapter, **spec), stats[point].n)
-    return [out[id(w)] for w in wanted]  # in the order asked for
+    """(Splice, number of training pairs) for every wanted splice, and the references from the same pass.
 
-
-def _references(A, B, texts, splices, batch_size) -> References:
-    """Context-free and mean-ablation references from the training texts (the one definition, as in training)."""
-    points = list(dict.fromkeys(sp.write_point for sp, _ in splices))
-    return References.build(A, B, texts, points, batch_size=batch_size)
+    One pass of A and B over the training texts collects every splice's fit statistics (each on its own
+    classes of pairs) and B's reference sums at every write point (`stitch.splice.references`).
+    """
+    points = {id(w): (w["source_layer"], INJECTIONS[w["injection"]].write_point(w["target_layer"])) for w in wanted}
+    groups: dict = {}
+    for w in wanted:
+        groups.setdefault(_fit_classes(w), {})[points[id(w)]] = None
+    sums = References.accumulator(B, [point for _, point in points.values()])
+    stats = collect_grouped_stats(
+        A, B, texts, {classes: list(pairs) for classes, pairs in groups.items()}, batch_size=batch_size,
+        progress=progress, window=condition_window(kind, options), observers=[sums],
+    )
+    splices = []
+    for w in wanted:  # in the order asked for
+        fit = stats[_fit_classes(w)][points[id(w)]]
+        adapter = fit_closed_form(kind, fit, **options).to(dtype=torch.float32)
+        splices.append((Splice(A, B, adapter=adapter, **w), fit.n))
+    return splices, sums.references()
 
 
 def _record(sp: Splice, n_pairs: int, kind: str, score: SpliceScore) -> SweepRecord:

@@ -5,7 +5,13 @@ import torch
 
 import stitch
 from stitch.adapters import Affine, SufficientStats
-from stitch.adapters.fit import EMBEDDINGS, collect_stats, fit_adapter, paired_positions
+from stitch.adapters.fit import (
+    EMBEDDINGS,
+    collect_grouped_stats,
+    collect_stats,
+    fit_adapter,
+    paired_positions,
+)
 from stitch.splice import align_texts
 from tests.tiny import CORPUS, byte_bpe_tokenizer, tiny_model
 
@@ -106,3 +112,25 @@ def test_bad_requests_fail_before_any_model_runs(llama, texts):
         collect_stats(llama, llama, texts, [(1, 1)], batch_size=0, progress=False)
     with pytest.raises(ValueError, match="texts"):
         fit_adapter(llama, llama, [], 1)
+
+
+def test_grouped_stats_equal_one_collect_stats_per_group_in_one_pass(models):
+    """Each group keeps its own classes of pairs, exactly as its own collect_stats would, from one pass."""
+    B, A = models  # A's 1200-token vocabulary cuts longer tokens than B's: lagging positions occur
+    groups = {None: [(1, 1)], ("shared",): [(1, 1), (2, EMBEDDINGS)]}
+    calls = []
+    handle = B.blocks[0].register_forward_hook(lambda *_: calls.append(1))
+    try:
+        grouped = collect_grouped_stats(A, B, TRAIN, groups, batch_size=2, progress=False)
+    finally:
+        handle.remove()
+    assert len(calls) == 3  # three batches of texts, once (two collect_stats calls would run B six times)
+    for classes, pairs in groups.items():
+        alone = collect_stats(A, B, TRAIN, pairs, batch_size=2, progress=False, classes=classes)
+        for pair in pairs:
+            mine, theirs = grouped[classes][pair], alone[pair]
+            assert mine.n == theirs.n and all(
+                torch.equal(getattr(mine, k), getattr(theirs, k)) for k in ("mean_x", "mean_y", "cxx", "cxy", "syy"))
+    assert grouped[("shared",)][1, 1].n < grouped[None][1, 1].n
+    with pytest.raises(ValueError, match="^groups: expected a non-empty"):
+        collect_grouped_stats(A, B, TRAIN, {}, progress=False)

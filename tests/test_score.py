@@ -7,12 +7,13 @@ import torch
 
 import stitch
 from analyses.sweep import layer_sweep
+from stitch.adapters.fit import EMBEDDINGS, collect_stats
 from stitch.alignment.pairing import pair_texts
 from stitch.losses import IGNORE, next_token_labels, token_cross_entropy
 from stitch.splice.score import CLASS_NAMES, TOLERANCE, References, loss_recovered, score_splices
 from stitch.testing import CORPUS, byte_bpe_tokenizer, tiny_model, train_briefly
 from stitch.training.distributed import Dist
-from stitch.training.evaluate import eval_references, evaluate
+from stitch.training.evaluate import eval_references, evaluate, evaluate_splices
 
 TRAIN = CORPUS[:6]
 HELD_OUT = [
@@ -207,3 +208,53 @@ def test_long_texts_are_scored_as_their_chunks(lagging_pair):
     [chunked] = score_splices([sp], [long_text], refs, max_length=40, progress=False)
     [separate] = score_splices([sp], chunks, refs, progress=False)
     assert chunked == separate
+
+
+def assert_same_references(mine: References, theirs: References) -> None:
+    assert torch.equal(mine.unigram_log_probs, theirs.unigram_log_probs)
+    assert mine.n_train_labels == theirs.n_train_labels and list(mine.mean_states) == list(theirs.mean_states)
+    for point, mean in theirs.mean_states.items():
+        assert torch.equal(mine.mean_states[point], mean), point
+
+
+def test_references_fed_by_a_fit_pass_equal_references_build(lagging_pair):
+    """The accumulator fed by collect_stats (fitting on shared pairs only) gives exactly References.build's
+    references, which are taken over every target-grid pair, whatever the fit keeps."""
+    A, B = lagging_pair
+    sums = References.accumulator(B, [3, EMBEDDINGS, 3])
+    collect_stats(A, B, TRAIN, [(2, 1)], batch_size=2, classes=["shared"], observers=[sums], progress=False)
+    built = References.build(A, B, TRAIN, [3, EMBEDDINGS], batch_size=2)
+    assert_same_references(sums.references(), built)
+    assert list(built.mean_states) == [3, EMBEDDINGS]  # a repeated write point is summed once
+
+
+def counting_block0(model):
+    """(calls, handle): a list that grows by one per forward of the model's first block."""
+    calls = []
+    return calls, model.blocks[0].register_forward_hook(lambda *_: calls.append(1))
+
+
+def test_a_run_of_several_pairs_estimates_and_scores_them_in_one_pass(lagging_pair):
+    """Training's references: one pass of B over the training texts for every pair (one per pair before: 6
+    block-0 calls here); its evaluation: one pass of A over the held-out texts (one per pair before: 3)."""
+    A, B = lagging_pair
+    ad = stitch.adapters.Projection(A.d_model, B.d_model)
+    splices = [stitch.Splice(A, B, n, m, adapter=ad, injection=inj)
+               for n, m, inj in ((2, 3, "residual"), (1, 1, "residual"), (2, 0, "inputs_embeds"))]
+    calls_b, handle = counting_block0(B)
+    try:
+        shared = eval_references(splices, TRAIN, Dist(), 4)
+    finally:
+        handle.remove()
+    assert len(calls_b) == 2  # the two batches of training texts, once
+    calls_a, handle = counting_block0(A)
+    try:
+        together = evaluate_splices(splices, HELD_OUT, Dist(), 8, shared)
+    finally:
+        handle.remove()
+    assert len(calls_a) == 1  # one batch of held-out texts, once for the three splices
+    for sp, record in zip(splices, together, strict=True):
+        alone = eval_references(sp, TRAIN, Dist(), 4)
+        assert torch.equal(shared.unigram_log_probs, alone.unigram_log_probs)
+        assert torch.equal(shared.mean_states[sp.write_point], alone.mean_states[sp.write_point])
+        assert record == evaluate(sp, HELD_OUT, Dist(), 8, alone)

@@ -7,11 +7,14 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
+import analyses.sweep
 import stitch
 from analyses.figures.sweep import sweep_figure
 from analyses.sweep import SweepRecord, layer_sweep, matching_layers
-from stitch.adapters.fit import EMBEDDINGS, fit_adapter
+from stitch.adapters.fit import EMBEDDINGS, collect_stats, fit_adapter
+from stitch.adapters.linear import fit_closed_form
 from stitch.losses import IGNORE, mean_cross_entropy, next_token_labels, token_cross_entropy
+from stitch.splice.score import References, score_splices
 from stitch.testing import fold_norm_gains, rotate_residual, train_briefly
 from tests.tiny import CORPUS, byte_bpe_tokenizer, tiny_model
 
@@ -194,3 +197,76 @@ def test_figure_native_line_is_in_layer_order_without_residual_rows(cross_record
     baseline_only = [r for r in cross_records if r.injection == "inputs_embeds"][::-1]
     native = next(t for t in sweep_figure(baseline_only).data if t.name == "B native (shared)")
     assert list(native.x) == sorted(r.source_layer for r in baseline_only)
+
+
+@pytest.fixture(scope="module")
+def lagging_pair(tok):
+    """A's tokens are longer than B's (1200- vs 300-token BPE): B has lagging positions, shared ones are fewer."""
+    tok_a = byte_bpe_tokenizer(vocab_size=1200)
+    A = stitch.load_model(tiny_model("llama", vocab_size=len(tok_a), seed=3), tokenizer=tok_a)
+    B = stitch.load_model(tiny_model("qwen2", vocab_size=len(tok), n_layers=4, d_model=48, seed=4), tokenizer=tok)
+    return A, B
+
+
+MIXED = dict(pairs=[(2, 2), (3, 1)], alignment=["target", "source"], injection=["residual", "hybrid"],
+             kind="affine", ridge=1e-3, batch_size=4, progress=False)  # fits on all pairs and on shared ones
+
+
+def two_pass_scores(A, B, train, held_out, records, kind):
+    """The sweep as it was: collect_stats per splice, then References.build over the texts again."""
+    window = 2 if kind == "token_conditioned" else None
+    splices = []
+    for r in records:
+        shared = r.alignment == "source" or r.injection == "hybrid"  # the splice writes only at shared positions
+        point = EMBEDDINGS if r.injection == "inputs_embeds" else r.target_layer
+        stats = collect_stats(A, B, train, [(r.source_layer, point)], batch_size=4, progress=False, window=window,
+                              classes=["shared"] if shared else None)[r.source_layer, point]
+        adapter = fit_closed_form(kind, stats, ridge=1e-3).float()
+        splices.append((stitch.Splice(A, B, r.source_layer, r.target_layer, adapter=adapter, alignment=r.alignment,
+                                      injection=r.injection), stats.n))
+    refs = References.build(A, B, train, [sp.write_point for sp, _ in splices], batch_size=4)
+    return splices, score_splices([sp for sp, _ in splices], held_out, refs, batch_size=4, progress=False)
+
+
+@pytest.mark.parametrize("kind", ["affine", "token_conditioned"])
+def test_one_pass_sweep_equals_the_two_pass_computation(lagging_pair, texts, kind):
+    A, B = lagging_pair
+    records = layer_sweep(A, B, TRAIN, texts, **{**MIXED, "kind": kind})
+    assert {(r.alignment, r.injection) for r in records} == {
+        ("target", "residual"), ("target", "hybrid"), ("target", "inputs_embeds"), ("source", "residual"),
+        ("source", "inputs_embeds")}
+    fitted = {(r.alignment, r.injection): r.n_train_pairs for r in records if r.source_layer == 2}
+    assert fitted[("target", "hybrid")] == fitted[("source", "residual")] < fitted[("target", "residual")]
+    assert all(r.classes["lagging"].n_tokens > 0 for r in records if r.alignment == "target")
+    splices, scores = two_pass_scores(A, B, TRAIN, texts, records, kind)
+    for r, (sp, n_pairs), score in zip(records, splices, scores, strict=True):
+        assert r.n_train_pairs == n_pairs
+        for mine, theirs in zip(r.adapter.state_dict().values(), sp.adapter.state_dict().values(), strict=True):
+            assert torch.equal(mine, theirs)
+        for name, c in score.classes.items():
+            for key, value in dataclasses.asdict(c).items():
+                ours = getattr(r.classes[name], key)
+                assert ours == pytest.approx(value, abs=1e-6, nan_ok=True), (r.to_row(), name, key)
+
+
+def test_the_sweep_runs_a_and_b_over_the_training_texts_once(lagging_pair, texts, monkeypatch):
+    """Block 0 of each model counts its forwards until scoring starts: one per training batch (the two-pass
+    sweep ran B 3 times per batch here, for the two fit groups and the references, and A twice)."""
+    A, B = lagging_pair
+    calls, at_scoring = {"A": 0, "B": 0}, {}
+    real_score = analyses.sweep.score_splices
+
+    def scoring(*args, **kwargs):
+        at_scoring.update(calls)
+        return real_score(*args, **kwargs)
+
+    monkeypatch.setattr(analyses.sweep, "score_splices", scoring)
+    handles = [model.blocks[0].register_forward_hook(lambda *_, name=name: calls.update({name: calls[name] + 1}))
+               for name, model in (("A", A), ("B", B))]
+    try:
+        layer_sweep(A, B, TRAIN, texts, **MIXED)
+    finally:
+        for handle in handles:
+            handle.remove()
+    n_batches = -(-len(TRAIN) // MIXED["batch_size"])
+    assert at_scoring == {"A": n_batches, "B": n_batches}

@@ -187,12 +187,12 @@ def test_a_non_finite_step_stops_the_run_and_keeps_the_last_good_checkpoint(
 
 def test_metrics_are_strict_json_with_non_finite_values_as_null_and_flagged(rotated, tmp_path, monkeypatch):
     A, B, _ = rotated
-    real = train_mod.evaluate
+    real = train_mod.evaluate_splices
 
     def undefined_loss_recovered(*args):  # as when B's native loss equals the reference loss
-        return {**real(*args), "loss_recovered": float("nan"), "by_class": {"shared": float("-inf")}}
+        return [{**r, "loss_recovered": float("nan"), "by_class": {"shared": float("-inf")}} for r in real(*args)]
 
-    monkeypatch.setattr(train_mod, "evaluate", undefined_loss_recovered)
+    monkeypatch.setattr(train_mod, "evaluate_splices", undefined_loss_recovered)
     result = train(A, B, TEXTS, config(tmp_path, steps=2, checkpoint_every=1), eval_texts=TEXTS[:2])
     records = [strict_json(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert records == result.history

@@ -4,6 +4,7 @@
     >>> ad = fit_adapter(A, B, texts, 16, 12, kind="affine", ridge=1e-2, batch_size=4)
     >>> stats = collect_stats(A, B, texts, [(8, 8), (16, 16), (16, EMBEDDINGS)])   # one pass, many pairs
     >>> Procrustes.fit_stats(stats[(16, 16)])
+    >>> collect_grouped_stats(A, B, texts, {None: [(8, 8)], ("shared",): [(8, 8)]})  # per classes, one pass
     >>> ad = fit_adapter(A, B, texts, 16, kind="token_conditioned", window=2, ridge=1e-2)
     >>> ad = fit_from_store(store, 16, 16, kind="affine")     # pairs read from an activation store
 
@@ -147,25 +148,47 @@ def collect_stats(
     classes=None,
     window: int | None = None,
     max_length: int | None = None,
+    observers: Sequence = (),
 ) -> dict[LayerPair, SufficientStats]:
     """Streamed statistics of paired (A layer N, B layer M) states for every `(N, M)` in `layer_pairs`.
 
     A and B each run once per batch, up to the deepest layer asked of them. `M` may be `EMBEDDINGS`.
     `classes` (e.g. `["shared"]`, what a source-grid splice reads) keeps pairs of those position classes only.
     `window` appends B's conditioning vector to every A state (for token-conditioned fits).
+    `observers` see every batch of the same pass: each has `layers` (the B layers it reads) and
+    `update(pairing, states)`, called once per batch with the batch's `Pairing` and B's states there (e.g.
+    `References.accumulator(B, points)` of `stitch.splice.references`: references without a second pass of B).
     """
-    pairs = _check_pairs(A, B, layer_pairs)
+    key = None if classes is None else tuple(classes)
+    return collect_grouped_stats(
+        A, B, texts, {key: layer_pairs}, batch_size=batch_size, drop_special=drop_special,
+        padding_side=padding_side, progress=progress, window=window, max_length=max_length, observers=observers,
+    )[key]
+
+
+def collect_grouped_stats(
+    A: HookedLM, B: HookedLM, texts: Sequence[str], groups: dict, *, batch_size: int = 8,
+    drop_special: bool = True, padding_side: str = "right", progress: bool = True, window: int | None = None,
+    max_length: int | None = None, observers: Sequence = (),
+) -> dict:
+    """`collect_stats` for several sets of fit pairs in one pass: `{classes: {pair: stats}}`.
+
+        >>> stats = collect_grouped_stats(A, B, texts, {None: [(2, 2)], ("shared",): [(2, 2), (3, 1)]})
+        >>> stats[("shared",)][3, 1]          # fitted on the shared pairs only; A and B ran once per batch
+
+    `groups[classes]` are the layer pairs whose statistics keep the pairs of those position classes (None:
+    every pair). The other options are `collect_stats`'s.
+    """
+    groups = _check_groups(A, B, groups)
     texts = corpus_texts([A.tokenizer, B.tokenizer], check_texts(texts), max_length)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
-    stats = {pair: SufficientStats() for pair in pairs}
+    stats = {classes: {pair: SufficientStats() for pair in pairs} for classes, pairs in groups.items()}
     starts = range(0, len(texts), batch_size)
     for start in tqdm(starts, desc="pairing states", unit="batch", disable=not progress):
-        _accumulate(
-            A, B, pair_texts(A, B, texts[start : start + batch_size], padding_side), stats, drop_special, classes,
-            window,
-        )
-    if next(iter(stats.values())).n == 0:
+        aligned = pair_texts(A, B, texts[start : start + batch_size], padding_side)
+        _accumulate(A, B, aligned, stats, drop_special, window, observers)
+    if any(next(iter(group.values())).n == 0 for group in stats.values()):
         raise ValueError(
             f"texts: no paired positions in {len(texts)} texts (every position was padding, special "
             "or had no A token before it); use longer texts or drop_special=False"
@@ -175,31 +198,30 @@ def collect_stats(
 
 @torch.no_grad()
 def _accumulate(
-    A: HookedLM,
-    B: HookedLM,
-    aligned: Pairing,
-    stats: dict[LayerPair, SufficientStats],
-    drop_special: bool,
-    classes=None,
-    window: int | None = None,
+    A: HookedLM, B: HookedLM, aligned: Pairing, stats: dict, drop_special: bool, window: int | None, observers
 ) -> None:
     # a token-conditioned fit also learns where no A token has finished: the splice feeds it adapter(0, c) there
-    rows, src, tgt = aligned.pairs(drop_special, classes, keep_none=window is not None)
-    if rows.numel() == 0:
-        return
-    xs = model_states(A, aligned.source, {n for n, _ in stats})
-    ys = model_states(B, aligned.target, {m for _, m in stats})
-    condition = None
-    if window is not None:
+    picked = {classes: aligned.pairs(drop_special, classes, keep_none=window is not None) for classes in stats}
+    picked = {classes: p for classes, p in picked.items() if p[0].numel()}
+    if not picked and not observers:
+        return  # nothing to learn from this batch: neither model runs
+    xs = model_states(A, aligned.source, {n for c in picked for n, _ in stats[c]}) if picked else {}
+    b_layers = {m for c in picked for _, m in stats[c]}.union(*(o.layers for o in observers))
+    ys = model_states(B, aligned.target, b_layers) if b_layers else {}
+    for observer in observers:
+        observer.update(aligned, ys)
+    features = None
+    if window is not None and picked:
         features = condition_features(input_embeddings(B, aligned.target), aligned.since_boundary(window))
-        condition = features[rows, tgt]
-    for n, m in stats:
-        y = ys[m][rows.to(ys[m].device), tgt.to(ys[m].device)]
-        src_a = src.to(xs[n].device)
-        x = xs[n][rows.to(xs[n].device), src_a.clamp(min=0)] * (src_a >= 0).unsqueeze(-1)  # zero where A has none
-        x = transfer(x, y.device)  # only the paired rows cross (A and B on two devices)
-        x = x if condition is None else torch.cat([x, condition.to(device=x.device, dtype=x.dtype)], dim=-1)
-        stats[n, m].update(x, y)
+    for classes, (rows, src, tgt) in picked.items():
+        condition = None if features is None else features[rows, tgt]
+        for n, m in stats[classes]:
+            y = ys[m][rows.to(ys[m].device), tgt.to(ys[m].device)]
+            src_a = src.to(xs[n].device)
+            x = xs[n][rows.to(xs[n].device), src_a.clamp(min=0)] * (src_a >= 0).unsqueeze(-1)  # zero where A has none
+            x = transfer(x, y.device)  # only the paired rows cross (A and B on two devices)
+            x = x if condition is None else torch.cat([x, condition.to(device=x.device, dtype=x.dtype)], dim=-1)
+            stats[classes][n, m].update(x, y)
 
 
 def paired_positions(
@@ -207,6 +229,12 @@ def paired_positions(
 ) -> tuple[Int[Tensor, " n"], Int[Tensor, " n"], Int[Tensor, " n"]]:
     """(batch row, A position, B position) of every target-grid pair the splice would feed."""
     return aligned.pairs(drop_special)
+
+
+def _check_groups(A: HookedLM, B: HookedLM, groups) -> dict:
+    if not isinstance(groups, dict) or not groups:
+        raise ValueError(f"groups: expected a non-empty {{classes: layer_pairs}} mapping, got {groups!r}")
+    return {classes: _check_pairs(A, B, pairs) for classes, pairs in groups.items()}
 
 
 def _check_pairs(A: HookedLM, B: HookedLM, layer_pairs) -> list[LayerPair]:

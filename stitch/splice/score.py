@@ -4,6 +4,10 @@
     >>> [score] = score_splices([sp], eval_texts, refs)
     >>> score.loss_recovered                    # the headline: shared positions, relative to context-free
     >>> score.classes["lagging"].ce_spliced     # every class, and "all"
+    >>> sums = References.accumulator(B, [sp.write_point])     # the references from a pass that runs anyway
+    >>> collect_stats(A, B, train_texts, [(2, 2)], observers=[sums]); refs = sums.references()
+
+`References` (and its running sums, `ReferenceSums`) live in `stitch.splice.references` and are named here too.
 
 On the same texts and labels (nats per B label):
 - `ce_spliced`: B reading A's mapped states;
@@ -40,6 +44,7 @@ from stitch.checks import check_texts
 from stitch.chunks import corpus_texts
 from stitch.losses import IGNORE, next_token_labels, token_cross_entropy
 from stitch.models.states import model_states
+from stitch.splice.references import References, ReferenceSums, label_counts, text_batches  # noqa: F401 (public here)
 from stitch.training import distributed
 
 TOLERANCE = 1e-3  # nats: a smaller gap between context-free and native CE makes the ratio noise
@@ -120,64 +125,6 @@ class SpliceScore:
         return cls(**{**data, "classes": classes})
 
 
-@dataclass(frozen=True)
-class References:
-    """B's reference predictors, estimated on the training texts.
-
-    `unigram_log_probs[v]`: log of B's add-one-smoothed unigram over its next-token labels; `mean_states[p]`:
-    B's mean state at write point `p` (a layer, or `EMBEDDINGS`) over the target-grid training pairs
-    (padding, unpaired and special positions dropped, as in fits).
-    """
-
-    unigram_log_probs: Float[Tensor, " vocab"]
-    mean_states: dict = field(default_factory=dict)
-    n_train_labels: int = 0
-
-    @classmethod
-    @torch.no_grad()
-    def build(
-        cls, A, B, texts, write_points, *, batch_size: int = 8, padding_side: str = "right",
-        dist: distributed.Dist | None = None, progress: bool = False, max_length: int | None = None,
-    ) -> References:
-        """One pass of B over `texts` (A only tokenizes): unigram counts and mean states at `write_points`.
-
-        `max_length=n` cuts longer texts into chunks of at most n tokens for both models (`stitch.chunks`).
-        """
-        texts = corpus_texts([A.tokenizer, B.tokenizer], check_texts(texts), max_length)
-        points = list(dict.fromkeys(write_points))
-        counts = torch.zeros(B.vocab_size, dtype=torch.float64)
-        sums = {p: torch.zeros(B.d_model, dtype=torch.float64) for p in points}
-        n_pairs = torch.zeros(1, dtype=torch.float64)
-        mine = texts if dist is None else distributed.shard(texts, dist)
-        for chunk in tqdm(_chunks(mine, batch_size), desc="reference losses", disable=not progress):
-            pairing = pair_texts(A, B, chunk, padding_side)
-            counts += label_counts(pairing.target, B.vocab_size)
-            rows, _, tgt = pairing.pairs()
-            states = model_states(B, pairing.target, set(points)) if points else {}
-            for p in points:
-                sums[p] += states[p][rows, tgt].double().sum(0).cpu()
-            n_pairs += len(rows)
-        if dist is not None:
-            counts, n_pairs = distributed.all_reduce_sum(counts, dist), distributed.all_reduce_sum(n_pairs, dist)
-            sums = {p: distributed.all_reduce_sum(s, dist).view(s.shape) for p, s in sums.items()}
-        means = {p: s / n_pairs.clamp(min=1) for p, s in sums.items()}
-        return cls.from_counts(counts, means)
-
-    @classmethod
-    def from_counts(cls, counts: Tensor, mean_states: dict) -> References:
-        """From B's label counts over the training texts and precomputed mean states (e.g. a fit's statistics)."""
-        counts = counts.double().cpu()
-        log_probs = torch.log(counts + 1) - math.log(counts.sum().item() + len(counts))
-        return cls(log_probs, dict(mean_states), int(counts.sum().item()))
-
-
-def label_counts(batch, vocab_size: int) -> Float[Tensor, " vocab"]:
-    """How often each B token is a next-token label in `batch` (what the unigram reference is counted on)."""
-    labels = next_token_labels(batch)
-    labels = labels[labels != IGNORE]
-    return torch.bincount(labels.cpu(), minlength=vocab_size).double()
-
-
 @torch.no_grad()
 def score_splices(
     splices: Sequence, texts, references: References, *, batch_size: int = 8,
@@ -194,7 +141,7 @@ def score_splices(
     texts = corpus_texts([first.A.tokenizer, first.B.tokenizer], check_texts(texts), max_length)
     sums = torch.zeros(len(splices), len(CLASS_NAMES), len(_SUMS), dtype=torch.float64)
     mine = texts if dist is None else distributed.shard(texts, dist)
-    for chunk in tqdm(_chunks(mine, batch_size), desc="scoring splices", unit="batch", disable=not progress):
+    for chunk in tqdm(text_batches(mine, batch_size), desc="scoring splices", unit="batch", disable=not progress):
         pairing = pair_texts(first.A, first.B, chunk, first.padding_side)
         refs = _reference_ce(pairing, splices, references)
         states = model_states(first.A, pairing.source, {sp.source_layer for sp in splices})
@@ -279,12 +226,6 @@ def _check_splices(splices, references: References) -> None:
 def _check_any_label(sums: Tensor, n_texts: int) -> None:
     if sums[0, 0, 0] == 0:
         raise ValueError(f"texts: no next-token label in {n_texts} texts; texts need at least two tokens")
-
-
-def _chunks(items: list, size: int):
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"batch_size: expected an integer >= 1, got {size!r}")
-    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def _json_safe(value):

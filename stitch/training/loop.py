@@ -47,7 +47,7 @@ from stitch.models.hooked import HookedLM
 from stitch.training import distributed
 from stitch.training.checkpoint import latest_checkpoint, save_checkpoint
 from stitch.training.config import TrainConfig, check_warmup
-from stitch.training.evaluate import eval_references, evaluate
+from stitch.training.evaluate import eval_references, evaluate_splices
 from stitch.training.guide import EarlyStopping, evaluations
 from stitch.training.history import RunHistory
 from stitch.training.inputs import training_inputs
@@ -159,9 +159,7 @@ class _Run:
         if self.dist.is_main and config.log_to:
             self.history.sinks = open_sinks(config.log_to, self.out, config.to_dict(), config.wandb_project)
         if self.eval_texts is not None:
-            self.references = [
-                eval_references(sp, self.texts, self.dist, config.batch_size) for sp in self.pairs.splices
-            ]
+            self.references = eval_references(self.pairs.splices, self.texts, self.dist, config.batch_size)
             self.probes = [
                 PairProbe.collect(self.A, self.B, self.eval_texts, n, m, cka=self.similarity)
                 for n, m in self.pairs.layers
@@ -233,8 +231,8 @@ class _Run:
 
     def _evaluate(self) -> None:
         config, several = self.config, len(self.pairs.layers) > 1
-        for i, (key, sp) in enumerate(zip(self.pairs.keys, self.pairs.splices, strict=True)):
-            record = evaluate(sp, self.eval_texts, self.dist, config.batch_size, self.references[i])
+        records = evaluate_splices(self.pairs.splices, self.eval_texts, self.dist, config.batch_size, self.references)
+        for i, (key, sp, record) in enumerate(zip(self.pairs.keys, self.pairs.splices, records, strict=True)):
             record.update(self.probes[i].record(sp.adapter, self.similarity))
             self.history.log({"split": "eval", "step": self.step, **({"pair": key} if several else {}), **record})
             if self.dist.is_main and config.progress:
