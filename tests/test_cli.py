@@ -3,6 +3,7 @@ the library calls they wrap; YAML configs, flag precedence, and clear errors."""
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
