@@ -160,10 +160,9 @@ class _Run:
             self.history.sinks = open_sinks(config.log_to, self.out, config.to_dict(), config.wandb_project)
         if self.eval_texts is not None:
             self.references = eval_references(self.pairs.splices, self.texts, self.dist, config.batch_size)
-            self.probes = [
-                PairProbe.collect(self.A, self.B, self.eval_texts, n, m, cka=self.similarity)
-                for n, m in self.pairs.layers
-            ]
+            self.probes = PairProbe.collect_all(
+                self.A, self.B, self.eval_texts, self.pairs.layers, cka=self.similarity
+            )
         if self.step == 0 and self.eval_texts is not None:
             self._evaluate()
         bar = tqdm(total=self.total, initial=self.step, desc="training adapter", unit="step",
