@@ -206,8 +206,9 @@ def read_checkpoint(directory: Path) -> dict | None:
 
 
 def check_resume(config, found: dict) -> None:
-    """A checkpoint in `--out` is resumed only with `resume` on and the run fields it was written with
-    (the models, layer pairs, kind, ...; `TrainConfig.run_fields`): refused here, before the models load."""
+    """A checkpoint in `--out` is resumed only with `resume` on, the run fields it was written with (the
+    models, layer pairs, kind, ...; `TrainConfig.run_fields`) and no fewer `--steps` than it has taken:
+    refused here, before the models load."""
     for name, checkpoint in _checkpoints(config, found):
         if not getattr(config, "resume", True):
             raise ValueError(
@@ -217,6 +218,12 @@ def check_resume(config, found: dict) -> None:
         saved = checkpoint["state"].get("state", {}).get("config")
         if isinstance(saved, dict) and hasattr(config, "run_fields"):
             check_same_config(flag(name), checkpoint["path"], saved, config.run_fields())
+        step, steps = checkpoint["state"].get("step"), getattr(config, "steps", None)
+        if isinstance(step, int) and isinstance(steps, int) and step > steps:  # --epochs: known after loading
+            raise ValueError(
+                f"--steps: got {steps}, but the checkpoint {checkpoint['path']} is at step {step}; valid: "
+                f">= {step} (a run is extended with more steps or epochs, never fewer)"
+            )
 
 
 def _checkpoints(config, found: dict) -> list[tuple[str, dict]]:
