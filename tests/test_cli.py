@@ -472,6 +472,7 @@ def test_a_resumed_train_run_is_checked_against_its_checkpoint_before_the_models
     assert main([*train, "--source-layer", "1", "--steps", "3"]) == 0  # extended again, from step 2
     assert preflight.read_checkpoint(out / "checkpoints")["path"].name == "step-00000003"
     assert (preflight.CHECKPOINTS, preflight.CHECKPOINT_STATE) == ("checkpoints", checkpoint.STATE_NAME)
+    assert preflight.CHECKPOINT_FORMAT == (checkpoint.FORMAT, checkpoint.FORMAT_VERSION)
     (out / "checkpoints" / "step-00000003" / "adapter.safetensors").write_bytes(b"damaged")
     assert preflight.read_checkpoint(out / "checkpoints")["path"].name == "step-00000002"  # as the resume skips it
     with pytest.warns(UserWarning, match="skipped checkpoints"):

@@ -36,7 +36,8 @@ from stitch.training.manifest import check_file, load_json, read_manifest
 
 SPLICE_CONFIG = "splice.json"  # stitch.splice.io.CONFIG_NAME (a test keeps them equal)
 ADAPTER_WEIGHTS = "adapter.safetensors"  # stitch.adapters.io.WEIGHTS_NAME (a test keeps them equal)
-CHECKPOINTS, CHECKPOINT_STATE = "checkpoints", "trainer_state.json"  # stitch.training's (a test keeps them equal)
+# stitch.training's checkpoint directory, trainer state and (FORMAT, FORMAT_VERSION) (a test keeps them equal)
+CHECKPOINTS, CHECKPOINT_STATE, CHECKPOINT_FORMAT = "checkpoints", "trainer_state.json", ("stitch-checkpoint", 2)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _PROBE = {"model": "config.json", "tokenizer": "tokenizer_config.json"}  # a file every such repo has
 _DEPTH_KEYS, _WIDTH_KEYS = ("num_hidden_layers", "n_layer", "num_layers"), ("hidden_size", "n_embd", "d_model")
@@ -193,13 +194,16 @@ def read_checkpoint(directory: Path) -> dict | None:
             files = read_manifest(path, (CHECKPOINT_STATE, ADAPTER_WEIGHTS))
             check_file(path / CHECKPOINT_STATE, files[CHECKPOINT_STATE])
             state = load_json(path / CHECKPOINT_STATE)
-            entries.append((int(state["serial"]), path, state, files))
+            readable = isinstance(state["state"], dict)
+            if readable and (state["format"], state["format_version"]) == CHECKPOINT_FORMAT:
+                entries.append((int(state["serial"]), path, state, files))
         except (ValueError, OSError, KeyError, TypeError):
-            continue  # damaged or not a checkpoint: the resume skips it too
+            continue  # damaged, of another format or not a checkpoint: left to the resume (which refuses it)
     for _, path, state, files in sorted(entries, key=lambda e: -e[0]):
         try:
             check_file(path / ADAPTER_WEIGHTS, files[ADAPTER_WEIGHTS])
-            return {"path": path, "state": state, "adapter": read_safetensors_metadata("out", path / ADAPTER_WEIGHTS)}
+            adapter = read_safetensors_metadata("out", path / ADAPTER_WEIGHTS)
+            return {"path": path, "state": state, "adapter": adapter}
         except (ValueError, OSError, KeyError):
             continue
     return None
@@ -215,7 +219,7 @@ def check_resume(config, found: dict) -> None:
                 f"--no-resume: {flag(name)} {getattr(config, name)} holds checkpoints of an earlier run "
                 f"({checkpoint['path'].name}); resume it (without --no-resume), or choose a new {flag(name)}"
             )
-        saved = checkpoint["state"].get("state", {}).get("config")
+        saved = checkpoint["state"]["state"].get("config")
         if isinstance(saved, dict) and hasattr(config, "run_fields"):
             check_same_config(flag(name), checkpoint["path"], saved, config.run_fields())
         step, steps = checkpoint["state"].get("step"), getattr(config, "steps", None)
@@ -227,6 +231,7 @@ def check_resume(config, found: dict) -> None:
 
 
 def _checkpoints(config, found: dict) -> list[tuple[str, dict]]:
+    """(option, what `read_checkpoint` read) of every output directory holding a checkpoint to resume."""
     roles = {f.name: f.metadata.get("path") for f in dataclasses.fields(config)}
     return [(name, found[name]) for name, role in roles.items() if role == "resumable_dir" and found.get(name)]
 

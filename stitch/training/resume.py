@@ -7,7 +7,7 @@
 A checkpoint continues a run only when the texts and every field that decides what a step computes are
 the same (`TrainConfig.run_fields`); `FREE_ON_RESUME` fields (how long, how often, where it logs) may change,
 so a finished run is extended with more steps or epochs. What a run is lives in the torch-free
-`stitch.training.identity`, which `stitch train`'s preflight also reads a checkpoint with before any model loads.
+`stitch.training.identity`, with which `stitch train`'s preflight checks a checkpoint before any model loads.
 """
 
 from __future__ import annotations
