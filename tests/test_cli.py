@@ -425,6 +425,64 @@ def test_a_width_the_preflight_cannot_read_is_caught_after_loading(pair, tmp_pat
     assert "adapter: maps 32 → 64, but the splice needs d_source=32 (A's d_model) → d_target=48" in capsys.readouterr().err
 
 
+def test_a_resumed_train_run_is_checked_against_its_checkpoint_before_the_models_load(pair, tmp_path, monkeypatch, capsys):
+    """Rerunning `stitch train` on an --out holding checkpoints: a model of another width (a config.json with no
+    weights, so loading it would fail with status 1), other layers, other models or --no-resume exit 2 from the
+    checkpoint's adapter header and trainer state alone, as do fewer --steps than it has taken; the same command,
+    given more steps, resumes; a checkpoint that does not verify is left to the resume after loading."""
+    from stitch.cli import preflight
+    from stitch.cli.main import Command
+    from stitch.training import checkpoint
+
+    root, *_ = pair
+    out = tmp_path / "run"
+    train = ["train", *flags(root), "--train-texts", str(root / "texts.txt"), "--batch-size", "2",
+             "--checkpoint-every", "1", "--no-progress", "--out", str(out)]
+    assert main([*train, "--source-layer", "1", "--steps", "1"]) == 0
+    assert main([*train, "--source-layer", "1", "--steps", "2"]) == 0  # extended: resumed from step 1
+    assert checkpoint.latest_checkpoint(out / "checkpoints").name == "step-00000002"
+    narrow = tmp_path / "a_narrow"  # A's config.json at width 16, no weights
+    shutil.copytree(root / "a", narrow, ignore=shutil.ignore_patterns("*.safetensors"))
+    (narrow / "config.json").write_text(json.dumps({**read_json(narrow / "config.json"), "hidden_size": 16}))
+    same_width = tmp_path / "a_copy"
+    shutil.copytree(narrow, same_width)
+    shutil.copy(root / "a" / "config.json", same_width / "config.json")
+    saved = out / "checkpoints" / "step-00000002"
+    cases = [
+        (["--source-model", str(narrow), "--source-layer", "1"],
+         f"--out: got {saved / 'adapter.safetensors'} mapping widths 32 → 48; valid: 16 → 48, the d_model of "
+         f"--source-model {narrow} → --target-model {root / 'b'} (their config.json)"),
+        (["--layer-pairs", "1:2"], f"--out: the checkpoint {saved} was written with a different config "
+         "(layer_pairs: None → ['1:2'], source_layer: 1 → None); use the same options, or a new out directory"),
+        (["--source-model", str(same_width), "--source-layer", "1"],
+         f"(source_model: '{root / 'a'}' → '{same_width}')"),
+        (["--source-layer", "1", "--no-resume"],
+         f"--no-resume: --out {out} holds checkpoints of an earlier run (step-00000002); resume it"),
+        (["--source-layer", "1", "--steps", "1"], f"--steps: got 1, but the checkpoint {saved} is at step 2; "
+         "valid: >= 2 (a run is extended with more steps or epochs, never fewer)"),
+    ]
+    real_load = Command.load
+    monkeypatch.setattr(Command, "load", lambda self: pytest.fail("the subcommand ran"))
+    for extra, expected in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            main([*train, "--steps", "3", *extra])  # a later --steps wins
+        message = capsys.readouterr().err.strip().splitlines()[-1]
+        assert exit_info.value.code == 2 and expected in message, message
+    monkeypatch.setattr(Command, "load", real_load)
+    assert main([*train, "--source-layer", "1", "--steps", "3"]) == 0  # extended again, from step 2
+    assert preflight.read_checkpoint(out / "checkpoints")["path"].name == "step-00000003"
+    assert (preflight.CHECKPOINTS, preflight.CHECKPOINT_STATE) == ("checkpoints", checkpoint.STATE_NAME)
+    assert preflight.CHECKPOINT_FORMAT == (checkpoint.FORMAT, checkpoint.FORMAT_VERSION)
+    (out / "checkpoints" / "step-00000003" / "adapter.safetensors").write_bytes(b"damaged")
+    assert preflight.read_checkpoint(out / "checkpoints")["path"].name == "step-00000002"  # as the resume skips it
+    with pytest.warns(UserWarning, match="skipped checkpoints"):
+        assert checkpoint.latest_checkpoint(out / "checkpoints").name == "step-00000002"
+    (saved / "adapter.safetensors").write_bytes(b"damaged")  # none verifies: the preflight passes, the resume refuses
+    assert preflight.read_checkpoint(out / "checkpoints") is None
+    assert main([*train, "--source-model", str(narrow), "--source-layer", "1", "--steps", "3"]) == 1
+    assert "--source-model: could not load" in capsys.readouterr().err
+
+
 def test_communicate_with_a_saved_adapter_equals_the_library(pair, tmp_path):
     from analyses.communication import communication_sweep
     from analyses.evaluation import load_tasks

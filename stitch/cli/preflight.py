@@ -10,7 +10,11 @@ models' `config.json` (no weights) gives their depth and width for `config.check
 saved adapter the command reads (`--adapter FILE`, the one inside `--splice DIR`) must map A's width to B's:
 its widths come from its safetensors header, read as bytes (no tensor is loaded). A width that cannot be
 read this way (no config.json, an unknown architecture's keys, a hub id not in the cache) is not checked
-here; the command's own check after loading still catches it.
+here; the command's own check after loading still catches it. `stitch train --out DIR` holding checkpoints
+(a resumed or extended run) is checked the same way: the newest checkpoint whose trainer state and adapter
+verify against its manifest gives the adapter's widths (its header) and the run fields it was written with,
+which must equal this run's (`stitch.training.identity`); a checkpoint that cannot be read so is left to
+the resume after loading.
 """
 
 from __future__ import annotations
@@ -27,9 +31,13 @@ from stitch.checks import check_device
 from stitch.cli.options import flag
 from stitch.cli.texts import read_texts
 from stitch.kinds import ADAPTER_METHODS
+from stitch.training.identity import check_same_config
+from stitch.training.manifest import check_file, load_json, read_manifest
 
 SPLICE_CONFIG = "splice.json"  # stitch.splice.io.CONFIG_NAME (a test keeps them equal)
 ADAPTER_WEIGHTS = "adapter.safetensors"  # stitch.adapters.io.WEIGHTS_NAME (a test keeps them equal)
+# stitch.training's checkpoint directory, trainer state and (FORMAT, FORMAT_VERSION) (a test keeps them equal)
+CHECKPOINTS, CHECKPOINT_STATE, CHECKPOINT_FORMAT = "checkpoints", "trainer_state.json", ("stitch-checkpoint", 2)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _PROBE = {"model": "config.json", "tokenizer": "tokenizer_config.json"}  # a file every such repo has
 _DEPTH_KEYS, _WIDTH_KEYS = ("num_hidden_layers", "n_layer", "num_layers"), ("hidden_size", "n_embd", "d_model")
@@ -56,6 +64,7 @@ def preflight(config) -> dict:
         a, b = _shapes(config, found)
         config.check_models(a, b)
         check_adapter_widths(config, found, a, b)
+    check_resume(config, found)
     _check_counts(config, found)
     return found
 
@@ -170,6 +179,63 @@ def _run_dir(name: str, path: str) -> None:
         raise ValueError(f"{flag(name)}: no directory at {path!r}; expected a directory a stitch command wrote")
 
 
+def _resumable_dir(name: str, path: str) -> dict | None:
+    _out_dir(name, path)
+    return read_checkpoint(Path(path) / CHECKPOINTS)
+
+
+def read_checkpoint(directory: Path) -> dict | None:
+    """{"path", "state" (trainer_state.json), "adapter" (its header record)} of the most recently written
+    checkpoint under `directory` whose trainer state and adapter verify against its manifest (as
+    `stitch.training.checkpoint.latest_checkpoint` picks one, without torch); None when none does."""
+    entries = []
+    for path in directory.glob("step-*"):
+        try:
+            files = read_manifest(path, (CHECKPOINT_STATE, ADAPTER_WEIGHTS))
+            check_file(path / CHECKPOINT_STATE, files[CHECKPOINT_STATE])
+            state = load_json(path / CHECKPOINT_STATE)
+            readable = isinstance(state["state"], dict)
+            if readable and (state["format"], state["format_version"]) == CHECKPOINT_FORMAT:
+                entries.append((int(state["serial"]), path, state, files))
+        except (ValueError, OSError, KeyError, TypeError):
+            continue  # damaged, of another format or not a checkpoint: left to the resume (which refuses it)
+    for _, path, state, files in sorted(entries, key=lambda e: -e[0]):
+        try:
+            check_file(path / ADAPTER_WEIGHTS, files[ADAPTER_WEIGHTS])
+            adapter = read_safetensors_metadata("out", path / ADAPTER_WEIGHTS)
+            return {"path": path, "state": state, "adapter": adapter}
+        except (ValueError, OSError, KeyError):
+            continue
+    return None
+
+
+def check_resume(config, found: dict) -> None:
+    """A checkpoint in `--out` is resumed only with `resume` on, the run fields it was written with (the
+    models, layer pairs, kind, ...; `TrainConfig.run_fields`) and no fewer `--steps` than it has taken:
+    refused here, before the models load."""
+    for name, checkpoint in _checkpoints(config, found):
+        if not getattr(config, "resume", True):
+            raise ValueError(
+                f"--no-resume: {flag(name)} {getattr(config, name)} holds checkpoints of an earlier run "
+                f"({checkpoint['path'].name}); resume it (without --no-resume), or choose a new {flag(name)}"
+            )
+        saved = checkpoint["state"]["state"].get("config")
+        if isinstance(saved, dict) and hasattr(config, "run_fields"):
+            check_same_config(flag(name), checkpoint["path"], saved, config.run_fields())
+        step, steps = checkpoint["state"].get("step"), getattr(config, "steps", None)
+        if isinstance(step, int) and isinstance(steps, int) and step > steps:  # --epochs: known after loading
+            raise ValueError(
+                f"--steps: got {steps}, but the checkpoint {checkpoint['path']} is at step {step}; valid: "
+                f">= {step} (a run is extended with more steps or epochs, never fewer)"
+            )
+
+
+def _checkpoints(config, found: dict) -> list[tuple[str, dict]]:
+    """(option, what `read_checkpoint` read) of every output directory holding a checkpoint to resume."""
+    roles = {f.name: f.metadata.get("path") for f in dataclasses.fields(config)}
+    return [(name, found[name]) for name, role in roles.items() if role == "resumable_dir" and found.get(name)]
+
+
 def _out_file(name: str, path: str) -> None:
     if Path(path).is_dir():
         raise ValueError(f"{flag(name)}: {path!r} is a directory; expected a file name")
@@ -189,7 +255,7 @@ _CHECKS = {
     "out_dir": _out_dir,
     "out_file": _out_file,
     "out_adapter": _out_adapter,
-    "resumable_dir": _out_dir,
+    "resumable_dir": _resumable_dir,
     "run_dir": _run_dir,
 }
 
@@ -248,6 +314,8 @@ def _saved_adapters(config, found: dict) -> list[tuple[str, Path, dict]]:
             saved.append((field.name, adapter_weights(getattr(config, field.name)), found[field.name]))
     if "splice" in found and (weights := Path(config.splice) / ADAPTER_WEIGHTS).is_file():
         saved.append(("splice", weights, read_safetensors_metadata("splice", weights)))
+    for name, checkpoint in _checkpoints(config, found):  # a resumed run's adapter
+        saved.append((name, checkpoint["path"] / ADAPTER_WEIGHTS, checkpoint["adapter"]))
     return saved
 
 

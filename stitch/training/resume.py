@@ -6,29 +6,19 @@
 
 A checkpoint continues a run only when the texts and every field that decides what a step computes are
 the same (`TrainConfig.run_fields`); `FREE_ON_RESUME` fields (how long, how often, where it logs) may change,
-so a finished run is extended with more steps or epochs.
+so a finished run is extended with more steps or epochs. What a run is lives in the torch-free
+`stitch.training.identity`, with which `stitch train`'s preflight checks a checkpoint before any model loads.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 from stitch.training.checkpoint import load_checkpoint, read_record
-from stitch.training.config import TrainConfig
+from stitch.training.identity import check_same_run, run_id, run_identity
 
-
-def run_identity(config: TrainConfig, texts: list[str]) -> dict[str, Any]:
-    """What a checkpoint must share with this run to continue it exactly."""
-    digest = hashlib.sha256("\0".join(texts).encode()).hexdigest()
-    return {"config": config.run_fields(), "texts_sha256": digest}
-
-
-def run_id(identity: dict[str, Any]) -> str:
-    """A digest of the run's identity: checkpoints of different runs never share a directory."""
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+__all__ = ["check_same_run", "resume_from", "run_id", "run_identity"]  # the identity's, re-exported
 
 
 def resume_from(path: Path, identity: dict[str, Any], group, optimizer, *, total: int, allowed: bool,
@@ -47,18 +37,3 @@ def resume_from(path: Path, identity: dict[str, Any], group, optimizer, *, total
             "steps; extend a run with more steps or epochs, never fewer"
         )
     return record["step"], record["state"]["history"]
-
-
-def check_same_run(path: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
-    if saved.get("texts_sha256") != current["texts_sha256"]:
-        raise ValueError(
-            f"resume: the checkpoint {path} was trained on different texts; use a new out directory"
-        )
-    old, new = saved.get("config", {}), current["config"]
-    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    if changed:
-        diffs = ", ".join(f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in changed)
-        raise ValueError(
-            f"resume: the checkpoint {path} was written with a different config ({diffs}); "
-            "use the same options, or a new out directory"
-        )
