@@ -430,7 +430,7 @@ def test_a_resumed_train_run_is_checked_against_its_checkpoint_before_the_models
     weights, so loading it would fail with status 1), other layers, other models or --no-resume exit 2 from the
     checkpoint's adapter header and trainer state alone, as do fewer --steps than it has taken; the same command,
     given more steps, resumes; a checkpoint that does not verify is left to the resume after loading."""
-    from stitch.cli import preflight
+    from stitch.cli import saved as saved_files
     from stitch.cli.main import Command
     from stitch.training import checkpoint
 
@@ -470,15 +470,15 @@ def test_a_resumed_train_run_is_checked_against_its_checkpoint_before_the_models
         assert exit_info.value.code == 2 and expected in message, message
     monkeypatch.setattr(Command, "load", real_load)
     assert main([*train, "--source-layer", "1", "--steps", "3"]) == 0  # extended again, from step 2
-    assert preflight.read_checkpoint(out / "checkpoints")["path"].name == "step-00000003"
-    assert (preflight.CHECKPOINTS, preflight.CHECKPOINT_STATE) == ("checkpoints", checkpoint.STATE_NAME)
-    assert preflight.CHECKPOINT_FORMAT == (checkpoint.FORMAT, checkpoint.FORMAT_VERSION)
+    assert saved_files.read_checkpoint(out / "checkpoints")["path"].name == "step-00000003"
+    assert (saved_files.CHECKPOINTS, saved_files.CHECKPOINT_STATE) == ("checkpoints", checkpoint.STATE_NAME)
+    assert saved_files.CHECKPOINT_FORMAT == (checkpoint.FORMAT, checkpoint.FORMAT_VERSION)
     (out / "checkpoints" / "step-00000003" / "adapter.safetensors").write_bytes(b"damaged")
-    assert preflight.read_checkpoint(out / "checkpoints")["path"].name == "step-00000002"  # as the resume skips it
+    assert saved_files.read_checkpoint(out / "checkpoints")["path"].name == "step-00000002"  # as the resume skips it
     with pytest.warns(UserWarning, match="skipped checkpoints"):
         assert checkpoint.latest_checkpoint(out / "checkpoints").name == "step-00000002"
     (saved / "adapter.safetensors").write_bytes(b"damaged")  # none verifies: the preflight passes, the resume refuses
-    assert preflight.read_checkpoint(out / "checkpoints") is None
+    assert saved_files.read_checkpoint(out / "checkpoints") is None
     assert main([*train, "--source-model", str(narrow), "--source-layer", "1", "--steps", "3"]) == 1
     assert "--source-model: could not load" in capsys.readouterr().err
 

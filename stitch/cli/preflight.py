@@ -23,21 +23,24 @@ import dataclasses
 import json
 import os
 import re
-import struct
 from pathlib import Path
 from typing import NamedTuple
 
 from stitch.checks import check_device
 from stitch.cli.options import flag
+from stitch.cli.saved import (
+    ADAPTER_WEIGHTS,
+    CHECKPOINTS,
+    SPLICE_CONFIG,
+    adapter_weights,
+    check_resume,
+    checkpoints_to_resume,
+    read_checkpoint,
+    read_safetensors_metadata,
+)
 from stitch.cli.texts import read_texts
 from stitch.kinds import ADAPTER_METHODS
-from stitch.training.identity import check_same_config
-from stitch.training.manifest import check_file, load_json, read_manifest
 
-SPLICE_CONFIG = "splice.json"  # stitch.splice.io.CONFIG_NAME (a test keeps them equal)
-ADAPTER_WEIGHTS = "adapter.safetensors"  # stitch.adapters.io.WEIGHTS_NAME (a test keeps them equal)
-# stitch.training's checkpoint directory, trainer state and (FORMAT, FORMAT_VERSION) (a test keeps them equal)
-CHECKPOINTS, CHECKPOINT_STATE, CHECKPOINT_FORMAT = "checkpoints", "trainer_state.json", ("stitch-checkpoint", 2)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _PROBE = {"model": "config.json", "tokenizer": "tokenizer_config.json"}  # a file every such repo has
 _DEPTH_KEYS, _WIDTH_KEYS = ("num_hidden_layers", "n_layer", "num_layers"), ("hidden_size", "n_embd", "d_model")
@@ -134,31 +137,6 @@ def _adapter(name: str, path: str) -> dict:
     return read_safetensors_metadata(name, weights)
 
 
-def adapter_weights(path: str | Path) -> Path:
-    """The weights file of a saved adapter: the path itself when it ends in `.safetensors` (any case, as
-    `stitch.adapters.io.adapter_paths` reads it), else `adapter.safetensors` inside that directory."""
-    path = Path(path)
-    return path if path.suffix.lower() == ".safetensors" else path / ADAPTER_WEIGHTS
-
-
-def read_safetensors_metadata(name: str, weights: Path) -> dict:
-    """The `__metadata__` of a safetensors header, read without torch; pickles are refused unread."""
-    with open(weights, "rb") as f:
-        head = f.read(8)
-        size = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
-        raw = f.read(size) if 0 < size < 100_000_000 else b""
-    try:
-        header = json.loads(raw)
-    except ValueError:
-        # only now a pickle signature means a pickle: a real header length can start with 0x80 too
-        if head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
-            raise ValueError(f"{flag(name)}: {weights} is a pickle / torch.save file; stitch never unpickles it") from None
-        raise ValueError(f"{flag(name)}: {weights} is not a safetensors file") from None
-    meta = header.get("__metadata__", {}) if isinstance(header, dict) else {}
-    record = meta.get("stitch_adapter")
-    return json.loads(record) if record else {}
-
-
 def _splice(name: str, path: str) -> dict:
     record_path = Path(path) / SPLICE_CONFIG
     if not record_path.is_file():
@@ -182,58 +160,6 @@ def _run_dir(name: str, path: str) -> None:
 def _resumable_dir(name: str, path: str) -> dict | None:
     _out_dir(name, path)
     return read_checkpoint(Path(path) / CHECKPOINTS)
-
-
-def read_checkpoint(directory: Path) -> dict | None:
-    """{"path", "state" (trainer_state.json), "adapter" (its header record)} of the most recently written
-    checkpoint under `directory` whose trainer state and adapter verify against its manifest (as
-    `stitch.training.checkpoint.latest_checkpoint` picks one, without torch); None when none does."""
-    entries = []
-    for path in directory.glob("step-*"):
-        try:
-            files = read_manifest(path, (CHECKPOINT_STATE, ADAPTER_WEIGHTS))
-            check_file(path / CHECKPOINT_STATE, files[CHECKPOINT_STATE])
-            state = load_json(path / CHECKPOINT_STATE)
-            readable = isinstance(state["state"], dict)
-            if readable and (state["format"], state["format_version"]) == CHECKPOINT_FORMAT:
-                entries.append((int(state["serial"]), path, state, files))
-        except (ValueError, OSError, KeyError, TypeError):
-            continue  # damaged, of another format or not a checkpoint: left to the resume (which refuses it)
-    for _, path, state, files in sorted(entries, key=lambda e: -e[0]):
-        try:
-            check_file(path / ADAPTER_WEIGHTS, files[ADAPTER_WEIGHTS])
-            adapter = read_safetensors_metadata("out", path / ADAPTER_WEIGHTS)
-            return {"path": path, "state": state, "adapter": adapter}
-        except (ValueError, OSError, KeyError):
-            continue
-    return None
-
-
-def check_resume(config, found: dict) -> None:
-    """A checkpoint in `--out` is resumed only with `resume` on, the run fields it was written with (the
-    models, layer pairs, kind, ...; `TrainConfig.run_fields`) and no fewer `--steps` than it has taken:
-    refused here, before the models load."""
-    for name, checkpoint in _checkpoints(config, found):
-        if not getattr(config, "resume", True):
-            raise ValueError(
-                f"--no-resume: {flag(name)} {getattr(config, name)} holds checkpoints of an earlier run "
-                f"({checkpoint['path'].name}); resume it (without --no-resume), or choose a new {flag(name)}"
-            )
-        saved = checkpoint["state"]["state"].get("config")
-        if isinstance(saved, dict) and hasattr(config, "run_fields"):
-            check_same_config(flag(name), checkpoint["path"], saved, config.run_fields())
-        step, steps = checkpoint["state"].get("step"), getattr(config, "steps", None)
-        if isinstance(step, int) and isinstance(steps, int) and step > steps:  # --epochs: known after loading
-            raise ValueError(
-                f"--steps: got {steps}, but the checkpoint {checkpoint['path']} is at step {step}; valid: "
-                f">= {step} (a run is extended with more steps or epochs, never fewer)"
-            )
-
-
-def _checkpoints(config, found: dict) -> list[tuple[str, dict]]:
-    """(option, what `read_checkpoint` read) of every output directory holding a checkpoint to resume."""
-    roles = {f.name: f.metadata.get("path") for f in dataclasses.fields(config)}
-    return [(name, found[name]) for name, role in roles.items() if role == "resumable_dir" and found.get(name)]
 
 
 def _out_file(name: str, path: str) -> None:
@@ -314,7 +240,7 @@ def _saved_adapters(config, found: dict) -> list[tuple[str, Path, dict]]:
             saved.append((field.name, adapter_weights(getattr(config, field.name)), found[field.name]))
     if "splice" in found and (weights := Path(config.splice) / ADAPTER_WEIGHTS).is_file():
         saved.append(("splice", weights, read_safetensors_metadata("splice", weights)))
-    for name, checkpoint in _checkpoints(config, found):  # a resumed run's adapter
+    for name, checkpoint in checkpoints_to_resume(config, found):  # a resumed run's adapter
         saved.append((name, checkpoint["path"] / ADAPTER_WEIGHTS, checkpoint["adapter"]))
     return saved
 

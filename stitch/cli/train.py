@@ -10,7 +10,7 @@ Writes (rank 0 only) `OUT/adapter.safetensors` with `OUT/adapter_config.json` (o
 layer pair), `OUT/best/` (the best evaluation's adapters), `OUT/metrics.jsonl`, `OUT/training.html` (the
 training curves), `OUT/checkpoints/` and `OUT/config.yaml`; rerunning the same command continues from the latest checkpoint
 (other run options, models of other widths, fewer --steps or --no-resume are refused before the models load,
-from the checkpoint's files: `stitch.cli.preflight.check_resume`).
+from the checkpoint's files: `stitch.cli.saved.check_resume`).
 Under torchrun, `--device auto` puts each rank on `cuda:LOCAL_RANK` (or the CPU without CUDA).
 The training options are those of `stitch.training.config.TrainConfig`; see docs/training.md.
 """
