@@ -52,7 +52,6 @@ from stitch.splice.score import References, SpliceScore, score_splices
 from stitch.splice.splice import Splice
 
 GRIDS = ("target", "source")
-_FIT_CLASSES = {"target": None, "source": ("shared",)}  # which pairs each grid's adapter is fitted on
 
 
 @dataclass(frozen=True)
