@@ -89,7 +89,7 @@ def seeds_step(A, B, adapter, opt, texts, objective):
             logits = B.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).logits
         finally:
             handle.remove()
-        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), ce_labels(batch), ignore_index=IGNORE)
+        loss = next_token_ce(logits, batch)
     opt.zero_grad()
     loss.backward()
     opt.step()
@@ -107,8 +107,10 @@ def hf_blocks(lm, lo: int, hi: int):
     return model
 
 
-def ce_labels(batch):
-    return torch.where(batch.attention_mask[:, 1:].bool(), batch.input_ids[:, 1:], IGNORE).flatten()
+def next_token_ce(logits, batch):
+    """Mean next-token cross-entropy of `logits` over the batch's real (unpadded) labels."""
+    labels = torch.where(batch.attention_mask[:, 1:].bool(), batch.input_ids[:, 1:], IGNORE).flatten()
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1), labels, ignore_index=IGNORE)
 
 
 def floor_step(head, tail, adapter, opt, batch, cached):
@@ -118,7 +120,7 @@ def floor_step(head, tail, adapter, opt, batch, cached):
         with torch.no_grad():
             cached = head.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
     logits = tail(inputs_embeds=adapter(cached), attention_mask=mask, use_cache=False).logits
-    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), ce_labels(batch), ignore_index=IGNORE)
+    loss = next_token_ce(logits, batch)
     opt.zero_grad()
     loss.backward()
     opt.step()
@@ -214,7 +216,7 @@ def components(B) -> tuple[float, float, float]:
                 logits = tail(
                     inputs_embeds=source, attention_mask=batch.attention_mask, use_cache=False
                 ).logits
-                loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), ce_labels(batch), ignore_index=IGNORE)
+                loss = next_token_ce(logits, batch)
                 if backward:
                     loss.backward()
                 best = min(best, time.process_time() - start)
