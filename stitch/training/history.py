@@ -2,7 +2,7 @@
 
     >>> history = RunHistory(out, sinks=[])
     >>> history.log({"split": "eval", "step": 100, "loss_recovered": 0.8})
-    >>> history.evals_at(100, keys=["8:8"], several=False)     # that step's eval records, in pair order
+    >>> history.evals_at(100, keys=["8:8"])                    # that step's eval records, in pair order
     >>> history.write()                                        # OUT/metrics.jsonl, atomically
 
 Splits: "train" (the step's losses), "eval" (one per layer pair and evaluation), "samples" (generations
@@ -29,8 +29,10 @@ class RunHistory:
         for sink in self.sinks:
             sink.log(record)
 
-    def evals_at(self, step: int, keys: list[str], several: bool) -> list[dict[str, Any]]:
-        """The eval records of `step`, one per layer pair in pair order (the last of each, if repeated)."""
+    def evals_at(self, step: int, keys: list[str]) -> list[dict[str, Any]]:
+        """The eval records of `step`, one per layer pair in pair order (the last of each, if repeated); with
+        one pair (`keys` of one) its records carry no "pair" field."""
+        several = len(keys) > 1
         records = {r.get("pair", ""): r for r in self.records if r["split"] == "eval" and r["step"] == step}
         return [records[k if several else ""] for k in keys if (k if several else "") in records]
 

@@ -229,7 +229,7 @@ class _Run:
             self._checkpoint()
 
     def _evaluate(self) -> None:
-        config, several = self.config, len(self.pairs.layers) > 1
+        config, several = self.config, self.pairs.several
         records = evaluate_splices(self.pairs.splices, self.eval_texts, self.dist, config.batch_size, self.references)
         for i, (key, sp, record) in enumerate(zip(self.pairs.keys, self.pairs.splices, records, strict=True)):
             record.update(self.probes[i].record(sp.adapter, self.similarity))
@@ -253,7 +253,7 @@ class _Run:
         prompts = sample_prompts(self.eval_texts, self.config.samples)
         for key, sp in zip(self.pairs.keys, self.pairs.splices, strict=True):
             samples = generation_samples(sp, prompts, self.config.sample_tokens)
-            pair = {"pair": key} if len(self.pairs.layers) > 1 else {}
+            pair = {"pair": key} if self.pairs.several else {}
             self.history.log({"split": "samples", "step": self.step, **pair, "samples": samples})
 
     def _guide(self):
@@ -261,7 +261,7 @@ class _Run:
         return self.rule.replay(evaluations(self.history.records, self.config.early_stopping_metric, weights))
 
     def _evals_at(self, step: int) -> list[dict[str, Any]]:
-        return self.history.evals_at(step, self.pairs.keys, several=len(self.pairs.layers) > 1)
+        return self.history.evals_at(step, self.pairs.keys)
 
     def _checkpoint(self) -> None:
         self._last_checkpoint = self.directory / f"step-{self.step:08d}"  # every rank: for error messages

@@ -51,6 +51,11 @@ class LayerPairs:
         return [f"{n}:{m}" for n, m in self.layers]
 
     @property
+    def several(self) -> bool:
+        """More than one layer pair: records and files then name their pair ("8:8")."""
+        return len(self.layers) > 1
+
+    @property
     def single(self) -> bool:
         return len(self.layers) == 1 or self.shared
 
@@ -69,8 +74,7 @@ class LayerPairs:
         evaluation in `evals` (in pair order)."""
         evals = evals or [None] * len(self.layers)
         if self.single:
-            several = len(self.layers) > 1
-            pairs = {"layer_pairs": self.keys, "eval": evals} if several else {"eval": evals[0]}
+            pairs = {"layer_pairs": self.keys, "eval": evals} if self.several else {"eval": evals[0]}
             return [save_adapter(self.adapters[0], out, **{**metadata, **pairs, **extra})]
         paths = []
         for (n, m), adapter, record in zip(self.layers, self.adapters, evals, strict=True):
