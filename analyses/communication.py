@@ -30,13 +30,12 @@ from analyses.evaluation import Example, bootstrap_ci, evaluate
 from stitch.adapters.fit import check_fit_options, collect_stats
 from stitch.adapters.linear import fit_closed_form
 from stitch.checks import check_choice, check_texts
-from stitch.kinds import DEFAULT_KIND, TRAINABLE
+from stitch.kinds import ADAPTER_METHODS, CONDITIONS, DEFAULT_KIND
+from stitch.kinds import COMMUNICATION_FIT_KINDS as FIT_KINDS
+from stitch.kinds import COMMUNICATION_TRAINED_KINDS as TRAINED_KINDS
 from stitch.splice.communicate import make_communication
 
-CONDITIONS = ("activation", "random", "none", "a_context", "a_prompt", "natural_language")
 PER_LAYER = ("activation", "random")
-ADAPTER_METHODS = ("identity", "closed_form", "trained")
-FIT_KINDS = ("procrustes", "linear", "affine")  # closed-form kinds a communication can use (no conditioning)
 PRIMARY = {"qa": "f1", "math": "accuracy", "mc": "accuracy", "similarity": "similarity"}
 DEFINITIONS = {  # what a communication report's words mean (`stitch communicate` puts them in its run.json)
     "k, j": "A's layer k is read (0 = embeddings, L = last block's output); B's stream entering layer j is written.",
@@ -166,7 +165,7 @@ def pair_adapters(
         raise ValueError("ridge: only method='closed_form' takes a ridge penalty")
     if classes is not None:
         raise ValueError("classes: only method='closed_form' fits on chosen position classes")
-    check_choice("kind", kind, tuple(k for k in TRAINABLE if not k.startswith("token_conditioned")))
+    check_choice("kind", kind, TRAINED_KINDS)
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(save_dir or scratch)
         return {(k, j): _trained(A, B, texts, k, j, kind, steps, lr, batch_size, root / f"k{k}_j{j}", progress, seed)

@@ -104,7 +104,7 @@ def communication_sections(records: list[dict], rows: list[dict], title: str = "
     sections = []
     for task in dict.fromkeys(r["task"] for r in rows if r["condition"] == "activation"):
         sections.append(Section(f"{title}: {task} by (k, j)", communication_heatmap(rows, task=task), note=note))
-    table = [{k: v for k, v in r.items() if k not in ("k", "j")} | {"k": _layer(r["k"]), "j": _layer(r["j"])}
+    table = [{k: v for k, v in r.items() if k not in ("k", "j")} | {"k": layer_label(r["k"]), "j": layer_label(r["j"])}
              for r in rows]
     sections.append(Section(f"{title}: scores with 95% bootstrap intervals", table, flags=_nan_flags(rows),
                             note="mean, low and high: the primary metric of each task and its percentile bootstrap "
@@ -116,7 +116,8 @@ def communication_sections(records: list[dict], rows: list[dict], title: str = "
     return sections
 
 
-def _layer(value):
+def layer_label(value):
+    """A communication record's layer k or j as a table shows it ("—": no layer, e.g. B alone)."""
     return "—" if value is None else value
 
 
@@ -130,7 +131,7 @@ def _exchanges(records: list[dict], rows: list[dict], n: int) -> list[dict]:
     chosen = [r for r in records if r["id"] in ids and
               (r["condition"] not in PER_LAYER or (r["k"], r["j"]) == best.get(r["task"], (0, None))[1])]
     text = ("prompt_a", "a_said", "b_input", "prediction")
-    return [{"id": escape_text(str(r["id"])), "condition": r["condition"], "k": _layer(r["k"]), "j": _layer(r["j"]),
+    return [{"id": escape_text(str(r["id"])), "condition": r["condition"], "k": layer_label(r["k"]), "j": layer_label(r["j"]),
              **{f: escape_text(r[f]) for f in text if isinstance(r.get(f), str)}} for r in chosen]
 
 

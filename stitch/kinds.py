@@ -68,6 +68,7 @@ def check_fit_options(kind: str, options: dict) -> None:
 # activation communication (`stitch communicate`)
 COMBINE_NAMES = ("replace", "sum", "mean")  # stitch.splice.combine.COMBINES
 INJECT = ("prompt", "generated")  # stitch.splice.communicate.INJECT
-CONDITIONS = ("activation", "random", "none", "a_context", "a_prompt", "natural_language")  # analyses.communication.CONDITIONS
-ADAPTER_METHODS = ("identity", "closed_form", "trained")  # analyses.communication.ADAPTER_METHODS
-COMMUNICATION_FIT_KINDS = ("procrustes", "linear", "affine")  # analyses.communication.FIT_KINDS
+CONDITIONS = ("activation", "random", "none", "a_context", "a_prompt", "natural_language")
+ADAPTER_METHODS = ("identity", "closed_form", "trained")  # how `pair_adapters` makes each (k, j)'s adapter
+COMMUNICATION_FIT_KINDS = ("procrustes", "linear", "affine")  # closed-form kinds a communication can use
+COMMUNICATION_TRAINED_KINDS = tuple(k for k in TRAINABLE if not k.startswith("token_conditioned"))  # no conditioning input

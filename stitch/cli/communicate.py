@@ -68,8 +68,9 @@ def adapters_for(config: CommunicateConfig, A, B, save_dir: Path):
         return stitch.load_adapter(config.adapter)  # on the CPU: `stitch.communicate` places it at B's layer j
     texts = read_texts("fit_texts", config.fit_texts)
     pairs = [(k, j) for k in config.ks for j in config.js]
+    given = dict(steps=config.train_steps, lr=config.lr)  # unset: pair_adapters' own defaults
     options = dict(ridge=config.ridge) if method == "closed_form" else dict(
-        steps=config.train_steps or 100, lr=config.lr or 1e-3, seed=config.seed)
+        seed=config.seed, **{k: v for k, v in given.items() if v is not None})
     return pair_adapters(A, B, texts, pairs, method, config.kind, batch_size=config.batch_size,
                          save_dir=save_dir, progress=config.progress, **options)
 

@@ -39,10 +39,11 @@ from stitch.kinds import (
     CONDITIONS,
     DEFAULT_KIND,
     INJECT,
-    TRAINABLE,
+)
+from stitch.kinds import (
+    COMMUNICATION_TRAINED_KINDS as TRAINED_KINDS,
 )
 
-TRAINED_KINDS = tuple(k for k in TRAINABLE if not k.startswith("token_conditioned"))  # no conditioning input
 RIDGE_KINDS = ("linear", "affine")
 OUTPUTS = ("records.jsonl", "summary.json", "report.html", "run.json")
 

@@ -21,6 +21,7 @@ from analyses.communication import communication_sweep, pair_adapters, summary_r
 from analyses.evaluation import Example
 from analyses.figures.communication import communication_heatmap
 from analyses.generation import escape_text, side_by_side
+from analyses.run_report import layer_label
 from stitch.cli.common import write_json
 from stitch.files import write_atomic
 
@@ -75,7 +76,7 @@ def communication_step(demo) -> list[dict]:
     pairs = [(k, j) for k in layers for j in layers]
     adapters = pair_adapters(demo.A, demo.B, demo.fit[:200], pairs, "closed_form", cfg.kind,
                              classes=["shared"], progress=cfg.progress, **_ridge(cfg))
-    records = communication_sweep(demo.A, demo.B, examples, layers, layers, adapter=lambda k, j: adapters[k, j],
+    records = communication_sweep(demo.A, demo.B, examples, layers, layers, adapter=adapters,
                                   max_new_tokens=ANSWER_WORDS + 4, nl_tokens=16, progress=cfg.progress,
                                   conditions=CONDITIONS)
     rows = summary_rows(records, n_boot=1000, seed=0)
@@ -84,7 +85,7 @@ def communication_step(demo) -> list[dict]:
     write_json(demo.out / "communicate" / "summary.json", rows)
     write_atomic(demo.out / "figures" / "communication.json", communication_heatmap(rows).to_json())
     by_id = {e.id: e for e in examples}
-    samples = [{"condition": r["condition"], "k": _layer(r["k"]), "j": _layer(r["j"]),
+    samples = [{"condition": r["condition"], "k": layer_label(r["k"]), "j": layer_label(r["j"]),
                 "A reads": escape_text(by_id[r["id"]].prompt_a), "B reads": escape_text(by_id[r["id"]].prompt_b),
                 "B says": escape_text(r["prediction"]), "true continuation": by_id[r["id"]].gold["reference"],
                 "token F1": r["similarity"]} for r in _samples(records, examples[0].id)]
@@ -101,7 +102,7 @@ def communication_step(demo) -> list[dict]:
         {"kind": "figure", "title": "Activation communication: token F1 by (A layer k, B layer j)",
          "file": "figures/communication.json", "note": note},
         {"kind": "table", "title": "Communication scores with 95% bootstrap intervals",
-         "data": [{**r, "k": _layer(r["k"]), "j": _layer(r["j"])} for r in rows],
+         "data": [{**r, "k": layer_label(r["k"]), "j": layer_label(r["j"])} for r in rows],
          "note": "The controls without layers (k = j = —) do not depend on them. Records: communicate/."},
         {"kind": "table", "title": "Communication: one passage under every condition",
          "file": "communicate/samples.json"},
@@ -126,10 +127,6 @@ def _mean(rows, condition, k, j) -> float:
 
 def _samples(records: list[dict], example_id: str) -> list[dict]:
     return [r for r in records if r["id"] == example_id]
-
-
-def _layer(value) -> int | str:
-    return "—" if value is None else value
 
 
 def _ridge(cfg) -> dict:
