@@ -205,9 +205,9 @@ def _accumulate(
     picked = {classes: p for classes, p in picked.items() if p[0].numel()}
     if not picked and not observers:
         return  # nothing to learn from this batch: neither model runs
-    xs = model_states(A, aligned.source, {n for c in picked for n, _ in stats[c]}) if picked else {}
+    xs = model_states(A, aligned.source, {n for c in picked for n, _ in stats[c]})  # {} runs nothing
     b_layers = {m for c in picked for _, m in stats[c]}.union(*(o.layers for o in observers))
-    ys = model_states(B, aligned.target, b_layers) if b_layers else {}
+    ys = model_states(B, aligned.target, b_layers)
     for observer in observers:
         observer.update(aligned, ys)
     features = None

@@ -48,18 +48,18 @@ def module_device(module: nn.Module) -> torch.device:
 
 def _execution_device(hook):
     """The execution device of an accelerate hook, or of the first hook in a SequentialHook that has one."""
-    for h in (hook, *getattr(hook, "hooks", ())):
-        device = getattr(h, "execution_device", None)
-        if device is not None:
-            return device
-    return None
+    return next((h.execution_device for h in _hooks(hook) if getattr(h, "execution_device", None) is not None), None)
+
+
+def _hooks(hook) -> tuple:
+    """An accelerate hook and, for a SequentialHook, the hooks it chains (None: no hook)."""
+    return (hook, *getattr(hook, "hooks", ()))
 
 
 def returns_to_input_device(model: nn.Module) -> bool:
     """Whether `model`'s outputs are moved back to its inputs' device: what accelerate's `dispatch_model`
     (so `from_pretrained(device_map=...)`) does to the whole model, whatever device its last block is on."""
-    hook = getattr(model, "_hf_hook", None)
-    return any(getattr(h, "io_same_device", False) for h in (hook, *getattr(hook, "hooks", ())))
+    return any(getattr(h, "io_same_device", False) for h in _hooks(getattr(model, "_hf_hook", None)))
 
 
 def devices_of(model: nn.Module) -> list[torch.device]:

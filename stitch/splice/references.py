@@ -58,7 +58,7 @@ class References:
         mine = texts if dist is None else distributed.shard(texts, dist)
         for chunk in tqdm(text_batches(mine, batch_size), desc="reference losses", disable=not progress):
             pairing = pair_texts(A, B, chunk, padding_side)
-            sums.update(pairing, model_states(B, pairing.target, sums.layers) if sums.layers else {})
+            sums.update(pairing, model_states(B, pairing.target, sums.layers))
         return sums.references(dist)
 
     @staticmethod
