@@ -48,31 +48,43 @@ def run_forward(
     grad; otherwise, and for every call without a stream, the forward runs under `no_grad`.
     """
     check_batch(lm, batch)
-    hooks = list(hooks)
-    if stop is not None:
-        hooks.append((lm._boundary[stop], raise_stop))
     inputs = (
         {"inputs_embeds": inputs_embeds} if inputs_embeds is not None else {"input_ids": batch.input_ids}
     )
-    why = f"{call}(layer={start})"
+    out = None
+    with (
+        forward_scope(lm, call, f"{call}(layer={start})", hooks=hooks, inject=inject, start=start, stop=stop),
+        grad_mode(lm.model, grad),
+    ):
+        out = lm.model(
+            **inputs,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            use_cache=False,
+        )
+    return None if out is None else out.logits
+
+
+@contextlib.contextmanager
+def forward_scope(lm, call: str, why: str, *, hooks=(), inject=None, start: int = 0,
+                  stop: int | None = None) -> Iterator[None]:  # fmt: skip
+    """What every forward of `lm` (plain or KV-cached) runs inside: the model's lock, no re-entrant forward
+    (`call` names it), blocks below `start` skipped (`why` names the call in their error), `inject` ahead of
+    every other hook, `hooks`, and a stop at boundary `stop`: the `Stop` it raises ends the block quietly."""
+    hooks = list(hooks)
+    if stop is not None:
+        hooks.append((lm._boundary[stop], raise_stop))
     with (
         model_lock(lm.model),
         one_forward(lm, call),
-        grad_mode(lm.model, grad),
         skip_blocks(lm.blocks[:start], why),
         hook_scope([inject] if inject else [], first=True),
         hook_scope(hooks),
     ):
         try:
-            out = lm.model(
-                **inputs,
-                attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids,
-                use_cache=False,
-            )
+            yield
         except Stop:
-            return None
-    return out.logits
+            pass
 
 
 def check_batch(lm, batch: Batch) -> None:

@@ -37,7 +37,7 @@ from stitch.models.arch import ArchSpec, arch_for, get_module
 from stitch.models.cache import ActivationCache
 from stitch.models.conventions import TransformerLensConventions
 from stitch.models.encoding import Tokenization
-from stitch.models.forward import USER_GRAD, Stop, capture, check_resid, one_forward, raise_stop, run_forward
+from stitch.models.forward import USER_GRAD, capture, check_resid, forward_scope, run_forward
 from stitch.models.hooks import (
     HookFn,
     HookPoint,
@@ -48,7 +48,6 @@ from stitch.models.hooks import (
     no_match,
     passes,
     resolve_hooks,
-    skip_blocks,
 )
 from stitch.models.kv import KVCache, Step, cache_keyword
 from stitch.models.placement import module_device, returns_to_input_device, transfer
@@ -183,25 +182,14 @@ class HookedLM(Tokenization, TransformerLensConventions):
         runs ahead of every other hook at its boundary, as in `run_from`. With `stop` the forward ends at
         that boundary and returns None (read the stream there with `hooks`).
         """
-        hooks = list(hooks)
-        if stop is not None:
-            hooks.append((self._boundary[stop], raise_stop))
         inputs = {"input_ids": step.input_ids} if inputs_embeds is None else {"inputs_embeds": inputs_embeds.to(self.dtype)}
         inputs[cache_keyword(self.model)] = kv.cache
         out = None
-        with (
-            model_lock(self.model),
-            one_forward(self, "forward_cached"),
-            skip_blocks(self.blocks[:start], f"forward_cached(start={start})"),
-            hook_scope([inject] if inject else [], first=True),
-            hook_scope(hooks),
-        ):
-            try:
-                out = self.model(
-                    **inputs, attention_mask=kv.mask(step), position_ids=step.positions, use_cache=True, logits_to_keep=1
-                )
-            except Stop:
-                pass
+        why = f"forward_cached(start={start})"
+        with forward_scope(self, "forward_cached", why, hooks=hooks, inject=inject, start=start, stop=stop):
+            out = self.model(
+                **inputs, attention_mask=kv.mask(step), position_ids=step.positions, use_cache=True, logits_to_keep=1
+            )
         kv.commit(step)
         return None if out is None else out.logits[:, -1]
 
