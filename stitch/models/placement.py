@@ -144,6 +144,12 @@ def move_model(arg: str, model, device: torch.device) -> list[str]:
     return [f"{arg} ({before} → {model.device})"]
 
 
+def adapter_dtype(adapter: nn.Module, states: Tensor) -> torch.dtype:
+    """The dtype `states` are cast to before `adapter` maps them: its first floating parameter's, else theirs."""
+    param = next(adapter.parameters(), None)
+    return states.dtype if param is None or not param.is_floating_point() else param.dtype
+
+
 def adapter_on(adapter: nn.Module, device: torch.device) -> nn.Module:
     """The adapter on B's side (moved in place, each tensor that moves recorded by `record_moves`); one on
     'meta' has no data to move and is left to fail loudly. The one place an adapter is put on a device:

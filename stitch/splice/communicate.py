@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from stitch.checks import check_choice, check_layer, check_texts
 from stitch.models.hooked import HookedLM
-from stitch.models.placement import adapter_on, transfer
+from stitch.models.placement import adapter_dtype, adapter_on, transfer
 from stitch.splice.combine import Write, combine_for
 from stitch.splice.generate import config_from, generate, resolve_eos
 from stitch.splice.injection import injection_for
@@ -141,8 +141,7 @@ class Communicate(Prompt):
         states = self.A.residuals(source, [self.comm.k])[self.comm.k]
         rows, cols = _gather(source, self.comm.source_positions, "source_positions")
         picked = states[rows.to(states.device), cols.to(states.device)]
-        param = next(self.comm.adapter.parameters(), None)
-        dtype = picked.dtype if param is None or not param.is_floating_point() else param.dtype
+        dtype = adapter_dtype(self.comm.adapter, picked)
         return self.comm.adapter(transfer(picked, self.comm.write_device, dtype)).to(self.B.dtype)
 
     def random_like(self, vectors: Tensor, rows: Tensor, cols: Tensor) -> Tensor:

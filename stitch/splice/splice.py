@@ -50,7 +50,7 @@ from stitch.alignment.pairing import Pairing, pair_texts
 from stitch.batch import Batch
 from stitch.checks import check_batch_size, check_choice, check_layer, check_texts
 from stitch.models.hooked import HookedLM
-from stitch.models.placement import adapter_on, move_model, transfer
+from stitch.models.placement import adapter_dtype, adapter_on, move_model, transfer
 from stitch.models.states import input_embeddings, is_embeddings
 from stitch.splice import io
 from stitch.splice.combine import Write, combine_for
@@ -283,7 +283,7 @@ class Splice(nn.Module):
         (zero at shared positions: on the source grid and for one shared tokenization it is never needed).
         """
         # The one move of A's states: to B's side, in the adapter's dtype (the adapter runs there).
-        states = transfer(states, self.write_device, self._adapter_dtype(states))
+        states = transfer(states, self.write_device, adapter_dtype(self.adapter, states))
         if self.alignment == "source" or aligned.target_to_source is None:
             return self._adapt(states)
         # A zero state in front stands for "no A token has finished yet" (index -1 → row 0).
@@ -313,11 +313,7 @@ class Splice(nn.Module):
     def adapt(self, states: Float[Tensor, "... d_source"], condition: Tensor | None = None) -> Float[Tensor, "... d_target"]:
         """The adapter applied to A's states (moved to B's side first; checked: device, output width), with
         B's conditioning vectors for a token-conditioned adapter."""
-        return self._adapt(transfer(states, self.write_device, self._adapter_dtype(states)), condition)
-
-    def _adapter_dtype(self, states: Tensor) -> torch.dtype:
-        param = next(self.adapter.parameters(), None)
-        return states.dtype if param is None else param.dtype
+        return self._adapt(transfer(states, self.write_device, adapter_dtype(self.adapter, states)), condition)
 
     def _adapt(self, states: Tensor, condition: Tensor | None = None) -> Tensor:
         param = next(self.adapter.parameters(), None)
@@ -326,7 +322,7 @@ class Splice(nn.Module):
                 f"adapter: on device {param.device} but B's layer {self.write_point} is on {states.device}, "
                 f"where the adapter runs; use adapter.to({str(states.device)!r}) or sp.to(...)"
             )
-        dtype = states.dtype if param is None else param.dtype
+        dtype = adapter_dtype(self.adapter, states)
         inputs = (states.to(dtype),) if condition is None else (states.to(dtype), transfer(condition, states.device, dtype))
         mapped = self.adapter(*inputs)
         if not isinstance(mapped, Tensor) or not mapped.is_floating_point():
