@@ -163,15 +163,22 @@ def pick(step: int) -> list[int]:
     return list(range(8 * (step % 2), 8 * (step % 2) + 8))
 
 
+def targets(name: str) -> list[int]:
+    """B's layers an objective reads as targets (MSE: B's own layer-M states; CE: none)."""
+    return [LAYER] if name == "mse" else []
+
+
+def build_store(A, B, name: str):
+    return collect_activations(A, B, TEXTS, [LAYER], targets(name), batch_size=8)
+
+
 def build_loops(A, B, name: str, store) -> dict:
     objective = parse_objective(name)
     terms = [Term(name, 0, objective, 1.0)]
-    targets = [LAYER] if name == "mse" else []
     loops = {}
     for label in LOOPS if name == "ce" else LOOPS[:3]:
         adapter = stitch.adapters.build_adapter("affine", d_source=256, d_target=256)
         opt = torch.optim.AdamW(adapter.parameters(), lr=1e-4)
-        sp = stitch.Splice(A, B, LAYER, adapter=adapter)
         if label.startswith("(a)"):
             loops[label] = lambda s, a=adapter, o=opt: seeds_step(
                 A, B, a, o, [TEXTS[i] for i in pick(s)], name
@@ -179,7 +186,8 @@ def build_loops(A, B, name: str, store) -> dict:
         elif label.startswith("floor"):
             loops[label] = floor_loop(A, B, adapter, opt, cached="(c)" in label)
         else:
-            inputs = LiveInputs(A, B, TEXTS, [LAYER], targets) if "(b)" in label else CachedInputs(store)
+            sp = stitch.Splice(A, B, LAYER, adapter=adapter)
+            inputs = LiveInputs(A, B, TEXTS, [LAYER], targets(name)) if "(b)" in label else CachedInputs(store)
             loops[label] = lambda s, sp=sp, i=inputs, o=opt: stitch_step(sp, i, o, terms, pick(s))
     return loops
 
@@ -238,7 +246,7 @@ def fresh_peak(name: str, label: str) -> float | None:
 
 def peak_only(name: str, label: str) -> None:
     A, B = models()
-    store = collect_activations(A, B, TEXTS, [LAYER], [LAYER] if name == "mse" else [], batch_size=8)
+    store = build_store(A, B, name)
     print(timed(build_loops(A, B, name, store)[label])[2])
 
 
@@ -249,7 +257,7 @@ def main(fresh: bool = False) -> None:
              f"{'objective':<8} {'loop':<30} {'tokens/s':>9} {'x seeds':>8} {'range':>11} {'x seeds CPU':>11} {'peak MB':>8}"]  # fmt: skip
     for name in ("ce", "mse"):
         t0 = time.perf_counter()
-        store = collect_activations(A, B, TEXTS, [LAYER], [LAYER] if name == "mse" else [], batch_size=8)
+        store = build_store(A, B, name)
         build = time.perf_counter() - t0
         loops = build_loops(A, B, name, store)
         runs = {k: [] for k in loops}  # one (wall, cpu, peak) per repeat
