@@ -22,7 +22,7 @@ from stitch.alignment.spans import TokenSpans, token_spans_batch
 from stitch.checks import check_max_length
 
 OVERFLOW = ("error", "truncate", "chunk")
-__all__ = ["OVERFLOW", "Chunk", "check_max_length", "chunk_texts", "corpus_texts", "fit_to_length"]
+__all__ = ["OVERFLOW", "Chunk", "chunk_texts", "corpus_texts", "fit_to_length"]
 
 
 @dataclass(frozen=True)

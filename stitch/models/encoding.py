@@ -18,8 +18,8 @@ from torch import Tensor
 
 from stitch.alignment.spans import token_spans_batch
 from stitch.batch import Batch, positions_from_mask, tokenizer_fingerprint
-from stitch.checks import check_choice, check_texts
-from stitch.chunks import OVERFLOW, check_max_length, fit_to_length
+from stitch.checks import check_choice, check_max_length, check_texts
+from stitch.chunks import OVERFLOW, fit_to_length
 
 
 class Tokenization:

@@ -50,12 +50,13 @@ from stitch.training.config import TrainConfig, check_warmup
 from stitch.training.evaluate import eval_references, evaluate_splices
 from stitch.training.guide import EarlyStopping, evaluations
 from stitch.training.history import RunHistory
+from stitch.training.identity import run_id, run_identity
 from stitch.training.inputs import training_inputs
 from stitch.training.pairs import LayerPairs
 from stitch.training.precision import precision_for
 from stitch.training.probes import PairProbe, Similarity
 from stitch.training.records import NonFiniteError, nonfinite, nonfinite_message
-from stitch.training.resume import resume_from, run_id, run_identity
+from stitch.training.resume import resume_from
 from stitch.training.samples import generation_samples, sample_prompts
 from stitch.training.schedule import TextOrder, learning_rate, micro_batches, steps_per_epoch
 from stitch.training.sinks import open_sinks

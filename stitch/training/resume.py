@@ -1,7 +1,6 @@
-"""What makes two runs the same run, and continuing one from its latest checkpoint.
+"""Continuing a run from its latest checkpoint.
 
-    >>> identity = run_identity(config, texts)         # {"config": run fields, "texts_sha256": ...}
-    >>> run_id(identity)                               # 16 hex digits: checkpoints of one run only
+    >>> identity = stitch.training.identity.run_identity(config, texts)   # what the run is
     >>> step, history = resume_from(path, identity, group, optimizer, total=2000, allowed=config.resume)
 
 A checkpoint continues a run only when the texts and every field that decides what a step computes are
@@ -16,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from stitch.training.checkpoint import load_checkpoint, read_record
-from stitch.training.identity import check_same_run, run_id, run_identity
+from stitch.training.identity import check_same_run
 
-__all__ = ["check_same_run", "resume_from", "run_id", "run_identity"]  # the identity's, re-exported
+__all__ = ["resume_from"]
 
 
 def resume_from(path: Path, identity: dict[str, Any], group, optimizer, *, total: int, allowed: bool,
