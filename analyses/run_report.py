@@ -146,20 +146,23 @@ SECTION_KINDS: Registry[Callable[[Path, dict], list[Section]]] = Registry("secti
 
 def run_sections(directory: str | Path) -> tuple[str, Header | None, list[dict], list[Section]]:
     """(title, header, summary rows, sections) of a run directory (see the module docstring)."""
+    return _read_run(directory)[:4]
+
+
+def _read_run(directory: str | Path) -> tuple:
+    """`run_sections`' four, and the run's own definitions of its words (None: none given)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"run_dir: no directory at {str(directory)!r}")
     if (directory / RUN_FILE).is_file():
         return _from_run_file(directory)
-    return _discovered(directory)
+    return (*_discovered(directory), None)
 
 
 def write_run_report(directory: str | Path, out: str | Path | None = None, plotlyjs: str = "inline") -> Path:
     """Write the report of `directory` to `out` (default `directory/report.html`)."""
-    title, header, summary, sections = run_sections(directory)
+    title, header, summary, sections, definitions = _read_run(directory)
     path = Path(out) if out else Path(directory) / "report.html"
-    run_file = Path(directory) / RUN_FILE
-    definitions = json.loads(run_file.read_text(encoding="utf-8")).get("definitions") if run_file.is_file() else None
     return write_report(path, sections, title, header=header, summary=summary, plotlyjs=plotlyjs,
                         definitions=definitions)
 
@@ -173,7 +176,7 @@ def _from_run_file(directory: Path):
             raise ValueError(f"{RUN_FILE}: sections[{i}].kind: got {kind!r}; valid: {sorted(SECTION_KINDS)}")
         sections += SECTION_KINDS[kind](directory, spec)
     header = Header.from_dict(run["header"]) if run.get("header") else None
-    return run.get("title", "stitch report"), header, run.get("summary", []), sections
+    return run.get("title", "stitch report"), header, run.get("summary", []), sections, run.get("definitions")
 
 
 def _discovered(directory: Path):
