@@ -87,6 +87,11 @@ def write_json(path: str | Path, data: Any) -> Path:
     return write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
+def write_jsonl(path: str | Path, records) -> Path:
+    """One UTF-8 JSON object per line, written atomically."""
+    return write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
 def as_ran(config: Config, *models) -> Config:
     """`config` with `dtype` and `device` set to what the loaded models actually use (not "auto")."""
     if not models or not hasattr(config, "dtype"):

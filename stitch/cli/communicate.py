@@ -16,7 +16,6 @@ Conditions and metrics: `analyses.communication`, `analyses.evaluation`; adapter
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import stitch
@@ -24,9 +23,8 @@ from analyses.communication import DEFINITIONS, communication_sweep, pair_adapte
 from analyses.evaluation import load_tasks
 from analyses.report import Header, Section, model_facts
 from analyses.run_report import RUN_FILE, communication_sections, write_run_report
-from stitch.cli.common import load_models, read_texts, save_run_config, write_json
+from stitch.cli.common import load_models, read_texts, save_run_config, write_json, write_jsonl
 from stitch.cli.communicate_config import CommunicateConfig
-from stitch.files import write_atomic
 
 __all__ = ["CommunicateConfig", "adapters_for", "report_sections", "run"]
 
@@ -42,7 +40,7 @@ def run(config: CommunicateConfig) -> list[dict]:
         source_positions=list(config.source_positions), inject=config.inject, conditions=list(config.conditions),
         max_new_tokens=config.max_new_tokens, batch_size=config.batch_size, progress=config.progress,
         seed=config.seed)
-    write_atomic(out / "records.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    write_jsonl(out / "records.jsonl", records)
     write_json(out / "summary.json", summary_rows(records, config.n_boot, config.seed))
     save_run_config(config, out / "config.yaml", A, B)
     header = Header.collect(config=config.to_dict(), models=[model_facts(A), model_facts(B)])

@@ -15,14 +15,12 @@ closed-form adapter fitted on shared pairs and replaces B's last prompt state at
 
 from __future__ import annotations
 
-import json
-
 from analyses.communication import communication_sweep, pair_adapters, summary_rows
 from analyses.evaluation import Example
 from analyses.figures.communication import communication_heatmap
 from analyses.generation import escape_text, side_by_side
 from analyses.run_report import layer_label
-from stitch.cli.common import write_json
+from stitch.cli.common import write_json, write_jsonl
 from stitch.files import write_atomic
 
 # A's prompt is the bare passage, so "a_prompt" (A's prompt text before B's) would repeat "a_context".
@@ -80,8 +78,7 @@ def communication_step(demo) -> list[dict]:
                                   max_new_tokens=ANSWER_WORDS + 4, nl_tokens=16, progress=cfg.progress,
                                   conditions=CONDITIONS)
     rows = summary_rows(records, n_boot=1000, seed=0)
-    write_atomic(demo.out / "communicate" / "records.jsonl",
-                 "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    write_jsonl(demo.out / "communicate" / "records.jsonl", records)
     write_json(demo.out / "communicate" / "summary.json", rows)
     write_atomic(demo.out / "figures" / "communication.json", communication_heatmap(rows).to_json())
     by_id = {e.id: e for e in examples}

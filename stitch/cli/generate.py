@@ -20,10 +20,16 @@ from tqdm.auto import tqdm
 
 import stitch
 from stitch.adapters.io import read_adapter_record
-from stitch.cli.common import config_beside, load_models, load_splice, read_texts, save_run_config
+from stitch.cli.common import (
+    config_beside,
+    load_models,
+    load_splice,
+    read_texts,
+    save_run_config,
+    write_jsonl,
+)
 from stitch.cli.generate_config import GenerateConfig
 from stitch.cli.options import flag
-from stitch.files import write_atomic
 
 __all__ = ["GenerateConfig", "run"]
 
@@ -42,7 +48,7 @@ def run(config: GenerateConfig) -> list[dict]:
                 print(json.dumps(records[-1], ensure_ascii=False), flush=True)
             bar.update(len(chunk))
     if config.out is not None:
-        write_atomic(config.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        write_jsonl(config.out, records)
         save_run_config(config, config_beside(config.out), splice.A, splice.B)
     return records
 
